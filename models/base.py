@@ -1,0 +1,32 @@
+"""The density-model protocol every model family implements.
+
+Units: ``log_prob`` is in nats of the dequantized stored data ``x in [0,256)^D`` (see
+:mod:`data.transforms`), Jacobians of every preprocessing step included.
+"""
+from __future__ import annotations
+
+import math
+from typing import Protocol, Tuple, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class DensityModel(Protocol):
+    """What the OOD code needs from a model."""
+
+    shape: Tuple[int, int, int]  # (C, H, W) of the data the model is defined on
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B,C,H,W) float in [0,256) -> (B,) log-density in nats."""
+
+    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B,C,H,W) -> (B,) ``-log_prob / (D ln 2)``."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples (n,C,H,W) in data space [0,256)."""
+
+
+def nats_to_bits_per_dim(log_prob: torch.Tensor, dim: int) -> torch.Tensor:
+    """Convert per-sample log-likelihood in nats to bits per dimension (lower = likelier)."""
+    return -log_prob / (dim * math.log(2.0))

@@ -1,0 +1,133 @@
+"""Multiscale image normalizing flows built from nflows: RQ-NSF or affine coupling.
+
+Architecture (RealNVP/Glow-style multiscale, per level): squeeze 2x2 -> ``steps_per_level``
+x [ActNorm] -> [invertible 1x1 conv] -> coupling (channel mask alternating per step, a
+convolutional residual net predicting the coupling parameters) -> factor out half the
+channels (all but the last level). In front sits :class:`DataToLogit`, mapping stored data
+in [0,256) to logit space with its exact Jacobian, so ``log_prob`` is in nats of the data.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from nflows.distributions.normal import StandardNormal
+    from nflows.nn.nets import ConvResidualNet
+    from nflows.transforms import (ActNorm, AffineCouplingTransform, CompositeTransform,
+                                   MultiscaleCompositeTransform, OneByOneConvolution,
+                                   PiecewiseRationalQuadraticCouplingTransform, SqueezeTransform)
+    from nflows.transforms.base import Transform
+
+from data.transforms import logit_forward, logit_inverse
+from models.base import nats_to_bits_per_dim
+
+# nflows 0.14 emits deprecation warnings on current torch (e.g. torch.triangular_solve, searchsorted
+# on non-contiguous input); they are harmless for RQ-NSF and affine coupling.
+warnings.filterwarnings("ignore", module=r"nflows(\.|$)")
+warnings.filterwarnings("ignore", message=r".*(triangular_solve|torch\.linalg\.solve_triangular).*")
+
+COUPLINGS = ("rq_nsf", "affine")
+
+
+class DataToLogit(Transform):
+    """Stored data ``x in [0,256)`` <-> logit space, exact log-Jacobian (see data.transforms)."""
+
+    def __init__(self, alpha: float):
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, inputs, context=None):
+        return logit_forward(inputs, self.alpha)
+
+    def inverse(self, inputs, context=None):
+        return logit_inverse(inputs, self.alpha)
+
+
+def _coupling(kind: str, mask: torch.Tensor, channels: int, cfg: Dict[str, Any], img_hw: Tuple[int, int]) -> Transform:
+    def net(in_c: int, out_c: int) -> nn.Module:
+        return ConvResidualNet(in_channels=in_c, out_channels=out_c, hidden_channels=int(cfg["hidden_channels"]),
+                               num_blocks=int(cfg["num_blocks"]), use_batch_norm=False)
+
+    if kind == "rq_nsf":
+        return PiecewiseRationalQuadraticCouplingTransform(
+            mask=mask, transform_net_create_fn=net, num_bins=int(cfg["num_bins"]), tails="linear",
+            tail_bound=float(cfg["tail_bound"]), img_shape=list(img_hw))
+    if kind == "affine":
+        return AffineCouplingTransform(mask=mask, transform_net_create_fn=net)
+    raise ValueError(f"Unknown coupling '{kind}': use one of {', '.join(COUPLINGS)}.")
+
+
+def build_transform(shape: Tuple[int, int, int], cfg: Dict[str, Any]) -> Transform:
+    """The full data -> latent nflows transform for images of ``shape`` (C,H,W)."""
+    c, h, w = shape
+    levels = int(cfg["levels"])
+    multiscale = MultiscaleCompositeTransform(num_transforms=levels)
+    level_shape: Optional[Tuple[int, int, int]] = (c, h, w)
+    for level in range(levels):
+        lc, lh, lw = level_shape
+        if lh % 2 or lw % 2:
+            raise ValueError(f"model.levels={levels} needs the image side to halve evenly at every level; "
+                             f"level {level} sees {lh}x{lw}.")
+        lc, lh, lw = lc * 4, lh // 2, lw // 2
+        steps = [SqueezeTransform()]
+        for step in range(int(cfg["steps_per_level"])):
+            if cfg.get("actnorm", True):
+                steps.append(ActNorm(lc))
+            if cfg.get("one_by_one_conv", True):
+                steps.append(OneByOneConvolution(lc))
+            mask = torch.zeros(lc)
+            mask[(step % 2)::2] = 1  # alternate which half of the channels is transformed
+            steps.append(_coupling(cfg["coupling"], mask, lc, cfg, (lh, lw)))
+        if cfg.get("actnorm", True):
+            steps.append(ActNorm(lc))
+        level_shape = multiscale.add_transform(CompositeTransform(steps), (lc, lh, lw))
+    return CompositeTransform([DataToLogit(float(cfg["logit_alpha"])), multiscale])
+
+
+class ImageFlow(nn.Module):
+    """A normalizing flow on images implementing :class:`models.base.DensityModel`.
+
+    ``log_prob(x)``: x (B,C,H,W) in [0,256) -> (B,) nats. ``encode(x)``: data -> latent (B,D).
+    ``generator(z)``: latent (B,D) -> data (B,C,H,W), the map whose Jacobian LID uses.
+    """
+
+    def __init__(self, shape: Tuple[int, int, int], cfg: Dict[str, Any]):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+        self.dim = int(math.prod(self.shape))
+        self.transform = build_transform(self.shape, cfg)
+        self.base = StandardNormal([self.dim])
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        z, logabsdet = self.transform(x)
+        return self.base.log_prob(z) + logabsdet
+
+    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
+        return nats_to_bits_per_dim(self.log_prob(x), self.dim)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform(x)[0]
+
+    def generator(self, z: torch.Tensor) -> torch.Tensor:
+        x, _ = self.transform.inverse(z)
+        return x.reshape(z.shape[0], *self.shape)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, temperature: float = 1.0) -> torch.Tensor:
+        device = next(self.parameters()).device
+        z = torch.randn((n, self.dim), generator=generator).to(device) * temperature
+        return self.generator(z)
+
+
+def build_model(shape: Tuple[int, int, int], model_cfg: Dict[str, Any]) -> ImageFlow:
+    """Build the model named by ``model.family`` (only ``flow`` for now)."""
+    family = model_cfg.get("family", "flow")
+    if family != "flow":
+        raise ValueError(f"Unknown model.family '{family}': this version provides 'flow'.")
+    return ImageFlow(shape, model_cfg)

@@ -1,0 +1,81 @@
+"""Per-run figures: the likelihood-paradox histogram and ROC curves.
+
+HTML is written with ``include_plotlyjs="directory"`` (one shared plotly.min.js beside the
+files, so the pages work offline). PNG export uses kaleido, which needs a Chromium
+(``make setup`` installs Debian's); without one, PNGs are skipped with a warning.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+
+from rundir import atomic_write
+
+SPLIT_STYLE = {  # as in the seeds' figure: blues in-distribution, red OOD, gold generated
+    "in_train": ("In-distribution train", "#1f4e9c"),
+    "in_test": ("In-distribution test", "#5b9bd5"),
+    "ood": ("OOD", "#c0392b"),
+    "generated": ("Generated", "#d4a017"),
+}
+
+
+def score_histogram(scores, column: str = "log_likelihood", title: str = "", bins: int = 66):
+    """Overlaid density histograms of one score column, one trace per split (the paradox figure)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    values = scores[column].to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    lo, hi = (np.percentile(finite, 0.5), np.percentile(finite, 99.5)) if finite.size else (0.0, 1.0)
+    size = (hi - lo) / bins if hi > lo else 1.0
+    for split, (label, colour) in SPLIT_STYLE.items():
+        part = scores.loc[scores["split"] == split]
+        if part.empty:
+            continue
+        fig.add_trace(go.Histogram(x=part[column], name=f"{label} ({part['dataset'].iloc[0]}, n={len(part)})",
+                                   marker_color=colour, opacity=0.55, histnorm="probability density",
+                                   xbins=dict(start=lo, end=hi, size=size)))
+    fig.update_layout(barmode="overlay", title=title, xaxis_title=column, yaxis_title="density",
+                      template="plotly_white", legend=dict(orientation="h", y=-0.2), width=900, height=520)
+    return fig
+
+
+def roc_figure(curves: Dict[str, tuple], title: str = ""):
+    """ROC curves: ``curves[name] = (fpr, tpr, auroc)``."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, (fpr, tpr, auc) in curves.items():
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{name} (AUROC {auc:.3f})"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dot", color="grey")))
+    fig.update_layout(title=title, xaxis_title="FPR (OOD accepted)", yaxis_title="TPR (in-distribution accepted)",
+                      template="plotly_white", width=700, height=600)
+    return fig
+
+
+def write_figures(figs: Dict[str, object], directory: Path, png: bool, warn: Callable[[str], None]) -> List[Path]:
+    """Write each figure as ``<name>.html`` (and ``.png`` when possible), atomically. Returns the paths."""
+    import plotly.io as pio
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in figs.items():
+        target = directory / f"{name}.html"
+        atomic_write(target, lambda p, f=fig: f.write_html(str(p), include_plotlyjs="directory", full_html=True))
+        written.append(target)
+    if png and figs:
+        paths = [directory / f"{name}.png" for name in figs]
+        tmp = [p.with_name(f".{p.stem}.tmp.png") for p in paths]
+        try:
+            pio.write_images(list(figs.values()), [str(t) for t in tmp])
+            for t, p in zip(tmp, paths):
+                t.replace(p)
+            written.extend(paths)
+        except Exception as exc:  # no Chromium, or kaleido failed
+            for t in tmp:
+                t.unlink(missing_ok=True)
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            warn(f"PNG export skipped ({type(exc).__name__}: {first}); run `make setup` to install Chromium for kaleido.")
+    return written

@@ -1,0 +1,216 @@
+"""The OOD job: configuration -> run directory (config.yaml, checkpoint.pt, scores.parquet,
+metrics.json, figures/, run.log).
+
+Splits scored: ``in_train`` (a seeded subsample of the training split), ``in_test`` (the
+in-distribution test split), ``ood`` (the OOD dataset's test split, converted to the model's
+shape) and ``generated`` (samples from the model). Models are trained on the train split only.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+import runconfig
+import rundir
+from data.registry import file_checksums, load_split
+from data.transforms import eval_dequantization_noise, match_shape
+from models.training import CHECKPOINT, CheckpointError, fit, load_trained, pick_device
+from ood import scores as score_registry
+from ood.metrics import detection_metrics, roc_curve_points
+
+SPLIT_ORDER = ("in_train", "in_test", "ood", "generated")
+
+
+@dataclass
+class SplitData:
+    name: str
+    dataset: str
+    images: np.ndarray  # uint8 (N,H,W,C) in the model's shape; None for generated
+    index: np.ndarray   # index into the source split
+
+
+class _Console:
+    """Log to run.log and (optionally) stderr, keeping progress bars readable."""
+
+    def __init__(self, logger, echo: bool):
+        self.logger, self.echo = logger, echo
+
+    def __call__(self, msg: str) -> None:
+        self.logger.info(msg)
+        if self.echo:
+            print(msg, file=sys.stderr, flush=True)
+
+    def warn(self, msg: str) -> None:
+        self.logger.warning(msg)
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _subsample(n_total: int, n: Optional[int], seed: int, salt: int) -> np.ndarray:
+    if n is None or n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng([seed, salt]).choice(n_total, size=int(n), replace=False))
+
+
+@torch.no_grad()
+def score_images(model, x_all: torch.Tensor, names: List[str], batch_size: int, device: torch.device,
+                 desc: str = "score", progress: bool = True) -> Dict[str, np.ndarray]:
+    """Score float images (N,C,H,W) in data space with every named score, in batches."""
+    out: Dict[str, List[np.ndarray]] = {n: [] for n in names}
+    fns = [score_registry.get(n) for n in names]
+    starts = range(0, x_all.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0)
+    for s in starts:
+        x = x_all[s:s + batch_size].to(device)
+        cache: dict = {}
+        for score in fns:
+            out[score.name].append(score.fn(model, x, cache).detach().double().cpu().numpy())
+    return {n: (np.concatenate(v) if v else np.zeros(0)) for n, v in out.items()}
+
+
+def load_checkpoint_path(value: str) -> Path:
+    """``ood.checkpoint`` as an existing checkpoint file (a run directory means its checkpoint.pt)."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = rundir.PROJECT_ROOT / path
+    if path.is_dir() or not path.suffix:
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint {path} (ood.checkpoint) does not exist; train it with "
+                              f"`python train.py --config <yaml>` or leave ood.checkpoint unset so main_ood.py trains first.")
+    return path
+
+
+def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Console, tracker):
+    ckpt = cfg["ood"]["checkpoint"]
+    device = pick_device(cfg["run"]["device"])
+    if ckpt:
+        path = load_checkpoint_path(ckpt)
+        model, state = load_trained(path, map_location=device)
+        if not state.get("finished", False):
+            console.warn(f"checkpoint {path} is from step {state['step']} of an unfinished training run.")
+        n, h, w, c = train_images.shape
+        if tuple(state["shape"]) != (c, h, w):
+            raise runconfig.ConfigError(f"ood.checkpoint {path} was trained on shape {tuple(state['shape'])}, "
+                                        f"but data.shape resolves to {(c, h, w)}; set data.shape to match.")
+        console(f"loaded checkpoint {path} (step {state['step']})")
+        return model.to(device)
+    model, result = fit(cfg, directory, train_images, log=console,
+                        callbacks=[lambda step, bpd: tracker.log({"train/bits_per_dim": bpd}, step=step) if step % 10 == 0 else None])
+    return model
+
+
+def run_ood(cfg: Dict[str, Any], echo: bool = True) -> Path:
+    """Run one OOD job end to end and return its run directory."""
+    seed = int(cfg["run"]["seed"])
+    ocfg = cfg["ood"]
+    names = list(ocfg["scores"])
+    for n in names:
+        score_registry.get(n)
+
+    # everything that can fail on bad input is checked before the run directory is made
+    in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
+    train_set = load_split(in_name, "train")  # models train on the train split only
+    test_set = load_split(in_name, "test")
+    ood_set = load_split(ood_name, "test")
+    if ocfg["checkpoint"]:
+        load_checkpoint_path(ocfg["checkpoint"])
+    shape = tuple(cfg["data"]["shape"] or train_set.shape_chw)
+    train_images = match_shape(train_set.images, shape)
+    checksums = file_checksums(train_set.files + test_set.files + ood_set.files)
+
+    name = runconfig.run_name(cfg, "ood")
+    directory = rundir.run_dir(cfg, name)
+    console = _Console(rundir.open_run_log(directory), echo)
+    console(f"run directory: {directory}")
+    rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
+
+    from tracking import Tracker
+    tracker = Tracker(cfg, directory, name, job_type="ood", warn=console.warn)
+    try:
+        model = _resolve_model(cfg, directory, train_images, console, tracker)
+        device = next(model.parameters()).device
+        model.eval()
+
+        i_tr = _subsample(len(train_set), ocfg["n_in_train"], seed, 1)
+        i_te = _subsample(len(test_set), ocfg["n_in_test"], seed, 2)
+        i_od = _subsample(len(ood_set), ocfg["n_ood"], seed, 3)
+        splits = [SplitData("in_train", train_set.name, train_images[i_tr], i_tr),
+                  SplitData("in_test", test_set.name, match_shape(test_set.images[i_te], shape), i_te),
+                  SplitData("ood", ood_set.name, match_shape(ood_set.images[i_od], shape), i_od)]
+        frames = []
+        import pandas as pd
+        t0 = time.perf_counter()
+        for sp in splits:
+            noise = eval_dequantization_noise(len(sp.index), shape, seed, sp.name, cfg["data"]["eval_dequantization"])
+            x = torch.from_numpy(sp.images).permute(0, 3, 1, 2).float() + noise
+            cols = score_images(model, x, names, int(ocfg["batch_size"]), device, desc=sp.name)
+            frames.append(pd.DataFrame({"split": sp.name, "dataset": sp.dataset, "index": sp.index, **cols}))
+        n_gen = int(ocfg["n_generated"] or 0)
+        if n_gen:
+            gen = torch.Generator().manual_seed(seed + 29)
+            xs = torch.cat([model.sample(min(256, n_gen - s), generator=gen).cpu() for s in range(0, n_gen, 256)])
+            cols = score_images(model, xs, names, int(ocfg["batch_size"]), device, desc="generated")
+            frames.append(pd.DataFrame({"split": "generated", "dataset": f"generated:{in_name}",
+                                        "index": np.arange(n_gen), **cols}))
+        table = pd.concat(frames, ignore_index=True)
+        console(f"scored {len(table)} samples in {time.perf_counter() - t0:.1f}s")
+        rundir.atomic_write(directory / "scores.parquet", lambda p: table.to_parquet(p, index=False))
+
+        metrics = compute_metrics(table, names)
+        rundir.write_json(directory / "metrics.json", metrics)
+        rundir.write_json(directory / "provenance.json", {"data_files": checksums, "torch": torch.__version__})
+        if ocfg["figures"]:
+            _figures(table, names, metrics, cfg, directory, console)
+        tracker.summary({f"{k}/{m}": v for k, d in metrics.items() for m, v in d.items()})
+        tracker.table("scores", table)
+        tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
+        for key in names:
+            if key in metrics:
+                console(f"{key}: AUROC {metrics[key]['auroc']:.4f} ({in_name} in-distribution vs {ood_name} OOD)")
+    finally:
+        tracker.finish()
+    return directory
+
+
+def compute_metrics(table, names: List[str]) -> Dict[str, Dict[str, float]]:
+    """metrics.json content: ``<score>`` (in_test vs ood) and ``generated_vs_ood/<score>``."""
+    out: Dict[str, Dict[str, float]] = {}
+    s = {split: table.loc[table["split"] == split] for split in SPLIT_ORDER}
+    for name in names:
+        if s["in_test"].empty or s["ood"].empty:
+            continue
+        orient = lambda col: score_registry.oriented(name, col.to_numpy(dtype=float))
+        out[name] = detection_metrics(orient(s["in_test"][name]), orient(s["ood"][name]))
+        if not s["generated"].empty:
+            out[f"generated_vs_ood/{name}"] = detection_metrics(orient(s["generated"][name]), orient(s["ood"][name]))
+    return out
+
+
+def _figures(table, names, metrics, cfg, directory: Path, console: _Console) -> None:
+    from ood.figures import roc_figure, score_histogram, write_figures
+
+    in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
+    figs = {}
+    if "log_likelihood" in names:
+        auc = metrics.get("log_likelihood", {}).get("auroc", float("nan"))
+        figs["likelihood_histogram"] = score_histogram(
+            table, "log_likelihood",
+            title=f"Log-likelihood (nats) of a {cfg['model']['coupling']} flow trained on {in_name}; OOD: {ood_name} (AUROC {auc:.3f})")
+    curves = {}
+    for name in names:
+        if name in metrics:
+            pos = score_registry.oriented(name, table.loc[table["split"] == "in_test", name].to_numpy(dtype=float))
+            neg = score_registry.oriented(name, table.loc[table["split"] == "ood", name].to_numpy(dtype=float))
+            fpr, tpr = roc_curve_points(pos, neg)
+            curves[name] = (fpr, tpr, metrics[name]["auroc"])
+    if curves:
+        figs["roc"] = roc_figure(curves, title=f"{in_name} (in) vs {ood_name} (OOD)")
+    write_figures(figs, directory / "figures", bool(cfg["ood"]["png"]), console.warn)

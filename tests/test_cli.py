@@ -1,0 +1,73 @@
+"""The entry points end known problems with one clear sentence and exit code 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import runconfig
+from tests.conftest import ROOT
+
+
+def _run(args, env_extra=None, cwd=ROOT):
+    import os
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _one_error_line(proc):
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_unknown_config_key_names_its_dotted_path(tmp_path):
+    line = _one_error_line(_run(["main_ood.py", "--config", "configurations/ood_fmnist_vs_mnist_rq_nsf_tiny.yaml",
+                                 "training.stepz=3"]))
+    assert "'training.stepz'" in line and "did you mean 'training.steps'" in line
+
+
+def test_bad_value_type_and_choice():
+    with pytest.raises(runconfig.ConfigError, match="'training.steps' must be int"):
+        runconfig.resolve({"training": {"steps": "many"}})
+    with pytest.raises(runconfig.ConfigError, match="'model.coupling' must be one of rq_nsf, affine"):
+        runconfig.resolve({}, ["model.coupling=glow"])
+    with pytest.raises(runconfig.ConfigError, match="Unknown preset 'huge'"):
+        runconfig.resolve({"preset": "huge"})
+
+
+def test_missing_dataset_is_one_sentence(tmp_path):
+    line = _one_error_line(_run(["train.py", "--config", "configurations/train_fmnist_rq_nsf_tiny.yaml",
+                                 f"run.runs_root={tmp_path}", "tracking.wandb=false"], {"DATA_DIR": str(tmp_path / "empty")}))
+    assert str(tmp_path / "empty" / "FashionMNIST" / "raw") in line and "make data" in line
+
+
+def test_missing_checkpoint_is_one_sentence(tmp_path):
+    np_path = tmp_path / "x.npz"
+    import numpy as np
+    np.savez(np_path, images=np.zeros((10, 8, 8), np.uint8))
+    line = _one_error_line(_run(["main_ood.py", f"data.in_distribution=npz:{np_path}", f"data.ood=npz:{np_path}",
+                                 f"ood.checkpoint={tmp_path / 'nowhere'}", f"run.runs_root={tmp_path}",
+                                 "tracking.wandb=false"]))
+    assert str(tmp_path / "nowhere" / "checkpoint.pt") in line and "train.py" in line
+
+
+def test_unknown_score_is_one_sentence(tmp_path):
+    line = _one_error_line(_run(["main_ood.py", "ood.scores=[likelihood]", f"run.runs_root={tmp_path}",
+                                 "tracking.wandb=false"]))
+    assert "Unknown OOD score 'likelihood'" in line
+
+
+def test_overrides_parse_as_yaml():
+    cfg = runconfig.resolve({}, ["training.lr=3e-4", "ood.scores=[log_likelihood]", "data.shape=[1, 28, 28]"])
+    assert cfg["training"]["lr"] == 3e-4 and cfg["ood"]["scores"] == ["log_likelihood"]
+    assert cfg["data"]["shape"] == [1, 28, 28]
+
+
+def test_every_shipped_configuration_resolves():
+    files = sorted((ROOT / "configurations").rglob("*.yaml"))
+    assert len(files) >= 8
+    for f in files:
+        runconfig.load(f)

@@ -1,0 +1,92 @@
+"""Weights & Biases tracking: the only module that imports wandb.
+
+``tracking.mode: auto`` logs online when a W&B login exists (``WANDB_API_KEY`` or a netrc
+entry from ``wandb login``) and offline otherwise, under the run directory
+(``<run>/wandb/``), to be uploaded later with ``wandb sync <run>/wandb/offline-run-*``.
+``tracking.wandb: false`` switches it off. An explicit ``WANDB_MODE`` in the environment wins.
+"""
+from __future__ import annotations
+
+import netrc
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+
+def has_login() -> bool:
+    """True when W&B credentials are configured on this machine."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        auth = netrc.netrc(os.path.expanduser("~/.netrc"))
+        return any(host for host in auth.hosts if "wandb" in host)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_mode(cfg: Dict[str, Any]) -> Optional[str]:
+    """'online', 'offline' or None (tracking off) for a run configuration."""
+    tcfg = cfg["tracking"]
+    if not tcfg["wandb"]:
+        return None
+    env = os.environ.get("WANDB_MODE")
+    if env in ("disabled", "dryrun", "offline", "online"):
+        return {"dryrun": "offline"}.get(env, env) if env != "disabled" else None
+    if tcfg["mode"] == "auto":
+        return "online" if has_login() else "offline"
+    return tcfg["mode"]
+
+
+class Tracker:
+    """A thin wrapper over one W&B run; every method is a no-op when tracking is off."""
+
+    def __init__(self, cfg: Dict[str, Any], run_directory: Path, name: str, job_type: str,
+                 warn: Callable[[str], None] = print):
+        self.run = None
+        self.warn = warn
+        mode = resolve_mode(cfg)
+        if mode is None:
+            return
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ.setdefault("WANDB_CONSOLE", "off")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import wandb
+        self._wandb = wandb
+        kwargs = dict(project=cfg["tracking"]["project"], entity=cfg["tracking"]["entity"], name=name,
+                      id=name[-40:].replace("/", "_"), resume="allow", group=str(cfg["run"]["sweep_id"]),
+                      job_type=job_type, config=cfg, dir=str(run_directory), reinit="finish_previous")
+        try:
+            self.run = wandb.init(mode=mode, **kwargs)
+        except Exception as exc:
+            if mode == "online":
+                warn(f"W&B online logging failed ({exc}); logging offline instead (upload later with `wandb sync`).")
+                self.run = wandb.init(mode="offline", **kwargs)
+            else:
+                warn(f"W&B tracking disabled for this run: {exc}")
+        self.mode = mode
+
+    def log(self, values: Dict[str, Any], step: Optional[int] = None) -> None:
+        if self.run is not None:
+            self.run.log(values, step=step)
+
+    def summary(self, values: Dict[str, Any]) -> None:
+        if self.run is not None:
+            for k, v in values.items():
+                self.run.summary[k] = v
+
+    def table(self, key: str, frame) -> None:
+        if self.run is not None:
+            self.run.log({key: self._wandb.Table(dataframe=frame)})
+
+    def artifact(self, path: Path, name: str, kind: str) -> None:
+        if self.run is not None and Path(path).exists():
+            art = self._wandb.Artifact(name=name, type=kind)
+            art.add_file(str(path))
+            self.run.log_artifact(art)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
