@@ -26,9 +26,15 @@ def score_histogram(scores, column: str = "log_likelihood", title: str = "", bin
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    values = scores[column].to_numpy(dtype=float)
-    finite = values[np.isfinite(values)]
-    lo, hi = (np.percentile(finite, 0.5), np.percentile(finite, 99.5)) if finite.size else (0.0, 1.0)
+    # a common bin range covering the bulk (0.5-99.5 percentiles) of every split
+    los, his = [], []
+    for _, part in scores.groupby("split"):
+        v = part[column].to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        if v.size:
+            los.append(np.percentile(v, 0.5))
+            his.append(np.percentile(v, 99.5))
+    lo, hi = (min(los), max(his)) if los else (0.0, 1.0)
     size = (hi - lo) / bins if hi > lo else 1.0
     for split, (label, colour) in SPLIT_STYLE.items():
         part = scores.loc[scores["split"] == split]

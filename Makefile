@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each bootstraps .venv from requirements.txt.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-$(shell cat requirements.txt | sha1sum | cut -c1-12)
+
+.PHONY: setup data demo test bench clean-runs
+
+setup: $(STAMP) chromium
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "setup: installing requirements into $(VENV) (first time: ~3 minutes)"
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@rm -f $(VENV)/.requirements-* && touch $@
+
+# kaleido (plotly PNG export) needs a Chromium; Debian's is installed when we can (root, apt).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "setup: installing Debian chromium for PNG figures (~1 minute)"; \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
+	      || echo "setup: chromium could not be installed; figures will be HTML only"; \
+	  else echo "setup: no chromium and no root apt-get; figures will be HTML only"; fi; }
+.PHONY: chromium
+
+data: $(STAMP)
+	$(PY) -m data mirror
+
+demo: setup data
+	$(PY) demo.py
+
+test: setup data
+	$(PY) -m pytest -q
+
+bench: setup data
+	$(PY) benchmarks/bench_flows.py
+
+clean-runs:
+	rm -rf runs/demo

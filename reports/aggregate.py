@@ -1,0 +1,135 @@
+"""Collect finished runs' metrics.json into one tidy table; print it; write CSV, Markdown, HTML.
+
+    python -m reports.aggregate runs/demo [--out runs/demo]
+
+One row per (run, detector): model, in-dataset, ood-dataset, score/detector, AUROC, AUPR-in,
+AUPR-out, FPR95, n_in, n_ood, run name. Runs without metrics.json (unfinished) are skipped
+and counted.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+import pandas as pd
+import yaml
+
+import rundir
+
+COLUMNS = ["model", "in_dataset", "ood_dataset", "detector", "auroc", "aupr_in", "aupr_out", "fpr95", "n_in", "n_ood", "run"]
+
+
+def collect(roots: List[Path]) -> Tuple[pd.DataFrame, int]:
+    """Rows for every run directory under ``roots`` with a metrics.json; also the count of unfinished runs."""
+    rows, unfinished = [], 0
+    for root in roots:
+        for cfg_path in sorted(Path(root).rglob("config.yaml")):
+            directory = cfg_path.parent
+            metrics_path = directory / "metrics.json"
+            if not metrics_path.exists():
+                unfinished += 1
+                continue
+            cfg = yaml.safe_load(cfg_path.read_text())
+            metrics = json.loads(metrics_path.read_text())
+            m = cfg["model"]
+            model = f"{m['family']}/{m['coupling']}/{cfg.get('preset') or 'custom'}"
+            for detector, values in metrics.items():
+                rows.append({"model": model, "in_dataset": cfg["data"]["in_distribution"],
+                             "ood_dataset": cfg["data"]["ood"], "detector": detector,
+                             **{k: values.get(k) for k in ("auroc", "aupr_in", "aupr_out", "fpr95", "n_in", "n_ood")},
+                             "run": directory.name})
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.sort_values(["model", "in_dataset", "ood_dataset", "detector"], ignore_index=True), unfinished
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    """A fixed-width text table for the terminal."""
+    if frame.empty:
+        return "(no finished runs)"
+    shown = frame.drop(columns=["run"]).copy()
+    for col in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+        shown[col] = shown[col].map(lambda v: f"{v:.4f}")
+    return shown.to_string(index=False)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    body = "".join("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |\n"
+                   for row in frame[COLUMNS].itertuples(index=False))
+    return head + body
+
+
+def to_html(frame: pd.DataFrame, roots: List[Path], out: Path) -> str:
+    """A self-contained report: the table, then each run's figures (linked relative to ``out``)."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>OOD report</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f0f0f0}"
+             "img{max-width:540px;margin:4px;border:1px solid #eee}.bad{color:#c0392b;font-weight:bold}</style></head><body>",
+             "<h1>Likelihood-based OOD detection</h1>",
+             "<p>In-distribution test samples are the positive class; every score is oriented so that higher means "
+             "more in-distribution. An AUROC below 0.5 for the likelihood is the paradox, reported as is.</p><table><tr>"]
+    parts += [f"<th>{html.escape(c)}</th>" for c in COLUMNS] + ["</tr>"]
+    for row in frame[COLUMNS].itertuples(index=False):
+        cells = []
+        for col, v in zip(COLUMNS, row):
+            text = f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+            cls = " class='bad'" if col == "auroc" and isinstance(v, float) and v < 0.5 else ""
+            cells.append(f"<td{cls}>{text}</td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</table>")
+    for run in sorted(set(frame["run"])):
+        directory = next((p.parent for r in roots for p in Path(r).rglob(f"{run}/config.yaml")), None)
+        if directory is None:
+            continue
+        parts.append(f"<h2>{html.escape(run)}</h2>")
+        for fig in ("likelihood_histogram", "roc", "samples"):
+            png = directory / "figures" / f"{fig}.png"
+            page = directory / "figures" / f"{fig}.html"
+            if png.exists():
+                rel = Path(_relative(png, out))
+                link = _relative(page, out) if page.exists() else str(rel)
+                parts.append(f"<a href='{html.escape(link)}'><img src='{html.escape(str(rel))}' alt='{fig}'></a>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def _relative(path: Path, start: Path) -> str:
+    import os
+    return os.path.relpath(path, start)
+
+
+def write_outputs(frame: pd.DataFrame, roots: List[Path], out: Path) -> List[Path]:
+    """Write aggregate.csv, aggregate.md and report.html into ``out`` (atomically)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "aggregate.csv", out / "aggregate.md", out / "report.html"]
+    rundir.atomic_write(paths[0], lambda p: frame.to_csv(p, index=False))
+    rundir.write_text(paths[1], to_markdown(frame))
+    rundir.write_text(paths[2], to_html(frame, roots, out))
+    return paths
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reports.aggregate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="+", type=Path, help="folders holding run directories")
+    parser.add_argument("--out", type=Path, help="where to write aggregate.csv/.md and report.html (default: first root)")
+    args = parser.parse_args(argv)
+    missing = [r for r in args.roots if not r.exists()]
+    if missing:
+        print(f"error: {missing[0]} does not exist; give a folder holding run directories (e.g. runs/demo).", file=sys.stderr)
+        return 2
+    frame, unfinished = collect(args.roots)
+    print(format_table(frame))
+    if unfinished:
+        print(f"({unfinished} run(s) without metrics.json skipped: unfinished or failed)")
+    for p in write_outputs(frame, args.roots, args.out or args.roots[0]):
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Real data, real nflows, real W&B (offline): a tiny flow on Fashion-MNIST shows the paradox."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import runconfig
+from ood import metrics as M
+from ood.runner import run_ood
+from reports.aggregate import collect
+from tests.conftest import needs_real_data
+
+
+@needs_real_data
+def test_fmnist_flow_scores_mnist_higher(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = runconfig.load(
+        "configurations/ood_fmnist_vs_mnist_rq_nsf_tiny.yaml",
+        [f"run.runs_root={tmp_path}", "training.steps=80", "training.batch_size=32", "training.progress=false",
+         "training.checkpoint_every=40", "ood.n_in_train=200", "ood.n_in_test=400", "ood.n_ood=400",
+         "ood.n_generated=100", "ood.png=false", "tracking.wandb=true", "tracking.mode=offline"])
+    directory = run_ood(cfg, echo=False)
+
+    for name in ("config.yaml", "checkpoint.pt", "scores.parquet", "metrics.json", "run.log",
+                 "figures/likelihood_histogram.html", "figures/roc.html", "figures/samples.png"):
+        assert (directory / name).exists(), name
+    assert yaml.safe_load((directory / "config.yaml").read_text()) == cfg
+    assert list((directory / "wandb").glob("offline-run-*")), "W&B should have logged an offline run"
+
+    table = pd.read_parquet(directory / "scores.parquet")
+    assert list(table.columns[:3]) == ["split", "dataset", "index"]
+    counts = table["split"].value_counts().to_dict()
+    assert counts == {"in_train": 200, "in_test": 400, "ood": 400, "generated": 100}
+    assert set(table.loc[table.split == "ood", "dataset"]) == {"mnist"}
+    assert set(table.loc[table.split == "in_test", "dataset"]) == {"fmnist"}
+    ll = table["log_likelihood"].to_numpy()
+    assert np.allclose(table["bits_per_dim"], -ll / (784 * np.log(2)))
+
+    metrics = json.loads((directory / "metrics.json").read_text())
+    s_in = table.loc[table.split == "in_test", "log_likelihood"]
+    s_ood = table.loc[table.split == "ood", "log_likelihood"]
+    assert metrics["log_likelihood"] == M.detection_metrics(s_in, s_ood)
+    assert metrics["bits_per_dim"]["auroc"] == pytest.approx(metrics["log_likelihood"]["auroc"])
+    assert metrics["log_likelihood"]["auroc"] < 0.5, "the likelihood paradox: MNIST should score higher"
+    assert "generated_vs_ood/log_likelihood" in metrics
+
+    # rerunning reuses the finished checkpoint and reproduces the scores exactly
+    again = run_ood(dict(cfg, tracking=dict(cfg["tracking"], wandb=False)), echo=False)
+    assert again == directory
+    pd.testing.assert_frame_equal(pd.read_parquet(again / "scores.parquet"), table)
+
+    frame, unfinished = collect([tmp_path])
+    row = frame[frame.detector == "log_likelihood"].iloc[0]
+    assert (row.in_dataset, row.ood_dataset, unfinished) == ("fmnist", "mnist", 0)
+    assert row.auroc == metrics["log_likelihood"]["auroc"]
+
+
+def test_resolution_change_scores_an_rgb_set_with_a_greyscale_model(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "grey.npz", images=rng.integers(0, 60, size=(60, 8, 8), dtype=np.uint8))
+    np.savez(tmp_path / "rgb.npz", images=rng.integers(0, 256, size=(30, 16, 16, 3), dtype=np.uint8))
+    from tests.conftest import TINY_MODEL
+    cfg = runconfig.resolve({
+        "run": {"runs_root": str(tmp_path / "runs")},
+        "data": {"in_distribution": f"npz:{tmp_path / 'grey.npz'}", "ood": f"npz:{tmp_path / 'rgb.npz'}"},
+        "model": dict(TINY_MODEL), "tracking": {"wandb": False},
+        "training": {"steps": 4, "batch_size": 8, "progress": False, "sample_grid": 0},
+        "ood": {"n_generated": 0, "figures": False}})
+    directory = run_ood(cfg, echo=False)
+    table = pd.read_parquet(directory / "scores.parquet")
+    assert (table.split == "ood").sum() == 6 and (table.split == "in_test").sum() == 12
+    assert np.isfinite(table.log_likelihood).all()
