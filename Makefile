@@ -12,7 +12,8 @@ setup: $(STAMP) chromium
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "setup: installing requirements into $(VENV) (first time: ~3 minutes)"
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 \
+	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	@rm -f $(VENV)/.requirements-* && touch $@
 
 # kaleido (plotly PNG export) needs a Chromium; Debian's is installed when we can (root, apt).
