@@ -42,7 +42,7 @@ def main() -> int:
     running = []
     failed = []
     t0 = time.time()
-    last = ""
+    last, last_print = "", 0.0
     while pending or running:
         while pending and len(running) < parallel:
             cfg = pending.pop(0)
@@ -52,9 +52,10 @@ def main() -> int:
             running.append((cfg, log, subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)))
         time.sleep(2)
         line = " | ".join(f"{Path(c).stem.replace('ood_', '').replace('_rq_nsf_tiny', '')}: {_status(l)}" for c, l, _ in running)
-        if line != last:
+        phases = [part.split(": ")[-1].split(" ")[0] for part in line.split(" | ")]
+        if phases != last or time.time() - last_print >= 20:  # a line on every phase change, else every 20 s
             print(f"  [{time.time() - t0:5.0f}s] {line}", flush=True)
-            last = line
+            last, last_print = phases, time.time()
         for item in list(running):
             cfg, log, proc = item
             if proc.poll() is not None:
@@ -67,12 +68,13 @@ def main() -> int:
             print(f"demo: {cfg} failed: {lines[-1] if lines else '(no output)'} (full log: {log})", file=sys.stderr)
         return 1
     print(f"demo: finished in {time.time() - t0:.0f}s\n", flush=True)
-    from reports.aggregate import collect, format_table, write_outputs
+    from reports.aggregate import collect_runs, format_table, run_dirs_under, write_outputs
 
-    frame, _ = collect([out])
+    dirs = run_dirs_under([out])
+    frame, _ = collect_runs(dirs)
     frame = frame[frame["detector"].isin(["log_likelihood", "generated_vs_ood/log_likelihood"])]
     print(format_table(frame))
-    paths = write_outputs(frame, [out], out)
+    paths = write_outputs(frame, dirs, out)
     print(f"\nreport: {paths[2]}\ntables: {paths[0]}, {paths[1]}")
     return 0
 

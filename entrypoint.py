@@ -7,6 +7,10 @@ from typing import Callable
 EXIT_USER_ERROR = 2
 
 
+class UserError(RuntimeError):
+    """A problem with the user's input or environment, already phrased as one sentence."""
+
+
 def guarded(job: Callable[[], None]) -> int:
     """Run ``job``; print known user-facing errors as one line (no traceback) and return an exit code."""
     from data.formats import FormatError
@@ -15,7 +19,7 @@ def guarded(job: Callable[[], None]) -> int:
     from models.training import CheckpointError, TrainingDiverged
     from runconfig import ConfigError
 
-    known = (ConfigError, DatasetNotFoundError, UnknownDatasetError, FormatError, MirrorError, CheckpointError, TrainingDiverged)
+    known = (UserError, ConfigError, DatasetNotFoundError, UnknownDatasetError, FormatError, MirrorError, CheckpointError, TrainingDiverged)
     try:
         job()
     except known as exc:

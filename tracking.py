@@ -44,6 +44,7 @@ class Tracker:
     def __init__(self, cfg: Dict[str, Any], run_directory: Path, name: str, job_type: str,
                  warn: Callable[[str], None] = print):
         self.run = None
+        self.owned = False
         self.warn = warn
         mode = resolve_mode(cfg)
         if mode is None:
@@ -54,6 +55,11 @@ class Tracker:
             warnings.simplefilter("ignore")
             import wandb
         self._wandb = wandb
+        self.owned = True
+        if wandb.run is not None:  # inside a W&B sweep agent: log into the run the agent started
+            self.run, self.owned = wandb.run, False
+            self.run.config.update({"resolved": cfg}, allow_val_change=True)
+            return
         kwargs = dict(project=cfg["tracking"]["project"], entity=cfg["tracking"]["entity"], name=name,
                       id=name[-40:].replace("/", "_"), resume="allow", group=str(cfg["run"]["sweep_id"]),
                       job_type=job_type, config=cfg, dir=str(run_directory), reinit="finish_previous")
@@ -87,6 +93,6 @@ class Tracker:
             self.run.log_artifact(art)
 
     def finish(self) -> None:
-        if self.run is not None:
+        if self.run is not None and self.owned:
             self.run.finish()
-            self.run = None
+        self.run = None

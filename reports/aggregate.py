@@ -23,27 +23,43 @@ import rundir
 COLUMNS = ["model", "in_dataset", "ood_dataset", "detector", "auroc", "aupr_in", "aupr_out", "fpr95", "n_in", "n_ood", "run"]
 
 
+def run_dirs_under(roots: List[Path]) -> List[Path]:
+    """Every run directory (a folder with config.yaml) below the given folders."""
+    return [p.parent for root in roots for p in sorted(Path(root).rglob("config.yaml"))]
+
+
 def collect(roots: List[Path]) -> Tuple[pd.DataFrame, int]:
     """Rows for every run directory under ``roots`` with a metrics.json; also the count of unfinished runs."""
-    rows, unfinished = [], 0
-    for root in roots:
-        for cfg_path in sorted(Path(root).rglob("config.yaml")):
-            directory = cfg_path.parent
-            metrics_path = directory / "metrics.json"
-            if not metrics_path.exists():
-                unfinished += 1
-                continue
-            cfg = yaml.safe_load(cfg_path.read_text())
-            metrics = json.loads(metrics_path.read_text())
-            m = cfg["model"]
-            model = f"{m['family']}/{m['coupling']}/{cfg.get('preset') or 'custom'}"
-            for detector, values in metrics.items():
-                rows.append({"model": model, "in_dataset": cfg["data"]["in_distribution"],
-                             "ood_dataset": cfg["data"]["ood"], "detector": detector,
-                             **{k: values.get(k) for k in ("auroc", "aupr_in", "aupr_out", "fpr95", "n_in", "n_ood")},
-                             "run": directory.name})
+    return collect_runs(run_dirs_under(roots))
+
+
+def _describe(cfg: dict) -> Tuple[str, str, str]:
+    if "model" in cfg:
+        m = cfg["model"]
+        return f"{m['family']}/{m['coupling']}/{cfg.get('preset') or 'custom'}", cfg["data"]["in_distribution"], cfg["data"]["ood"]
+    return "-", "-", "-"  # jobs without a model (the orchestration's sleep job)
+
+
+def collect_runs(directories: List[Path]) -> Tuple[pd.DataFrame, int]:
+    """Rows for the given run directories (each listed once); also how many lack metrics.json."""
+    rows, unfinished, seen = [], 0, set()
+    for directory in directories:
+        directory = Path(directory)
+        if directory in seen:
+            continue
+        seen.add(directory)
+        metrics_path = directory / "metrics.json"
+        if not metrics_path.exists():
+            unfinished += 1
+            continue
+        cfg = yaml.safe_load((directory / "config.yaml").read_text())
+        model, ind, ood = _describe(cfg)
+        for detector, values in json.loads(metrics_path.read_text()).items():
+            rows.append({"model": model, "in_dataset": ind, "ood_dataset": ood, "detector": detector,
+                         **{k: values.get(k) for k in ("auroc", "aupr_in", "aupr_out", "fpr95", "n_in", "n_ood")},
+                         "run": directory.name})
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    return frame.sort_values(["model", "in_dataset", "ood_dataset", "detector"], ignore_index=True), unfinished
+    return frame.sort_values(["model", "in_dataset", "ood_dataset", "detector", "run"], ignore_index=True), unfinished
 
 
 def format_table(frame: pd.DataFrame) -> str:
@@ -63,7 +79,7 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return head + body
 
 
-def to_html(frame: pd.DataFrame, roots: List[Path], out: Path) -> str:
+def to_html(frame: pd.DataFrame, run_dirs: List[Path], out: Path) -> str:
     """A self-contained report: the table, then each run's figures (linked relative to ``out``)."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>OOD report</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
@@ -81,8 +97,9 @@ def to_html(frame: pd.DataFrame, roots: List[Path], out: Path) -> str:
             cells.append(f"<td{cls}>{text}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table>")
+    by_name = {Path(d).name: Path(d) for d in run_dirs}
     for run in sorted(set(frame["run"])):
-        directory = next((p.parent for r in roots for p in Path(r).rglob(f"{run}/config.yaml")), None)
+        directory = by_name.get(run)
         if directory is None:
             continue
         parts.append(f"<h2>{html.escape(run)}</h2>")
@@ -102,13 +119,37 @@ def _relative(path: Path, start: Path) -> str:
     return os.path.relpath(path, start)
 
 
-def write_outputs(frame: pd.DataFrame, roots: List[Path], out: Path) -> List[Path]:
-    """Write aggregate.csv, aggregate.md and report.html into ``out`` (atomically)."""
+def auroc_heatmap(frame: pd.DataFrame):
+    """Plotly heatmaps of AUROC: in-dataset (rows) x OOD dataset (columns), one panel per model/detector."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = [(k, g) for k, g in frame.groupby(["model", "detector"], sort=True)]
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[f"{m} | {d}" for (m, d), _ in panels],
+                        vertical_spacing=min(0.3, 0.6 / max(1, len(panels))))
+    for i, (_, g) in enumerate(panels, start=1):
+        table = g.pivot_table(index="in_dataset", columns="ood_dataset", values="auroc", aggfunc="mean")
+        fig.add_trace(go.Heatmap(z=table.values, x=list(table.columns), y=list(table.index), zmin=0, zmax=1,
+                                 colorscale="RdBu", text=[[f"{v:.3f}" if v == v else "" for v in row] for row in table.values],
+                                 texttemplate="%{text}", showscale=(i == 1), colorbar=dict(title="AUROC")), row=i, col=1)
+        fig.update_xaxes(title_text="OOD dataset", row=i, col=1)
+        fig.update_yaxes(title_text="in-distribution", row=i, col=1)
+    fig.update_layout(height=320 * max(1, len(panels)), width=760, template="plotly_white",
+                      title="AUROC (in-distribution positive; < 0.5 is the paradox)")
+    return fig
+
+
+def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap: bool = False) -> List[Path]:
+    """Write aggregate.csv, aggregate.md and report.html into ``out`` (atomically); optionally the AUROC heatmap."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "aggregate.csv", out / "aggregate.md", out / "report.html"]
     rundir.atomic_write(paths[0], lambda p: frame.to_csv(p, index=False))
     rundir.write_text(paths[1], to_markdown(frame))
-    rundir.write_text(paths[2], to_html(frame, roots, out))
+    rundir.write_text(paths[2], to_html(frame, run_dirs, out))
+    if heatmap and not frame.empty and (frame["in_dataset"] != "-").any():
+        from ood.figures import write_figures
+        paths += write_figures({"auroc_heatmap": auroc_heatmap(frame[frame["in_dataset"] != "-"])}, out, png=True,
+                               warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     return paths
 
 
@@ -122,11 +163,12 @@ def main(argv=None) -> int:
     if missing:
         print(f"error: {missing[0]} does not exist; give a folder holding run directories (e.g. runs/demo).", file=sys.stderr)
         return 2
-    frame, unfinished = collect(args.roots)
+    dirs = run_dirs_under(args.roots)
+    frame, unfinished = collect_runs(dirs)
     print(format_table(frame))
     if unfinished:
         print(f"({unfinished} run(s) without metrics.json skipped: unfinished or failed)")
-    for p in write_outputs(frame, args.roots, args.out or args.roots[0]):
+    for p in write_outputs(frame, dirs, args.out or args.roots[0], heatmap=True):
         print(f"wrote {p}")
     return 0
 

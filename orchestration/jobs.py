@@ -1,0 +1,61 @@
+"""Job kinds a sweep can run. Each has ``resolve(raw) -> config`` (validation, defaults) and
+``run(config, run_directory_name) -> run directory``.
+
+* ``train``: ``train.py``'s job (models.training.run_training).
+* ``ood``: ``main_ood.py``'s job (ood.runner.run_ood).
+* ``sleep``: a trivial job for measuring the orchestration itself (bench, tests): it sleeps,
+  optionally fails, and writes a metrics.json. ``{"sleep": seconds, "value": x, "fail": bool}``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import runconfig
+import rundir
+
+
+@dataclass(frozen=True)
+class Job:
+    resolve: Callable[[Dict[str, Any]], Dict[str, Any]]
+    run: Callable[[Dict[str, Any]], Path]
+
+
+def _run_train(cfg: Dict[str, Any]) -> Path:
+    from models.training import run_training
+    return run_training(cfg)
+
+
+def _run_ood(cfg: Dict[str, Any]) -> Path:
+    from ood.runner import run_ood
+    return run_ood(cfg)
+
+
+SLEEP_DEFAULTS = {"sleep": 0.0, "value": 0.5, "fail": False,
+                  "run": {"name": None, "runs_root": "runs", "sweep_id": "single"}}
+
+
+def _resolve_sleep(raw: Dict[str, Any]) -> Dict[str, Any]:
+    runconfig.validate(raw, SLEEP_DEFAULTS)
+    return runconfig.deep_merge(SLEEP_DEFAULTS, raw)
+
+
+def _run_sleep(cfg: Dict[str, Any]) -> Path:
+    directory = rundir.run_dir(cfg, cfg["run"]["name"] or "sleep")
+    rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
+    time.sleep(float(cfg["sleep"]))
+    if cfg["fail"]:
+        raise RuntimeError(f"sleep job asked to fail (value={cfg['value']})")
+    v = float(cfg["value"])
+    rundir.write_json(directory / "metrics.json", {"sleep": {"auroc": v, "aupr_in": v, "aupr_out": v, "fpr95": 1 - v,
+                                                             "n_in": 1, "n_ood": 1}})
+    return directory
+
+
+JOBS: Dict[str, Job] = {
+    "train": Job(lambda raw: runconfig.resolve(raw), _run_train),
+    "ood": Job(lambda raw: runconfig.resolve(raw), _run_ood),
+    "sleep": Job(_resolve_sleep, _run_sleep),
+}

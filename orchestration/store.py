@@ -1,0 +1,195 @@
+"""The local sweep backend's state: one SQLite file (WAL mode) under the runs root.
+
+Runs move ``queued -> running -> finished | failed``. An agent claims the next run inside one
+``BEGIN IMMEDIATE`` transaction, so no run is ever handed to two agents, and holds a lease it
+renews with heartbeats. A running run whose lease expired (its agent was killed or lost) is
+claimable again and resumes from its checkpoint. A run that raises is re-queued until it has
+failed ``max_attempts`` times, then marked failed; the sweep goes on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweeps (
+  id TEXT PRIMARY KEY, name TEXT, job TEXT, method TEXT, source TEXT, meta_json TEXT,
+  project TEXT, entity TEXT, max_attempts INTEGER, run_cap INTEGER, created REAL);
+CREATE TABLE IF NOT EXISTS runs (
+  sweep_id TEXT, seq INTEGER, name TEXT, digest TEXT, params_json TEXT, config_json TEXT,
+  status TEXT, failures INTEGER DEFAULT 0, claims INTEGER DEFAULT 0, agent TEXT, lease_until REAL,
+  error TEXT, run_dir TEXT, reused_from TEXT, created REAL, started REAL, finished REAL, metrics_json TEXT,
+  PRIMARY KEY (sweep_id, name));
+CREATE INDEX IF NOT EXISTS runs_queue ON runs (sweep_id, status, seq);
+CREATE INDEX IF NOT EXISTS runs_digest ON runs (digest, status);
+"""
+LOCAL_PREFIX = "local-"
+
+
+@dataclass
+class Claim:
+    sweep_id: str
+    name: str
+    config: Dict[str, Any]
+    params: Dict[str, str]
+    resumed: bool  # a previous agent held this run (lease expired or re-queued)
+
+
+def new_sweep_id() -> str:
+    """A fresh local sweep id ('local-' + 8 hex digits)."""
+    return LOCAL_PREFIX + secrets.token_hex(4)
+
+
+def store_path(runs_root: Path) -> Path:
+    return Path(runs_root) / "sweeps.sqlite"
+
+
+class Store:
+    """A connection to the sweep database (one per process; cheap to open)."""
+
+    def __init__(self, path: Path, timeout: float = 60.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # ---- sweeps -------------------------------------------------------------------------
+    def create_sweep(self, sweep_id: str, name: str, job: str, method: str, source: str, meta: Dict[str, Any], project: str,
+                     entity: Optional[str], max_attempts: int, run_cap: Optional[int], runs: Iterable[dict],
+                     force: bool = False) -> tuple[str, int, int]:
+        """Insert a sweep and its runs; returns (sweep id, runs queued, runs reused from finished ones)."""
+        now = time.time()
+        queued = reused = 0
+        with self.transaction() as db:
+            db.execute("INSERT INTO sweeps VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (sweep_id, name, job, method, source, json.dumps(meta), project, entity, max_attempts, run_cap, now))
+            rows = []
+            for seq, run in enumerate(runs):
+                prior = None if force else db.execute(
+                    "SELECT run_dir, metrics_json FROM runs WHERE digest=? AND status='finished' LIMIT 1", (run["digest"],)).fetchone()
+                status = "finished" if prior else "queued"
+                reused += bool(prior)
+                queued += not prior
+                rows.append((sweep_id, seq, run["name"], run["digest"], json.dumps(run["params"]), json.dumps(run["config"]),
+                             status, prior[0] if prior else None, prior[0] if prior else None, now,
+                             now if prior else None, prior[1] if prior else None))
+            db.executemany("INSERT INTO runs (sweep_id, seq, name, digest, params_json, config_json, status, run_dir, "
+                           "reused_from, created, finished, metrics_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        return sweep_id, queued, reused
+
+    def sweep(self, sweep_id: str) -> Optional[Dict[str, Any]]:
+        row = self.db.execute("SELECT id, name, job, method, source, meta_json, project, entity, max_attempts, run_cap, created "
+                              "FROM sweeps WHERE id=?", (sweep_id,)).fetchone()
+        if row is None:
+            return None
+        keys = ["id", "name", "job", "method", "source", "meta", "project", "entity", "max_attempts", "run_cap", "created"]
+        out = dict(zip(keys, row))
+        out["meta"] = json.loads(out["meta"])
+        return out
+
+    def sweeps(self) -> List[Dict[str, Any]]:
+        return [self.sweep(r[0]) for r in self.db.execute("SELECT id FROM sweeps ORDER BY created")]
+
+    def add_run(self, sweep_id: str, run: dict) -> None:
+        """Append one run (random/bayes proposals) to a sweep's queue."""
+        with self.transaction() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM runs WHERE sweep_id=?", (sweep_id,)).fetchone()[0]
+            db.execute("INSERT OR IGNORE INTO runs (sweep_id, seq, name, digest, params_json, config_json, status, created) "
+                       "VALUES (?,?,?,?,?,?,'queued',?)", (sweep_id, seq, run["name"], run["digest"], json.dumps(run["params"]),
+                                                          json.dumps(run["config"]), time.time()))
+
+    # ---- agent side ---------------------------------------------------------------------
+    def claim(self, sweep_id: str, agent: str, lease_seconds: float) -> Optional[Claim]:
+        """Atomically take the next queued (or lease-expired) run; None when nothing is claimable."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT name, config_json, params_json, claims FROM runs WHERE sweep_id=? AND "
+                "(status='queued' OR (status='running' AND lease_until < ?)) ORDER BY seq LIMIT 1", (sweep_id, now)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE runs SET status='running', agent=?, lease_until=?, started=?, claims=claims+1 "
+                       "WHERE sweep_id=? AND name=?", (agent, now + lease_seconds, now, sweep_id, row[0]))
+        return Claim(sweep_id, row[0], json.loads(row[1]), json.loads(row[2]), resumed=row[3] > 0)
+
+    def heartbeat(self, sweep_id: str, name: str, agent: str, lease_seconds: float) -> bool:
+        """Renew the lease; False if this agent no longer holds the run."""
+        cur = self.db.execute("UPDATE runs SET lease_until=? WHERE sweep_id=? AND name=? AND agent=? AND status='running'",
+                              (time.time() + lease_seconds, sweep_id, name, agent))
+        return cur.rowcount == 1
+
+    def finish(self, sweep_id: str, name: str, agent: str, run_dir: str, metrics: Optional[dict]) -> None:
+        self.db.execute("UPDATE runs SET status='finished', run_dir=?, finished=?, metrics_json=?, error=NULL "
+                        "WHERE sweep_id=? AND name=? AND agent=?",
+                        (run_dir, time.time(), json.dumps(metrics) if metrics is not None else None, sweep_id, name, agent))
+
+    def fail(self, sweep_id: str, name: str, agent: str, error: str, max_attempts: int) -> str:
+        """Record a failure; re-queue unless it has now failed max_attempts times. Returns the new status."""
+        with self.transaction() as db:
+            row = db.execute("SELECT failures FROM runs WHERE sweep_id=? AND name=? AND agent=?", (sweep_id, name, agent)).fetchone()
+            if row is None:
+                return "lost"
+            failures = row[0] + 1
+            status = "failed" if failures >= max_attempts else "queued"
+            db.execute("UPDATE runs SET status=?, failures=?, error=?, agent=NULL, lease_until=NULL, finished=? "
+                       "WHERE sweep_id=? AND name=?", (status, failures, error, time.time() if status == "failed" else None,
+                                                       sweep_id, name))
+        return status
+
+    def release(self, sweep_id: str, name: str, agent: str) -> None:
+        """Give a run back to the queue without counting a failure (SIGTERM/SIGINT)."""
+        self.db.execute("UPDATE runs SET status='queued', agent=NULL, lease_until=NULL WHERE sweep_id=? AND name=? "
+                        "AND agent=? AND status='running'", (sweep_id, name, agent))
+
+    # ---- inspection ---------------------------------------------------------------------
+    def counts(self, sweep_id: str) -> Dict[str, int]:
+        out = {"queued": 0, "running": 0, "finished": 0, "failed": 0}
+        for status, n in self.db.execute("SELECT status, COUNT(*) FROM runs WHERE sweep_id=? GROUP BY status", (sweep_id,)):
+            out[status] = n
+        return out
+
+    def runs(self, sweep_id: str) -> List[Dict[str, Any]]:
+        keys = ["seq", "name", "digest", "params", "config", "status", "failures", "claims", "agent", "lease_until", "error",
+                "run_dir", "reused_from", "created", "started", "finished", "metrics"]
+        out = []
+        for row in self.db.execute(f"SELECT {', '.join(k + '_json' if k in ('params', 'config', 'metrics') else k for k in keys)} "
+                                   "FROM runs WHERE sweep_id=? ORDER BY seq", (sweep_id,)):
+            item = dict(zip(keys, row))
+            for k in ("params", "config", "metrics"):
+                item[k] = json.loads(item[k]) if item[k] else None
+            out.append(item)
+        return out
+
+    def requeue(self, sweep_id: str, name: Optional[str] = None, failed_only: bool = False) -> int:
+        """Put runs back in the queue (all finished/failed ones, only failed ones, or one by name)."""
+        where, args = "sweep_id=? AND status IN ('finished','failed')", [sweep_id]
+        if failed_only:
+            where = "sweep_id=? AND status='failed'"
+        if name:
+            where, args = "sweep_id=? AND name=?", [sweep_id, name]
+        cur = self.db.execute(f"UPDATE runs SET status='queued', failures=0, agent=NULL, lease_until=NULL, error=NULL, "
+                              f"reused_from=NULL WHERE {where}", args)
+        return cur.rowcount

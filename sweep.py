@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""Sweeps over a grid of runs from a dysweep-format meta-configuration.
+
+    python sweep.py create --config meta_configurations/ood/<x>.yaml [--backend local|wandb] [--force]
+    python sweep.py agent <sweep-id> [--gpu IDX] [--count N]       (./meta_run_*.sh wrap this)
+    python sweep.py status <sweep-id>
+    python sweep.py rerun <sweep-id> [--failed | RUN_NAME]
+    python sweep.py aggregate <sweep-id>
+    python sweep.py list
+
+`create` prints the sweep id as its last line; it is the drop-in for `dysweep_create --config X`.
+Local sweep ids start with 'local-' and live in <runs_root>/sweeps.sqlite; W&B ids look like
+'entity/project/abc123'.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+import entrypoint
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _runs_root(arg) -> Path:
+    raw = arg or os.environ.get("OOD_RUNS_ROOT") or "runs"
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else (ROOT / path)
+
+
+def _open_store(runs_root: Path):
+    from orchestration.store import Store, store_path
+    return Store(store_path(runs_root))
+
+
+def _local_sweep(store, sweep_id: str):
+    sweep = store.sweep(sweep_id)
+    if sweep is None:
+        raise KeyError(f"Sweep '{sweep_id}' is not in {store.path}; check the id, or --runs-root / OOD_RUNS_ROOT.")
+    return sweep
+
+
+def cmd_create(args) -> None:
+    from orchestration import metaconfig
+    meta = metaconfig.load(args.config)
+    runs_root = _runs_root(args.runs_root)
+    specs = metaconfig.expand(meta)  # validates every run before anything is queued
+    backend = args.backend
+    if backend is None:
+        from orchestration import wandb_backend
+        from tracking import has_login
+        backend = "wandb" if (has_login() and meta.entity and wandb_backend.reachable()) else "local"
+        print(f"backend: {backend} ({'W&B login and entity found' if backend == 'wandb' else 'no W&B login/entity reachable; the embedded local backend'})",
+              file=sys.stderr)
+    if backend == "wandb":
+        from orchestration import wandb_backend
+        rel = os.path.relpath(Path(args.config).resolve(), ROOT)
+        print(f"grid: {len(specs)} runs ({meta.method})", file=sys.stderr)
+        print(wandb_backend.create(meta, rel))
+        return
+    from orchestration.store import new_sweep_id
+    store = _open_store(runs_root)
+    sweep_id = new_sweep_id()
+    rows = []
+    for spec in specs if meta.method == "grid" else []:  # random/bayes: proposed one at a time as agents ask
+        cfg = dict(spec.config)
+        cfg["run"] = dict(cfg["run"], runs_root=str(runs_root), sweep_id=sweep_id, name=spec.name)
+        rows.append({"name": spec.name, "params": spec.params, "digest": spec.digest, "config": cfg})
+    sweep_id, queued, reused = store.create_sweep(
+        sweep_id, name=meta.raw.get("sweep_name") or Path(args.config).stem, job=meta.job, method=meta.method,
+        source=str(args.config), meta=meta.raw, project=meta.project, entity=meta.entity,
+        max_attempts=meta.max_attempts, run_cap=meta.raw.get("run_cap"), runs=rows, force=args.force)
+    what = f"{queued} queued, {reused} reused from finished runs" if meta.method == "grid" else f"{meta.method} search, runs proposed on demand"
+    print(f"sweep {sweep_id}: {len(specs)} grid points; {what}; store {store.path}", file=sys.stderr)
+    print(f"start agents: ./meta_run_{'train' if meta.job == 'train' else 'ood'}.sh {sweep_id} [gpu-index] [count]", file=sys.stderr)
+    print(sweep_id)
+
+
+def cmd_agent(args) -> None:
+    runs_root = _runs_root(args.runs_root)
+    if args.gpu not in (None, ""):
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    if not args.sweep_id.startswith("local-"):
+        from orchestration import wandb_backend
+        wandb_backend.run_agent(args.sweep_id, ROOT, runs_root, args.count)
+        return
+    from orchestration.agent import run_agent
+    from orchestration.store import store_path
+    log_dir = runs_root / args.sweep_id / "agents"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"agent.{os.getpid()}")
+    logger.setLevel(logging.INFO)
+    handler = logging.FileHandler(log_dir / f"{socket.gethostname()}-gpu{args.gpu if args.gpu not in (None, '') else 'none'}.log")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s pid{os.getpid()} %(message)s"))
+    logger.addHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("agent: %(message)s"))
+    logger.addHandler(console)
+    done = run_agent(store_path(runs_root), args.sweep_id, gpu=args.gpu, count=args.count, lease=args.lease, log=logger)
+    logger.info(f"agent stops: {done}")
+
+
+def cmd_status(args) -> None:
+    store = _open_store(_runs_root(args.runs_root))
+    sweep = _local_sweep(store, args.sweep_id)
+    counts = store.counts(args.sweep_id)
+    print(f"sweep {sweep['id']} ({sweep['name']}, job {sweep['job']}, {sweep['method']}): "
+          + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    runs = store.runs(args.sweep_id)
+    width = max([len(r["name"]) for r in runs] + [4])
+    print(f"{'run':{width}s}  {'status':9s} {'fails':>5s} {'claims':>6s}  note")
+    for r in runs:
+        note = (r["error"] or "").strip().splitlines()[-1:] if r["status"] in ("failed", "queued") and r["error"] else []
+        note = note[0][:80] if note else (f"reused {r['reused_from']}" if r["reused_from"] else (r["agent"] or ""))
+        print(f"{r['name']:{width}s}  {r['status']:9s} {r['failures']:5d} {r['claims']:6d}  {note}")
+
+
+def cmd_rerun(args) -> None:
+    store = _open_store(_runs_root(args.runs_root))
+    _local_sweep(store, args.sweep_id)
+    n = store.requeue(args.sweep_id, name=args.run, failed_only=args.failed)
+    print(f"re-queued {n} run(s) of {args.sweep_id}")
+
+
+def cmd_aggregate(args) -> None:
+    from reports.aggregate import collect_runs, format_table, write_outputs
+    runs_root = _runs_root(args.runs_root)
+    out = runs_root / args.sweep_id.replace("/", "_")
+    if args.sweep_id.startswith("local-"):
+        store = _open_store(runs_root)
+        _local_sweep(store, args.sweep_id)
+        runs = store.runs(args.sweep_id)
+        dirs = [Path(r["run_dir"]) for r in runs if r["status"] == "finished" and r["run_dir"]]
+        missing = sum(r["status"] != "finished" for r in runs)
+    else:
+        from orchestration import wandb_backend
+        dirs, missing = wandb_backend.download_runs(args.sweep_id, out), 0
+    frame, unreadable = collect_runs(dirs)
+    print(format_table(frame))
+    if missing or unreadable:
+        print(f"({missing + unreadable} run(s) not finished; aggregated the {len(dirs) - unreadable} that are)")
+    for p in write_outputs(frame, dirs, out, heatmap=True):
+        print(f"wrote {p}")
+
+
+def cmd_list(args) -> None:
+    store = _open_store(_runs_root(args.runs_root))
+    for s in store.sweeps():
+        counts = store.counts(s["id"])
+        print(f"{s['id']}  {s['name']:30s} {s['job']:5s} " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs-root", help="runs root holding sweeps.sqlite (default: $OOD_RUNS_ROOT or ./runs)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("create", help="expand a meta-configuration and create a sweep")
+    p.add_argument("--config", required=True)
+    p.add_argument("--backend", choices=["local", "wandb"])
+    p.add_argument("--force", action="store_true", help="recompute runs that already finished in another sweep")
+    p = sub.add_parser("agent", help="work on a sweep until it is drained")
+    p.add_argument("sweep_id")
+    p.add_argument("--gpu", help="GPU index: sets CUDA_VISIBLE_DEVICES")
+    p.add_argument("--count", type=int, help="stop after this many runs")
+    p.add_argument("--lease", type=float, default=60.0, help="seconds a run stays claimed without a heartbeat")
+    for name in ("status", "aggregate"):
+        sub.add_parser(name).add_argument("sweep_id")
+    p = sub.add_parser("rerun", help="re-queue runs (default: all finished and failed ones)")
+    p.add_argument("sweep_id")
+    p.add_argument("run", nargs="?")
+    p.add_argument("--failed", action="store_true")
+    sub.add_parser("list")
+    args = parser.parse_args(argv)
+    handlers = {"create": cmd_create, "agent": cmd_agent, "status": cmd_status, "rerun": cmd_rerun,
+                "aggregate": cmd_aggregate, "list": cmd_list}
+
+    def job():
+        from orchestration.wandb_backend import WandbUnavailable
+        try:
+            handlers[args.cmd](args)
+        except WandbUnavailable as exc:
+            raise entrypoint.UserError(str(exc)) from exc
+    return entrypoint.guarded(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
