@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""``make demo``: reproduce the likelihood paradox on real Fashion-MNIST vs MNIST.
+"""``make demo``: reproduce the likelihood paradox on real Fashion-MNIST vs MNIST through a local sweep.
 
-Trains the tiny RQ-NSF flow on fmnist and on mnist (two processes side by side when the
-machine has two or more cores), scores each against the other, prints the AUROC table and
-writes runs/demo/report.html. Rerunning resumes or reuses finished runs.
+    python sweep.py create --config meta_configurations/ood/demo_tiny.yaml --backend local
+    two local agents (one per core pair; one on a single core), then python sweep.py aggregate <id>
+
+Each run trains the tiny RQ-NSF flow on its in-distribution set and scores the other set.
+Rerunning reuses finished runs (same configuration hash), so a second `make demo` is instant.
 """
 from __future__ import annotations
 
@@ -15,68 +17,57 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-CONFIGS = ["configurations/ood_fmnist_vs_mnist_rq_nsf_tiny.yaml", "configurations/ood_mnist_vs_fmnist_rq_nsf_tiny.yaml"]
+META = "meta_configurations/ood/demo_tiny.yaml"
 PROGRESS = re.compile(r"(train|in_train|in_test|ood|generated):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 
 
 def _status(log: Path) -> str:
-    if not log.exists():
-        return "starting"
-    tail = log.read_bytes()[-4000:].decode(errors="replace").replace("\r", "\n")
+    tail = log.read_bytes()[-4000:].decode(errors="replace").replace("\r", "\n") if log.exists() else ""
+    if "agent stops" in tail:
+        return "idle"
     found = PROGRESS.findall(tail)
-    if "AUROC" in tail:
-        return "done"
     return f"{found[-1][0]} {found[-1][1]}/{found[-1][2]}" if found else "preparing"
 
 
 def main() -> int:
-    sweep = "demo"
-    out = ROOT / "runs" / sweep
-    out.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    created = subprocess.run([py, "sweep.py", "create", "--config", META, "--backend", "local"], cwd=ROOT,
+                             capture_output=True, text=True)
+    sys.stderr.write(created.stderr)
+    if created.returncode != 0:
+        return created.returncode
+    sweep_id = created.stdout.strip().splitlines()[-1]
     cores = os.cpu_count() or 1
-    parallel = 2 if cores >= 2 else 1
-    threads = max(1, cores // parallel)
-    print(f"demo: training the tiny RQ-NSF flow on fmnist and on mnist ({parallel} at a time, {threads} thread(s) each); "
-          f"logs in {out}/*.log", flush=True)
-    pending = list(CONFIGS)
-    running = []
-    failed = []
-    t0 = time.time()
-    last, last_print = "", 0.0
-    while pending or running:
-        while pending and len(running) < parallel:
-            cfg = pending.pop(0)
-            log = out / (Path(cfg).stem + ".log")
-            cmd = [sys.executable, str(ROOT / "main_ood.py"), "--config", cfg, f"run.sweep_id={sweep}",
-                   f"run.num_threads={threads}"]
-            running.append((cfg, log, subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)))
+    n_agents = 2 if cores >= 2 else 1
+    threads = max(1, cores // n_agents)
+    logs = ROOT / "runs" / sweep_id / "agents"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"demo: sweep {sweep_id}, {n_agents} local agent(s) with {threads} thread(s) each; console logs in {logs}", flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    agents = []
+    for i in range(n_agents):
+        log = logs / f"console-{i}.log"
+        agents.append((log, subprocess.Popen([py, "sweep.py", "agent", sweep_id], cwd=ROOT, env=env,
+                                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)))
+    t0, last, last_print = time.time(), None, 0.0
+    while any(p.poll() is None for _, p in agents):
         time.sleep(2)
-        line = " | ".join(f"{Path(c).stem.replace('ood_', '').replace('_rq_nsf_tiny', '')}: {_status(l)}" for c, l, _ in running)
-        phases = [part.split(": ")[-1].split(" ")[0] for part in line.split(" | ")]
-        if phases != last or time.time() - last_print >= 20:  # a line on every phase change, else every 20 s
-            print(f"  [{time.time() - t0:5.0f}s] {line}", flush=True)
+        states = [_status(log) for log, _ in agents]
+        phases = [s.split(" ")[0] for s in states]
+        if phases != last or time.time() - last_print >= 20:  # a line per phase change, else every 20 s
+            print(f"  [{time.time() - t0:5.0f}s] " + " | ".join(f"agent {i}: {s}" for i, s in enumerate(states)), flush=True)
             last, last_print = phases, time.time()
-        for item in list(running):
-            cfg, log, proc = item
-            if proc.poll() is not None:
-                running.remove(item)
-                if proc.returncode != 0:
-                    failed.append((cfg, log))
-    if failed:
-        for cfg, log in failed:
-            lines = log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()
-            print(f"demo: {cfg} failed: {lines[-1] if lines else '(no output)'} (full log: {log})", file=sys.stderr)
+    if any(p.returncode != 0 for _, p in agents):
+        print(f"demo: an agent failed; see {logs}", file=sys.stderr)
         return 1
-    print(f"demo: finished in {time.time() - t0:.0f}s\n", flush=True)
-    from reports.aggregate import collect_runs, format_table, run_dirs_under, write_outputs
-
-    dirs = run_dirs_under([out])
-    frame, _ = collect_runs(dirs)
-    frame = frame[frame["detector"].isin(["log_likelihood", "generated_vs_ood/log_likelihood"])]
-    print(format_table(frame))
-    paths = write_outputs(frame, dirs, out)
-    print(f"\nreport: {paths[2]}\ntables: {paths[0]}, {paths[1]}")
-    return 0
+    print(f"demo: agents finished in {time.time() - t0:.0f}s\n", flush=True)
+    status = subprocess.run([py, "sweep.py", "status", sweep_id], cwd=ROOT, capture_output=True, text=True)
+    print(status.stdout.splitlines()[0] if status.stdout else "")
+    agg = subprocess.run([py, "sweep.py", "aggregate", sweep_id], cwd=ROOT)
+    if "0 failed" not in (status.stdout.splitlines() or [""])[0]:
+        print("demo: some runs failed; `python sweep.py status " + sweep_id + "` shows why", file=sys.stderr)
+        return 1
+    return agg.returncode
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ def _resolve_sleep(raw: Dict[str, Any]) -> Dict[str, Any]:
 def _run_sleep(cfg: Dict[str, Any]) -> Path:
     directory = rundir.run_dir(cfg, cfg["run"]["name"] or "sleep")
     rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
+    with open(directory / "executions.log", "a") as fh:  # one line per execution: lets tests count them
+        fh.write(f"{os.getpid()} {time.time():.3f}\n")
     time.sleep(float(cfg["sleep"]))
     if cfg["fail"]:
         raise RuntimeError(f"sleep job asked to fail (value={cfg['value']})")

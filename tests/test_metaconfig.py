@@ -1,0 +1,161 @@
+"""Meta-configuration expansion against worked examples of dysweep's documented rules."""
+import pytest
+import yaml
+
+from orchestration import metaconfig as mc
+from orchestration import wandb_backend
+from runconfig import ConfigError
+from tests.conftest import ROOT
+
+DESIGN_EXAMPLE = """
+project: likelihood-paradox
+method: grid
+job: ood
+base_config:
+  model: {family: flow, preset: tiny, coupling: rq_nsf}
+  data: {in_distribution: fmnist, ood: mnist}
+  ood: {scores: [log_likelihood]}
+sweep_configuration:
+  dy__upsert:
+    - sweep: true
+      sweep_identifier: pair
+      sweep_alias: [fmnist_vs_mnist, mnist_vs_fmnist]
+      values:
+        - {data: {in_distribution: fmnist, ood: mnist}}
+        - {data: {in_distribution: mnist, ood: fmnist}}
+  model:
+    coupling: {sweep: true, values: [rq_nsf, affine]}
+"""
+
+
+def _meta(text, job="sleep"):
+    raw = yaml.safe_load(text)
+    raw.setdefault("job", job)
+    return mc.parse(raw, "example.yaml")
+
+
+def test_design_example_expands_to_four_runs():
+    meta = _meta(DESIGN_EXAMPLE, job="ood")
+    assert [a.identifier for a in meta.axes] == ["pair", "coupling"]
+    configs = [mc.config_for(meta, c) for c in mc.choices(meta)]
+    assert len(configs) == 4
+    got = [(c["data"]["in_distribution"], c["data"]["ood"], c["model"]["coupling"]) for c in configs]
+    assert got == [("fmnist", "mnist", "rq_nsf"), ("fmnist", "mnist", "affine"),
+                   ("mnist", "fmnist", "rq_nsf"), ("mnist", "fmnist", "affine")]
+    # base keys the axes do not touch survive (upsert merges, it does not replace)
+    assert all(c["model"]["preset"] == "tiny" and c["ood"] == {"scores": ["log_likelihood"]} for c in configs)
+
+
+def test_axis_value_replaces_but_upsert_merges():
+    meta = _meta("""
+base_config: {a: {x: 1, y: 2}, b: {x: 1, y: 2}}
+sweep_configuration:
+  a: {sweep: true, values: [{x: 10}]}
+  b:
+    dy__upsert:
+      - {x: 10}
+      - {sweep: true, sweep_identifier: bz, values: [{z: 3}, {y: 20}]}
+""")
+    configs = [mc.config_for(meta, c) for c in mc.choices(meta)]
+    assert configs[0]["a"] == {"x": 10}                      # replaced wholesale
+    assert configs[0]["b"] == {"x": 10, "y": 2, "z": 3}      # merged, in list order
+    assert configs[1]["b"] == {"x": 10, "y": 20}
+
+
+def test_upsert_entries_apply_after_ordinary_keys_in_order():
+    meta = _meta("""
+base_config: {m: {k: 0}}
+sweep_configuration:
+  m:
+    k: 1
+    dy__upsert: [{k: 2}, {k: 3}]
+""")
+    assert mc.config_for(meta, {})["m"]["k"] == 3
+
+
+def test_default_identifier_is_shortest_unique_suffix_and_aliases():
+    meta = _meta("""
+base_config: {}
+sweep_configuration:
+  model: {lr: {sweep: true, values: [0.1, 0.2]}, depth: {sweep: true, values: [1, 2]}}
+  optim: {lr: {sweep: true, values: [1, 2]}}
+  data: {sub: {sweep: true, sweep_alias: [small, big], values: [{n: 1}, {n: 100}]}}
+""")
+    assert [a.identifier for a in meta.axes] == ["model.lr", "depth", "optim.lr", "sub"]
+    assert meta.axes[3].aliases == ["small", "big"] and meta.axes[0].aliases == ["0.1", "0.2"]
+    names = [mc.run_name_for(meta, c, mc.config_for(meta, c)) for c in mc.choices(meta)]
+    assert len(names) == 16 == len(set(names)) and names[0].startswith("0.1-1-1-small-")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base_config: {}\nsweep_configuration: {a: {sweep: true, values: []}}", "'sweep_configuration.a.values' must be a non-empty list"),
+    ("base_config: {}\nsweep_configuration: {a: {b: {sweep: true, values: [1, 2], sweep_alias: [x]}}}", "'sweep_configuration.a.b.sweep_alias'"),
+    ("base_config: {}\nsweep_configuration: {a: {dy__eval: {expression: 'x'}}}", "'sweep_configuration.a.dy__eval': code in YAML is not executed"),
+    ("base_config: {}\nsweep_configuration: {a: {sweep: true, values: [1], valuez: 3}}", "'sweep_configuration.a' is an axis"),
+    ("base_config: {}\nsweep_configuration: {}\nmethod: grud", "'method' must be one of"),
+    ("base_config: {}\nsweep_configuration: {}\nbase_confg: {}", "unknown top-level key(s) base_confg"),
+    ("base_config: {}\nsweep_configuration:\n  a: {sweep: true, sweep_identifier: x, values: [1]}\n  b: {sweep: true, sweep_identifier: x, values: [1]}", "identifier 'x' is used twice"),
+])
+def test_bad_meta_configurations_name_their_path(text, message):
+    with pytest.raises(ConfigError) as err:
+        _meta(text)
+    assert message in str(err.value)
+
+
+def test_bad_run_key_fails_before_queueing_with_run_and_dotted_path():
+    meta = _meta("""
+base_config: {preset: flow_rq_nsf_tiny}
+sweep_configuration:
+  training: {stepz: {sweep: true, values: [1, 2]}}
+""", job="ood")
+    with pytest.raises(ConfigError, match=r"run \(stepz=1\): Unknown config key 'training.stepz'"):
+        mc.expand(meta)
+
+
+SHIPPED = {  # file -> (job, runs)
+    "ood/demo_tiny.yaml": ("ood", 2),
+    "ood/grayscale_likelihood.yaml": ("ood", 8),
+    "ood/rgb_likelihood.yaml": ("ood", 32),
+    "training/grayscale_flows.yaml": ("train", 20),
+    "training/rgb_flows.yaml": ("train", 16),
+}
+
+
+@pytest.mark.parametrize("rel", sorted(SHIPPED))
+def test_every_shipped_meta_configuration_expands(rel):
+    meta = mc.load(ROOT / "meta_configurations" / rel)
+    job, n = SHIPPED[rel]
+    runs = mc.expand(meta)
+    assert meta.job == job and len(runs) == n
+    assert len({r.name for r in runs}) == n and len({r.digest for r in runs}) == n
+    if rel == "ood/demo_tiny.yaml":
+        pairs = [(r.config["data"]["in_distribution"], r.config["data"]["ood"]) for r in runs]
+        assert pairs == [("fmnist", "mnist"), ("mnist", "fmnist")]
+        assert all(r.config["model"]["coupling"] == "rq_nsf" and r.config["preset"] == "flow_rq_nsf_tiny" for r in runs)
+    if rel == "training/grayscale_flows.yaml":
+        assert {r.config["data"]["in_distribution"] for r in runs} == {"fmnist", "mnist", "kmnist", "emnist", "omniglot"}
+
+
+def test_shipped_files_are_all_listed():
+    found = {p.relative_to(ROOT / "meta_configurations").as_posix() for p in (ROOT / "meta_configurations").rglob("*.yaml")}
+    assert found == set(SHIPPED)
+
+
+@pytest.mark.parametrize("rel", sorted(SHIPPED))
+def test_wandb_flattening_round_trips_exactly(rel):
+    path = ROOT / "meta_configurations" / rel
+    meta = mc.load(path)
+    flat = wandb_backend.sweep_config(meta, f"meta_configurations/{rel}")
+    assert flat["method"] == "grid"
+    expanded = {r.name: r.config for r in mc.expand(meta)}
+    for choice in mc.choices(meta):
+        params = {k: v["value"] if "value" in v else v["values"][choice[k]] for k, v in flat["parameters"].items()}
+        _, cfg, name = wandb_backend.config_from_wandb(params, ROOT)
+        assert expanded[name] == cfg
+
+
+def test_wandb_backend_fails_fast_without_login(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(wandb_backend.WandbUnavailable, match="wandb login"):
+        wandb_backend.create(mc.load(ROOT / "meta_configurations/ood/demo_tiny.yaml"), "meta_configurations/ood/demo_tiny.yaml")

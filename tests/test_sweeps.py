@@ -1,0 +1,182 @@
+"""The local sweep backend with real SQLite and real agent processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from orchestration.store import Store, store_path
+from tests.conftest import ROOT, TINY_MODEL
+
+
+def sweep_cli(root, *args, check=True, env=None):
+    out = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "--runs-root", str(root), *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600, env=env)
+    if check and out.returncode != 0:
+        raise AssertionError(out.stderr)
+    return out
+
+
+def create(root, meta: dict, tmp_path, *extra):
+    path = tmp_path / f"meta-{len(list(tmp_path.glob('meta-*')))}.yaml"
+    path.write_text(yaml.safe_dump(meta))
+    return sweep_cli(root, "create", "--config", str(path), "--backend", "local", *extra).stdout.strip().splitlines()[-1]
+
+
+def agent(root, sweep_id, *extra, env_extra=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+    return subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "--runs-root", str(root), "agent", sweep_id, *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def runs(root, sweep_id):
+    store = Store(store_path(root))
+    try:
+        return store.runs(sweep_id)
+    finally:
+        store.close()
+
+
+def sleep_meta(n_values=200, sleep=0.0, fail=False, **extra):
+    return {"job": "sleep", "method": "grid", "base_config": {"sleep": sleep, "fail": fail},
+            "sweep_configuration": {"value": {"sweep": True, "values": [round(i / n_values, 6) for i in range(n_values)]}},
+            **extra}
+
+
+def test_eight_agents_run_every_run_exactly_once(tmp_path):
+    root = tmp_path / "runs"
+    sid = create(root, sleep_meta(200), tmp_path)
+    procs = [agent(root, sid) for _ in range(8)]
+    for p in procs:
+        p.wait(timeout=600)
+        assert p.returncode == 0, p.stdout.read()
+    rows = runs(root, sid)
+    assert len(rows) == 200 and {r["status"] for r in rows} == {"finished"}
+    assert all(r["claims"] == 1 for r in rows)
+    executions = [len((Path(r["run_dir"]) / "executions.log").read_text().splitlines()) for r in rows]
+    assert executions == [1] * 200
+    workers = {r["agent"] for r in rows}
+    assert len(workers) > 1, "the agents should have shared the work"
+
+
+def test_failing_run_is_retried_then_failed_while_the_sweep_goes_on(tmp_path):
+    root = tmp_path / "runs"
+    meta = sleep_meta(3, max_attempts=3)
+    meta["sweep_configuration"]["fail"] = {"sweep": True, "values": [False, True]}
+    sid = create(root, meta, tmp_path)
+    p = agent(root, sid)
+    p.wait(timeout=300)
+    rows = {(r["params"]["value"], r["params"]["fail"]): r for r in runs(root, sid)}
+    for (value, fail), r in rows.items():
+        if fail == "True":
+            assert r["status"] == "failed" and r["failures"] == 3 and "sleep job asked to fail" in r["error"]
+            assert len((Path(root) / sid / r["name"] / "executions.log").read_text().splitlines()) == 3
+        else:
+            assert r["status"] == "finished" and r["failures"] == 0
+    status = sweep_cli(root, "status", sid).stdout
+    assert "3 finished, 3 failed" in status and "RuntimeError: sleep job asked to fail" in status
+    assert "re-queued 3 run(s)" in sweep_cli(root, "rerun", sid, "--failed").stdout
+    assert sum(r["status"] == "queued" for r in runs(root, sid)) == 3
+
+
+def test_sigterm_requeues_the_current_run(tmp_path):
+    root = tmp_path / "runs"
+    sid = create(root, sleep_meta(2, sleep=60), tmp_path)
+    p = agent(root, sid)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(r["status"] == "running" for r in runs(root, sid)):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=30)
+    assert p.returncode == 0
+    rows = runs(root, sid)
+    assert [r["status"] for r in rows] == ["queued", "queued"]
+    assert rows[0]["claims"] == 1 and rows[0]["failures"] == 0 and rows[0]["agent"] is None
+
+
+def test_sigkilled_agent_run_is_resumed_from_checkpoint_by_another_agent(tmp_path):
+    root = tmp_path / "runs"
+    images = np.random.default_rng(0).integers(0, 256, size=(64, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images)
+    np.savez(tmp_path / "b.npz", images=255 - images)
+    meta = {"job": "ood", "method": "grid", "base_config": {
+        "model": dict(TINY_MODEL), "tracking": {"wandb": False},
+        "training": {"steps": 400, "batch_size": 8, "checkpoint_every": 10, "progress": False, "sample_grid": 0},
+        "ood": {"n_generated": 8, "png": False, "figures": False}},
+        "sweep_configuration": {"data": {"in_distribution": {"sweep": True, "sweep_identifier": "ind",
+                                                            "sweep_alias": ["a"], "values": [f"npz:{tmp_path / 'a.npz'}"]},
+                                         "ood": f"npz:{tmp_path / 'b.npz'}"}}}
+    sid = create(root, meta, tmp_path)
+    (name,) = [r["name"] for r in runs(root, sid)]
+    ckpt = root / sid / name / "checkpoint.pt"
+    first = agent(root, sid, "--lease", "2")
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    import torch
+    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < killed_at < 400
+    assert runs(root, sid)[0]["status"] == "running"  # the dead agent still holds it until the lease expires
+    second = agent(root, sid, "--lease", "2")
+    out, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, out
+    (row,) = runs(root, sid)
+    assert row["status"] == "finished" and row["claims"] == 2
+    assert f"resuming from step {killed_at}" in (root / sid / name / "run.log").read_text()
+    agg = sweep_cli(root, "aggregate", sid).stdout
+    table = pd.read_csv(root / sid / "aggregate.csv")
+    metrics = json.loads((root / sid / name / "metrics.json").read_text())
+    assert len(table) == len(metrics) and not table.duplicated(["run", "detector"]).any()
+    for _, r in table.iterrows():
+        assert r["auroc"] == pytest.approx(metrics[r["detector"]]["auroc"], abs=1e-12)
+        assert r["n_in"] == metrics[r["detector"]]["n_in"]
+    scores = pd.read_parquet(root / sid / name / "scores.parquet")
+    assert not scores.duplicated(["split", "index"]).any()
+    assert "log_likelihood" in agg
+
+
+def test_aggregate_matches_metrics_and_overlapping_sweeps_reuse_finished_runs(tmp_path):
+    root = tmp_path / "runs"
+    sid = create(root, sleep_meta(5), tmp_path)
+    agent(root, sid).wait(timeout=300)
+    sweep_cli(root, "aggregate", sid)
+    table = pd.read_csv(root / sid / "aggregate.csv")
+    assert len(table) == 5
+    for _, r in table.iterrows():
+        metrics = json.loads((root / sid / r["run"] / "metrics.json").read_text())
+        assert r["auroc"] == metrics["sleep"]["auroc"] and r["fpr95"] == metrics["sleep"]["fpr95"]
+    # a bigger grid overlapping the first: only the new cells are queued
+    out = sweep_cli(root, "create", "--config", str(tmp_path / "meta-0.yaml"), "--backend", "local")
+    assert "0 queued, 5 reused" in out.stderr
+    bigger = sleep_meta(10)
+    sid2 = create(root, bigger, tmp_path)
+    rows = runs(root, sid2)
+    assert sum(r["status"] == "queued" for r in rows) == 5  # values 0.1, 0.3, ... are new; 0.0, 0.2, ... reused
+    assert all(r["reused_from"].startswith(str(root / sid)) for r in rows if r["status"] == "finished")
+    forced = sweep_cli(root, "create", "--config", str(tmp_path / "meta-0.yaml"), "--backend", "local", "--force")
+    assert "5 queued, 0 reused" in forced.stderr
+
+
+def test_random_search_uses_the_wandb_engine_and_respects_run_cap(tmp_path):
+    root = tmp_path / "runs"
+    sid = create(root, sleep_meta(50, method="random", run_cap=4), tmp_path)
+    assert runs(root, sid) == []
+    p = agent(root, sid)
+    p.wait(timeout=300)
+    rows = runs(root, sid)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
+
+
+def test_unknown_sweep_id_is_one_sentence(tmp_path):
+    out = sweep_cli(tmp_path, "status", "local-deadbeef", check=False)
+    assert out.returncode == 2 and out.stderr.startswith("error: Sweep 'local-deadbeef' is not in")
