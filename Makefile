@@ -37,6 +37,7 @@ test: setup data
 
 bench: setup data
 	$(PY) benchmarks/bench_flows.py
+	$(PY) benchmarks/bench_sweeps.py
 
 clean-runs:
 	rm -rf runs/demo

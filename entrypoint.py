@@ -11,26 +11,33 @@ class UserError(RuntimeError):
     """A problem with the user's input or environment, already phrased as one sentence."""
 
 
-def guarded(job: Callable[[], None]) -> int:
-    """Run ``job``; print known user-facing errors as one line (no traceback) and return an exit code."""
+def _known_errors() -> tuple:
+    """User-facing error classes; torch-backed modules only count if the job imported them."""
     from data.formats import FormatError
     from data.mirror import MirrorError
     from data.registry import DatasetNotFoundError, UnknownDatasetError
-    from models.training import CheckpointError, TrainingDiverged
     from runconfig import ConfigError
 
-    known = (UserError, ConfigError, DatasetNotFoundError, UnknownDatasetError, FormatError, MirrorError, CheckpointError, TrainingDiverged)
+    known = [UserError, ConfigError, DatasetNotFoundError, UnknownDatasetError, FormatError, MirrorError]
+    training = sys.modules.get("models.training")  # not imported eagerly: torch takes seconds to load
+    if training is not None:
+        known += [training.CheckpointError, training.TrainingDiverged]
+    return tuple(known)
+
+
+def guarded(job: Callable[[], None]) -> int:
+    """Run ``job``; print known user-facing errors as one line (no traceback) and return an exit code."""
     try:
         job()
-    except known as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyError as exc:  # unknown score names and the like carry a full sentence
-        if exc.args and isinstance(exc.args[0], str) and " " in exc.args[0]:
-            print(f"error: {exc.args[0]}", file=sys.stderr)
-            return EXIT_USER_ERROR
-        raise
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint.", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if isinstance(exc, _known_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str) and " " in exc.args[0]:
+            print(f"error: {exc.args[0]}", file=sys.stderr)  # unknown score names and the like carry a sentence
+            return EXIT_USER_ERROR
+        raise
     return 0

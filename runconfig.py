@@ -94,14 +94,28 @@ CHOICES = {
 }
 
 
+def copy_tree(obj: Any) -> Any:
+    """A copy of a YAML/JSON-like tree (dicts, lists, scalars); much faster than copy.deepcopy."""
+    if isinstance(obj, dict):
+        return {k: copy_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [copy_tree(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return copy.deepcopy(obj)
+
+
 def deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
-    """Return ``base`` updated recursively by ``update`` (mappings merge, everything else replaces)."""
-    out = copy.deepcopy(base)
+    """Return a new tree: ``base`` updated recursively by ``update`` (mappings merge, anything else replaces)."""
+    out = dict(base)
     for key, value in (update or {}).items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = copy_tree(value)
+    for key, value in out.items():
+        if key not in (update or {}):
+            out[key] = copy_tree(value)
     return out
 
 
@@ -186,12 +200,12 @@ def load_yaml(path: str | Path) -> Dict[str, Any]:
 
 def resolve(user: Dict[str, Any], overrides: Iterable[str] = ()) -> Dict[str, Any]:
     """Resolve a run configuration: defaults < preset < ``user`` < overrides, validated."""
-    merged_user = copy.deepcopy(user)
+    merged_user = copy_tree(user)
     for text in overrides:
         merged_user = deep_merge(merged_user, parse_override(text))
     _coerce_floats(merged_user, DEFAULTS)
     validate(merged_user)
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = copy_tree(DEFAULTS)
     preset = merged_user.get("preset")
     if preset:
         preset_path = PRESET_DIR / f"{preset}.yaml"

@@ -15,7 +15,6 @@ document order, the last axis varying fastest. ``dy__eval`` (code in YAML) is re
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import json
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import runconfig
-from runconfig import ConfigError, deep_merge
+from runconfig import ConfigError, copy_tree, deep_merge
 
 META_KEYS = {"project", "entity", "sweep_name", "description", "method", "metric", "early_terminate", "run_cap",
              "job", "base_config", "sweep_configuration", "count", "max_attempts"}
@@ -182,9 +181,9 @@ def _resolve_node(meta: MetaConfig, node: Any, path: Tuple[str, ...], choice: Di
     """The overlay a sweep_configuration node contributes, with axes replaced by chosen values."""
     axis = meta._axis_at.get(path)
     if axis is not None:
-        return copy.deepcopy(axis.values[choice[axis.identifier]])
+        return copy_tree(axis.values[choice[axis.identifier]])
     if not isinstance(node, dict):
-        return copy.deepcopy(node)
+        return copy_tree(node)
     out: Dict[str, Any] = {}
     for key, value in node.items():
         if key != "dy__upsert":
@@ -199,11 +198,11 @@ def _resolve_node(meta: MetaConfig, node: Any, path: Tuple[str, ...], choice: Di
 
 def _apply(base: Dict[str, Any], overlay: Dict[str, Any], replaced: set, path: Tuple[str, ...] = ()) -> Dict[str, Any]:
     """Merge overlay into base, except at axis locations whose chosen value replaces the base."""
-    out = copy.deepcopy(base)
+    out = copy_tree(base)
     for key, value in overlay.items():
         here = path + (str(key),)
         if here in replaced or not (isinstance(value, dict) and isinstance(out.get(key), dict)):
-            out[key] = copy.deepcopy(value)
+            out[key] = copy_tree(value)
         else:
             out[key] = _apply(out[key], value, replaced, here)
     return out
@@ -226,10 +225,11 @@ def config_digest(cfg: Dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def run_name_for(meta: MetaConfig, choice: Dict[str, int], cfg: Dict[str, Any]) -> str:
+def run_name_for(meta: MetaConfig, choice: Dict[str, int], cfg: Dict[str, Any], digest: Optional[str] = None) -> str:
+    """Readable run name: the chosen aliases, then a hash of the resolved config."""
     parts = [meta.axes[i].aliases[choice[a.identifier]] for i, a in enumerate(meta.axes)]
     stem = "-".join(p.replace("/", "_").replace(" ", "_") for p in parts) or "run"
-    return f"{stem[:80]}-{config_digest(cfg)}"
+    return f"{stem[:80]}-{digest or config_digest(cfg)}"
 
 
 @dataclass
@@ -254,7 +254,7 @@ def expand(meta: MetaConfig, resolve: Optional[Callable[[Dict[str, Any]], Dict[s
             where = ", ".join(f"{k}={v}" for k, v in params.items()) or "the base config"
             raise ConfigError(f"{meta.source}: run ({where}): {exc}") from exc
         digest = config_digest(cfg)
-        runs.append(RunSpec(run_name_for(meta, choice, cfg), params, cfg, digest))
+        runs.append(RunSpec(run_name_for(meta, choice, cfg, digest), params, cfg, digest))
     return runs
 
 
