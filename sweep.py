@@ -162,8 +162,10 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--backend", choices=["local", "wandb"])
     p.add_argument("--force", action="store_true", help="recompute runs that already finished in another sweep")
-    p = sub.add_parser("agent", help="work on a sweep until it is drained")
+    p = sub.add_parser("agent", help="work on a sweep until it is drained: agent <sweep-id> [gpu-index] [count]")
     p.add_argument("sweep_id")
+    p.add_argument("gpu_pos", nargs="?", metavar="gpu-index")
+    p.add_argument("count_pos", nargs="?", type=int, metavar="count")
     p.add_argument("--gpu", help="GPU index: sets CUDA_VISIBLE_DEVICES")
     p.add_argument("--count", type=int, help="stop after this many runs")
     p.add_argument("--lease", type=float, default=60.0, help="seconds a run stays claimed without a heartbeat")
@@ -175,6 +177,9 @@ def main(argv=None) -> int:
     p.add_argument("--failed", action="store_true")
     sub.add_parser("list")
     args = parser.parse_args(argv)
+    if args.cmd == "agent":
+        args.gpu = args.gpu if args.gpu is not None else (args.gpu_pos or None)
+        args.count = args.count if args.count is not None else args.count_pos
     handlers = {"create": cmd_create, "agent": cmd_agent, "status": cmd_status, "rerun": cmd_rerun,
                 "aggregate": cmd_aggregate, "list": cmd_list}
 

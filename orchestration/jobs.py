@@ -47,7 +47,7 @@ def _run_sleep(cfg: Dict[str, Any]) -> Path:
     directory = rundir.run_dir(cfg, cfg["run"]["name"] or "sleep")
     rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
     with open(directory / "executions.log", "a") as fh:  # one line per execution: lets tests count them
-        fh.write(f"{os.getpid()} {time.time():.3f}\n")
+        fh.write(f"{os.getpid()} {time.time():.3f} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n")
     time.sleep(float(cfg["sleep"]))
     if cfg["fail"]:
         raise RuntimeError(f"sleep job asked to fail (value={cfg['value']})")

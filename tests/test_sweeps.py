@@ -180,3 +180,17 @@ def test_random_search_uses_the_wandb_engine_and_respects_run_cap(tmp_path):
 def test_unknown_sweep_id_is_one_sentence(tmp_path):
     out = sweep_cli(tmp_path, "status", "local-deadbeef", check=False)
     assert out.returncode == 2 and out.stderr.startswith("error: Sweep 'local-deadbeef' is not in")
+
+
+def test_meta_run_script_pins_the_gpu_and_logs_per_agent(tmp_path):
+    root = tmp_path / "runs"
+    sid = create(root, sleep_meta(3), tmp_path)
+    env = dict(os.environ, OOD_RUNS_ROOT=str(root), PYTHON=sys.executable)
+    out = subprocess.run([str(ROOT / "meta_run_ood.sh"), sid, "3", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = runs(root, sid)
+    assert [r["status"] for r in rows] == ["finished", "finished", "queued"]  # count=2
+    line = (Path(rows[0]["run_dir"]) / "executions.log").read_text()
+    assert line.strip().endswith("CUDA_VISIBLE_DEVICES=3")
+    logs = list((root / sid / "agents").glob("*-gpu3.log"))
+    assert len(logs) == 1 and "finished" in logs[0].read_text()
