@@ -66,3 +66,26 @@ def open_run_log(directory: Path, name: str = "ood") -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
     return logger
+
+
+TRACKED_PACKAGES = ("torch", "nflows", "numpy", "scipy", "pandas", "pyarrow", "wandb", "plotly", "sweeps")
+
+
+def provenance(data_checksums: Dict[str, str]) -> Dict[str, Any]:
+    """What makes a number traceable: git commit and dirty flag, package versions, data file checksums."""
+    import subprocess
+    from importlib import metadata
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"git_commit": git("rev-parse", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "packages": versions, "data_files": data_checksums}

@@ -214,7 +214,8 @@ def load_trained(path: Path, map_location="cpu"):
     return model, state
 
 
-def run_training(cfg: Dict[str, Any], echo: bool = True) -> Path:
+def run_training(cfg: Dict[str, Any], echo: bool = True,
+                 callbacks: Optional[List[Callable[[int, float], None]]] = None) -> Path:
     """The training job behind ``train.py``: resolve the run directory, train, track. Returns the directory."""
     import sys
 
@@ -237,11 +238,12 @@ def run_training(cfg: Dict[str, Any], echo: bool = True) -> Path:
 
     log(f"run directory: {directory}")
     rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
-    rundir.write_json(directory / "provenance.json", {"data_files": file_checksums(train_set.files), "torch": torch.__version__})
+    rundir.write_json(directory / "provenance.json", rundir.provenance(file_checksums(train_set.files)))
     tracker = Tracker(cfg, directory, name, job_type="train", warn=log)
     try:
         _, result = fit(cfg, directory, match_shape(train_set.images, shape), log=log,
-                        callbacks=[lambda step, bpd: tracker.log({"train/bits_per_dim": bpd}, step=step) if step % 10 == 0 else None])
+                        callbacks=[lambda step, bpd: tracker.log({"train/bits_per_dim": bpd}, step=step) if step % 10 == 0 else None]
+                        + list(callbacks or []))
         tracker.summary({"train/final_bits_per_dim": result.final_bpd, "train/images_per_second": result.images_per_second})
         tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
     finally:

@@ -88,7 +88,7 @@ def load_checkpoint_path(value: str) -> Path:
     return path
 
 
-def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Console, tracker):
+def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Console, tracker, callbacks=None):
     ckpt = cfg["ood"]["checkpoint"]
     device = pick_device(cfg["run"]["device"])
     if ckpt:
@@ -103,12 +103,16 @@ def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Con
         console(f"loaded checkpoint {path} (step {state['step']})")
         return model.to(device)
     model, result = fit(cfg, directory, train_images, log=console,
-                        callbacks=[lambda step, bpd: tracker.log({"train/bits_per_dim": bpd}, step=step) if step % 10 == 0 else None])
+                        callbacks=[lambda step, bpd: tracker.log({"train/bits_per_dim": bpd}, step=step) if step % 10 == 0 else None]
+                        + list(callbacks or []))
     return model
 
 
-def run_ood(cfg: Dict[str, Any], echo: bool = True) -> Path:
-    """Run one OOD job end to end and return its run directory."""
+def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
+    """Run one OOD job end to end and return its run directory.
+
+    ``callbacks`` get ``(step, bits_per_dim)`` during training (sweep agents use them for early termination).
+    """
     seed = int(cfg["run"]["seed"])
     ocfg = cfg["ood"]
     names = list(ocfg["scores"])
@@ -135,7 +139,7 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True) -> Path:
     from tracking import Tracker
     tracker = Tracker(cfg, directory, name, job_type="ood", warn=console.warn)
     try:
-        model = _resolve_model(cfg, directory, train_images, console, tracker)
+        model = _resolve_model(cfg, directory, train_images, console, tracker, callbacks)
         device = next(model.parameters()).device
         model.eval()
 
@@ -166,7 +170,7 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True) -> Path:
 
         metrics = compute_metrics(table, names)
         rundir.write_json(directory / "metrics.json", metrics)
-        rundir.write_json(directory / "provenance.json", {"data_files": checksums, "torch": torch.__version__})
+        rundir.write_json(directory / "provenance.json", rundir.provenance(checksums))
         if ocfg["figures"]:
             _figures(table, names, metrics, cfg, directory, console)
         tracker.summary({f"{k}/{m}": v for k, d in metrics.items() for m, v in d.items()})

@@ -26,6 +26,27 @@ class Terminated(BaseException):
     """Raised in the agent's main thread on SIGTERM/SIGINT."""
 
 
+class EarlyStopped(Exception):
+    """Raised from a job's progress callback when the sweep's early-termination rule stops the run."""
+
+
+def _progress_callback(store: Store, sweep: Dict[str, Any], name: str, every: int = 10) -> Callable[[int, float], None]:
+    """Records the job's metric every ``every`` steps and applies early termination (if configured)."""
+    from orchestration import metaconfig
+    from orchestration.proposals import should_stop
+
+    meta = metaconfig.parse(sweep["meta"], sweep["source"])
+    active = bool(meta.raw.get("early_terminate") and meta.metric)
+
+    def report(step: int, value: float) -> None:
+        if not active or step % every:
+            return
+        store.record_history(sweep["id"], name, step, value)
+        if should_stop(meta, store.runs(sweep["id"]), store.histories(sweep["id"]), name):
+            raise EarlyStopped(f"{name} stopped early at step {step} by {meta.raw['early_terminate'].get('type', 'early_terminate')}")
+    return report
+
+
 def agent_name(gpu: Optional[str]) -> str:
     return f"{socket.gethostname()}-gpu{gpu if gpu not in (None, '') else 'none'}-pid{os.getpid()}"
 
@@ -73,7 +94,7 @@ def run_agent(db_path: Path, sweep_id: str, gpu: Optional[str] = None, count: Op
         raise KeyError(f"Sweep '{sweep_id}' not found in {db_path}; create it with `python sweep.py create --config <meta.yaml>`.")
     job = JOBS[sweep["job"]]
     me = agent_name(gpu)
-    done = {"finished": 0, "failed": 0, "requeued": 0, "released": 0}
+    done = {"finished": 0, "failed": 0, "requeued": 0, "released": 0, "stopped": 0}
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def terminate(signum, frame):
@@ -82,7 +103,7 @@ def run_agent(db_path: Path, sweep_id: str, gpu: Optional[str] = None, count: Op
         signal.signal(s, terminate)
     log.info(f"agent {me} on sweep {sweep_id} ({sweep['job']}, {sweep['method']})")
     try:
-        while count is None or sum(done[k] for k in ("finished", "failed", "requeued")) < count:
+        while count is None or sum(done[k] for k in ("finished", "failed", "requeued", "stopped")) < count:
             claim = store.claim(sweep_id, me, lease)
             if claim is None:
                 if sweep["method"] != "grid" and _propose(store, sweep):
@@ -98,7 +119,11 @@ def run_agent(db_path: Path, sweep_id: str, gpu: Optional[str] = None, count: Op
             beat.start()
             t0 = time.perf_counter()
             try:
-                directory = job.run(claim.config)
+                directory = job.run(claim.config, callbacks=[_progress_callback(store, sweep, claim.name)])
+            except EarlyStopped as exc:
+                store.stop(sweep_id, claim.name, me)
+                done["stopped"] += 1
+                log.info(str(exc))
             except Terminated:
                 store.release(sweep_id, claim.name, me)
                 done["released"] += 1

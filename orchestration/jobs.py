@@ -4,7 +4,8 @@
 * ``train``: ``train.py``'s job (models.training.run_training).
 * ``ood``: ``main_ood.py``'s job (ood.runner.run_ood).
 * ``sleep``: a trivial job for measuring the orchestration itself (bench, tests): it sleeps,
-  optionally fails, and writes a metrics.json. ``{"sleep": seconds, "value": x, "fail": bool}``.
+  optionally reports a fake metric ``curve`` step by step, optionally fails, and writes a
+  metrics.json. ``{"sleep": seconds, "value": x, "fail": bool, "curve": [values]}``.
 """
 from __future__ import annotations
 
@@ -21,20 +22,20 @@ import rundir
 @dataclass(frozen=True)
 class Job:
     resolve: Callable[[Dict[str, Any]], Dict[str, Any]]
-    run: Callable[[Dict[str, Any]], Path]
+    run: Callable[..., Path]  # run(config, callbacks=None): callbacks get (step, value) as the job progresses
 
 
-def _run_train(cfg: Dict[str, Any]) -> Path:
+def _run_train(cfg: Dict[str, Any], callbacks=None) -> Path:
     from models.training import run_training
-    return run_training(cfg)
+    return run_training(cfg, callbacks=callbacks)
 
 
-def _run_ood(cfg: Dict[str, Any]) -> Path:
+def _run_ood(cfg: Dict[str, Any], callbacks=None) -> Path:
     from ood.runner import run_ood
-    return run_ood(cfg)
+    return run_ood(cfg, callbacks=callbacks)
 
 
-SLEEP_DEFAULTS = {"sleep": 0.0, "value": 0.5, "fail": False,
+SLEEP_DEFAULTS = {"sleep": 0.0, "value": 0.5, "fail": False, "curve": [],
                   "run": {"name": None, "runs_root": "runs", "sweep_id": "single"}}
 
 
@@ -43,12 +44,18 @@ def _resolve_sleep(raw: Dict[str, Any]) -> Dict[str, Any]:
     return runconfig.deep_merge(SLEEP_DEFAULTS, raw)
 
 
-def _run_sleep(cfg: Dict[str, Any]) -> Path:
+def _run_sleep(cfg: Dict[str, Any], callbacks=None) -> Path:
     directory = rundir.run_dir(cfg, cfg["run"]["name"] or "sleep")
     rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
     with open(directory / "executions.log", "a") as fh:  # one line per execution: lets tests count them
         fh.write(f"{os.getpid()} {time.time():.3f} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n")
-    time.sleep(float(cfg["sleep"]))
+    curve = list(cfg["curve"])
+    for step, value in enumerate(curve, start=1):  # a fake training curve, reported like training's bits/dim
+        time.sleep(float(cfg["sleep"]) / len(curve))
+        for cb in callbacks or []:
+            cb(step, float(value))
+    if not curve:
+        time.sleep(float(cfg["sleep"]))
     if cfg["fail"]:
         raise RuntimeError(f"sleep job asked to fail (value={cfg['value']})")
     v = float(cfg["value"])

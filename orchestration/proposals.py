@@ -60,3 +60,21 @@ def _placed(cfg: Dict[str, Any], sweep: Dict[str, Any], name: str) -> Dict[str, 
     cfg = dict(cfg)
     cfg["run"] = dict(cfg["run"], runs_root=sweep["runs_root"], sweep_id=sweep["id"], name=name)
     return cfg
+
+
+def should_stop(meta: metaconfig.MetaConfig, runs: List[Dict[str, Any]], histories: Dict[str, list], name: str) -> bool:
+    """Whether W&B's early-termination rule (``early_terminate``, e.g. hyperband) stops run ``name`` now."""
+    if not meta.raw.get("early_terminate") or not meta.metric:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import sweeps
+        from sweeps import RunState, SweepRun
+    state = {"queued": RunState.pending, "running": RunState.running, "finished": RunState.finished,
+             "failed": RunState.failed, "stopped": RunState.finished}
+    metric = meta.metric["name"]
+    history = [SweepRun(name=r["name"], state=state[r["status"]], config={k: {"value": v} for k, v in r["params"].items()},
+                        sampledHistory=[{metric: v, "_step": s} for s, v in histories.get(r["name"], [])])
+               for r in runs]
+    config = dict(metaconfig.wandb_sweep_config(meta), method="grid" if meta.method == "grid" else meta.method)
+    return any(r.name == name for r in sweeps.stop_runs(config, history))

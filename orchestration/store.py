@@ -1,6 +1,7 @@
 """The local sweep backend's state: one SQLite file (WAL mode) under the runs root.
 
-Runs move ``queued -> running -> finished | failed``. An agent claims the next run inside one
+Runs move ``queued -> running -> finished | failed | stopped`` (stopped: ended early by the
+sweep's early-termination rule). An agent claims the next run inside one
 ``BEGIN IMMEDIATE`` transaction, so no run is ever handed to two agents, and holds a lease it
 renews with heartbeats. A running run whose lease expired (its agent was killed or lost) is
 claimable again and resumes from its checkpoint. A run that raises is re-queued until it has
@@ -29,6 +30,8 @@ CREATE TABLE IF NOT EXISTS runs (
   PRIMARY KEY (sweep_id, name));
 CREATE INDEX IF NOT EXISTS runs_queue ON runs (sweep_id, status, seq);
 CREATE INDEX IF NOT EXISTS runs_digest ON runs (digest, status);
+CREATE TABLE IF NOT EXISTS history (sweep_id TEXT, name TEXT, step INTEGER, value REAL);
+CREATE INDEX IF NOT EXISTS history_run ON history (sweep_id, name, step);
 """
 LOCAL_PREFIX = "local-"
 
@@ -159,6 +162,22 @@ class Store:
                                                        sweep_id, name))
         return status
 
+    def stop(self, sweep_id: str, name: str, agent: str) -> None:
+        """Mark a run ended early by early termination (a terminal state, like W&B's 'stopped')."""
+        self.db.execute("UPDATE runs SET status='stopped', finished=?, lease_until=NULL WHERE sweep_id=? AND name=? AND agent=?",
+                        (time.time(), sweep_id, name, agent))
+
+    def record_history(self, sweep_id: str, name: str, step: int, value: float) -> None:
+        """Append one point of a run's metric history (used by early termination)."""
+        self.db.execute("INSERT INTO history VALUES (?,?,?,?)", (sweep_id, name, int(step), float(value)))
+
+    def histories(self, sweep_id: str) -> Dict[str, List[tuple]]:
+        out: Dict[str, List[tuple]] = {}
+        for name, step, value in self.db.execute("SELECT name, step, value FROM history WHERE sweep_id=? ORDER BY name, step",
+                                                 (sweep_id,)):
+            out.setdefault(name, []).append((step, value))
+        return out
+
     def release(self, sweep_id: str, name: str, agent: str) -> None:
         """Give a run back to the queue without counting a failure (SIGTERM/SIGINT)."""
         self.db.execute("UPDATE runs SET status='queued', agent=NULL, lease_until=NULL WHERE sweep_id=? AND name=? "
@@ -166,7 +185,7 @@ class Store:
 
     # ---- inspection ---------------------------------------------------------------------
     def counts(self, sweep_id: str) -> Dict[str, int]:
-        out = {"queued": 0, "running": 0, "finished": 0, "failed": 0}
+        out = {"queued": 0, "running": 0, "finished": 0, "failed": 0, "stopped": 0}
         for status, n in self.db.execute("SELECT status, COUNT(*) FROM runs WHERE sweep_id=? GROUP BY status", (sweep_id,)):
             out[status] = n
         return out
@@ -185,7 +204,7 @@ class Store:
 
     def requeue(self, sweep_id: str, name: Optional[str] = None, failed_only: bool = False) -> int:
         """Put runs back in the queue (all finished/failed ones, only failed ones, or one by name)."""
-        where, args = "sweep_id=? AND status IN ('finished','failed')", [sweep_id]
+        where, args = "sweep_id=? AND status IN ('finished','failed','stopped')", [sweep_id]
         if failed_only:
             where = "sweep_id=? AND status='failed'"
         if name:

@@ -27,6 +27,9 @@ def test_fmnist_flow_scores_mnist_higher(tmp_path, monkeypatch):
                  "figures/likelihood_histogram.html", "figures/roc.html", "figures/samples.png"):
         assert (directory / name).exists(), name
     assert yaml.safe_load((directory / "config.yaml").read_text()) == cfg
+    prov = json.loads((directory / "provenance.json").read_text())
+    assert prov["packages"]["nflows"] == "0.14" and "git_dirty" in prov and "git_commit" in prov
+    assert any(path.endswith("t10k-images-idx3-ubyte") and len(digest) == 64 for path, digest in prov["data_files"].items())
     assert list((directory / "wandb").glob("offline-run-*")), "W&B should have logged an offline run"
 
     table = pd.read_parquet(directory / "scores.parquet")

@@ -194,3 +194,32 @@ def test_meta_run_script_pins_the_gpu_and_logs_per_agent(tmp_path):
     assert line.strip().endswith("CUDA_VISIBLE_DEVICES=3")
     logs = list((root / sid / "agents").glob("*-gpu3.log"))
     assert len(logs) == 1 and "finished" in logs[0].read_text()
+
+
+def test_bayes_search_reads_the_metric_from_finished_runs(tmp_path):
+    root = tmp_path / "runs"
+    meta = sleep_meta(6, method="bayes", run_cap=5, metric={"name": "sleep/auroc", "goal": "maximize"})
+    sid = create(root, meta, tmp_path)
+    p = agent(root, sid)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    rows = runs(root, sid)
+    assert len(rows) == 5 and all(r["status"] == "finished" and r["metrics"]["sleep"]["auroc"] >= 0 for r in rows)
+
+
+def test_hyperband_early_termination_stops_a_worse_run(tmp_path):
+    root = tmp_path / "runs"
+    good = [10 - 0.1 * i for i in range(100)]
+    meta = {"job": "sleep", "method": "grid", "metric": {"name": "train/bits_per_dim", "goal": "minimize"},
+            "early_terminate": {"type": "hyperband", "min_iter": 3, "eta": 2},  # iterations = logged points (every 10 steps, as on W&B)
+            "base_config": {"sleep": 0.2},
+            "sweep_configuration": {"curve": {"sweep": True, "sweep_alias": ["good1", "good2", "good3", "bad"],
+                                              "values": [good, [v - 0.05 for v in good], [v - 0.1 for v in good],
+                                                         [v + 50 for v in good]]}}}
+    sid = create(root, meta, tmp_path)
+    p = agent(root, sid)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    status = {r["params"]["curve"]: r["status"] for r in runs(root, sid)}
+    assert status == {"good1": "finished", "good2": "finished", "good3": "finished", "bad": "stopped"}, out
+    assert "stopped early" in out
