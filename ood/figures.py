@@ -75,7 +75,9 @@ def write_figures(figs: Dict[str, object], directory: Path, png: bool, warn: Cal
         paths = [directory / f"{name}.png" for name in figs]
         tmp = [p.with_name(f".{p.stem}.tmp.png") for p in paths]
         try:
-            pio.write_images(list(figs.values()), [str(t) for t in tmp])
+            sizes = [(f.layout.width or 900, f.layout.height or 520) for f in figs.values()]  # kaleido ignores layout size
+            pio.write_images(list(figs.values()), [str(t) for t in tmp], width=[w for w, _ in sizes],
+                             height=[h for _, h in sizes])
             for t, p in zip(tmp, paths):
                 t.replace(p)
             written.extend(paths)

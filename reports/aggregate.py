@@ -126,13 +126,14 @@ def auroc_heatmap(frame: pd.DataFrame):
 
     panels = [(k, g) for k, g in frame.groupby(["model", "detector"], sort=True)]
     fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[f"{m} | {d}" for (m, d), _ in panels],
-                        vertical_spacing=min(0.3, 0.6 / max(1, len(panels))))
+                        vertical_spacing=min(0.3, 0.9 / max(1, len(panels))))
     for i, (_, g) in enumerate(panels, start=1):
         table = g.pivot_table(index="in_dataset", columns="ood_dataset", values="auroc", aggfunc="mean")
         fig.add_trace(go.Heatmap(z=table.values, x=list(table.columns), y=list(table.index), zmin=0, zmax=1,
                                  colorscale="RdBu", text=[[f"{v:.3f}" if v == v else "" for v in row] for row in table.values],
                                  texttemplate="%{text}", showscale=(i == 1), colorbar=dict(title="AUROC")), row=i, col=1)
-        fig.update_xaxes(title_text="OOD dataset", row=i, col=1)
+        if i == len(panels):
+            fig.update_xaxes(title_text="OOD dataset", row=i, col=1)
         fig.update_yaxes(title_text="in-distribution", row=i, col=1)
     fig.update_layout(height=320 * max(1, len(panels)), width=760, template="plotly_white",
                       title="AUROC (in-distribution positive; < 0.5 is the paradox)")

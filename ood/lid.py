@@ -1,0 +1,159 @@
+"""Local intrinsic dimension (LID) of a normalizing flow, from the Jacobian of its generator.
+
+Convention (the seeds' Jacobian-threshold LID): for a point x with latent z = f(x), let J be the
+D x D Jacobian of the generator g = f^{-1} at z, taken in data scaled to [0, 1] (stored data /
+256), so that log tau means what it means in the seed code. Then
+
+    LID(x; tau) = #{ singular values sigma_i(J) > tau },   with log tau (natural log) the user knob.
+
+One decomposition per point gives LID for a whole grid of tau: we keep the spectrum
+sigma_i^2 = eigenvalues of J^T J.
+
+Exact mode. J is built with forward-mode AD: for each point the D basis tangents are pushed
+through one ``torch.func.jvp`` over the model's own batch dimension (nflows' spline uses
+boolean-mask indexing, which ``torch.func.vmap`` rejects; a big batch does not), in chunks of
+``chunk_size`` (point, direction) rows to bound memory. J is float32 (the model's precision);
+J^T J and its eigenvalues are computed in float64, because squaring in float32 loses the small
+singular values that decide LID at small tau.
+
+Fast mode (matrix-free). Stochastic Lanczos quadrature on A = J^T J: ``probes`` Rademacher
+vectors, ``lanczos_steps`` steps each, every step one Jacobian-vector product (jvp) and one
+vector-Jacobian product (vjp); the Ritz values/weights of each probe's tridiagonal matrix
+estimate the spectral density, so #{lambda > tau^2} = tr 1[A > tau^2] ~ D * mean_probe
+sum_j w_j 1[theta_j > tau^2] for every tau at once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+DATA_SCALE = 256.0  # LID is measured in data scaled to [0, 1]
+
+
+def _scaled_generator(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    def g(z: torch.Tensor) -> torch.Tensor:
+        return model.generator(z).reshape(z.shape[0], -1) / DATA_SCALE
+    return g
+
+
+@torch.no_grad()
+def latents(model, x: torch.Tensor) -> torch.Tensor:
+    """Latents z = f(x) (B, D) of data x (B, C, H, W) in [0, 256)."""
+    return model.encode(x)
+
+
+def jacobians(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, chunk_size: int = 2048) -> torch.Tensor:
+    """Jacobians (B, D_out, D_in) of ``fn`` at each row of z (B, D_in), by batched forward-mode jvp.
+
+    ``chunk_size`` bounds the number of (point, direction) rows pushed through ``fn`` at once.
+    """
+    b, d = z.shape
+    out = None
+    rows_point = torch.arange(b, device=z.device).repeat_interleave(d)
+    rows_dir = torch.arange(d, device=z.device).repeat(b)
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    for s in range(0, b * d, chunk_size):
+        p, k = rows_point[s:s + chunk_size], rows_dir[s:s + chunk_size]
+        _, cols = torch.func.jvp(fn, (z[p],), (eye[k],))
+        if out is None:
+            out = torch.empty((b, cols.shape[1], d), dtype=cols.dtype, device=z.device)
+        out[p, :, k] = cols
+    return out
+
+
+def spectrum_from_jacobians(jac: torch.Tensor) -> torch.Tensor:
+    """Squared singular values (B, D), descending, from Jacobians (B, D, D), via float64 eigvalsh(J^T J)."""
+    j64 = jac.double()
+    evals = torch.linalg.eigvalsh(j64.transpose(1, 2) @ j64)
+    return evals.clamp_min(0.0).flip(-1)
+
+
+def exact_spectra(model, x: torch.Tensor, chunk_size: int = 2048, batch_points: int = 8,
+                  progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+    """sigma_i(J)^2 for every point of x (N, C, H, W): float64 array (N, D), descending."""
+    g = _scaled_generator(model)
+    out = []
+    for s in range(0, x.shape[0], batch_points):
+        z = latents(model, x[s:s + batch_points])
+        with torch.no_grad():
+            out.append(spectrum_from_jacobians(jacobians(g, z, chunk_size)).cpu().numpy())
+        if progress:
+            progress(min(batch_points, x.shape[0] - s))
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def lid_from_spectra(spectra: np.ndarray, log_taus: Sequence[float]) -> np.ndarray:
+    """LID (N, T) = #{sigma_i > tau} for each log tau; spectra hold sigma^2."""
+    thresholds = np.exp(2.0 * np.asarray(log_taus, dtype=np.float64))
+    return (spectra[:, :, None] > thresholds[None, None, :]).sum(axis=1)
+
+
+@dataclass
+class SpectralDensity:
+    """Lanczos quadrature of each point's spectrum: nodes (N, P, K) and weights (N, P, K); dimension D."""
+    nodes: np.ndarray
+    weights: np.ndarray
+    dim: int
+
+    def lid(self, log_taus: Sequence[float]) -> np.ndarray:
+        """Estimated LID (N, T) for each log tau."""
+        thresholds = np.exp(2.0 * np.asarray(log_taus, dtype=np.float64))
+        above = self.nodes[..., None] > thresholds  # (N, P, K, T)
+        return self.dim * (self.weights[..., None] * above).sum(axis=2).mean(axis=1)
+
+
+def lanczos_density(model, x: torch.Tensor, probes: int = 4, steps: int = 20, seed: int = 0,
+                    batch_points: int = 8, progress: Optional[Callable[[int], None]] = None) -> SpectralDensity:
+    """Stochastic Lanczos quadrature of J^T J for every point of x (matrix-free: jvp + vjp only)."""
+    g = _scaled_generator(model)
+    gen = torch.Generator().manual_seed(seed)
+    all_nodes, all_weights = [], []
+    d = None
+    for s in range(0, x.shape[0], batch_points):
+        z0 = latents(model, x[s:s + batch_points])
+        b, d = z0.shape
+        z = z0.repeat_interleave(probes, 0)  # (B*P, D): every probe of every point in one batch
+        v = (torch.randint(0, 2, z.shape, generator=gen).to(z) * 2 - 1) / math.sqrt(d)
+        k = min(steps, d)
+        basis = torch.zeros((k, *z.shape), dtype=torch.float64, device=z.device)
+        alpha = torch.zeros((z.shape[0], k), dtype=torch.float64)
+        beta = torch.zeros((z.shape[0], k), dtype=torch.float64)
+        q = v.double()
+        q_prev = torch.zeros_like(q)
+        b_prev = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
+        used = k
+        for i in range(k):
+            basis[i] = q
+            _, jq = torch.func.jvp(g, (z,), (q.to(z.dtype),))
+            _, vjp_fn = torch.func.vjp(g, z)
+            (aq,) = vjp_fn(jq.detach())
+            aq = aq.detach()
+            w = aq.double() - b_prev[:, None] * q_prev
+            a = (w * q).sum(1)
+            w = w - a[:, None] * q
+            # full reorthogonalisation against the basis so far (k is small)
+            coeff = torch.einsum("krd,rd->kr", basis[: i + 1], w)
+            w = w - torch.einsum("kr,krd->rd", coeff, basis[: i + 1])
+            alpha[:, i] = a.cpu()
+            bn = w.norm(dim=1)
+            if i + 1 < k:
+                beta[:, i] = bn.cpu()
+            q_prev, q, b_prev = q, w / bn.clamp_min(1e-300)[:, None], bn
+            if bool((bn < 1e-12).all()):
+                used = i + 1
+                break
+        tri = torch.diag_embed(alpha[:, :used]) + torch.diag_embed(beta[:, : used - 1], 1) + torch.diag_embed(beta[:, : used - 1], -1)
+        theta, vecs = torch.linalg.eigh(tri.detach())
+        weights = vecs[:, 0, :] ** 2
+        all_nodes.append(theta.reshape(b, probes, used).numpy())
+        all_weights.append(weights.reshape(b, probes, used).numpy())
+        if progress:
+            progress(b)
+    k_max = max(n.shape[2] for n in all_nodes)
+    pad = lambda a, fill: np.concatenate([a, np.full((*a.shape[:2], k_max - a.shape[2]), fill)], axis=2)
+    return SpectralDensity(np.concatenate([pad(n, -np.inf) for n in all_nodes]),
+                           np.concatenate([pad(w, 0.0) for w in all_weights]), int(d or 0))
