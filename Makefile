@@ -38,6 +38,7 @@ test: setup data
 bench: setup data
 	$(PY) benchmarks/bench_flows.py
 	$(PY) benchmarks/bench_sweeps.py
+	$(PY) benchmarks/bench_lid.py
 
 clean-runs:
 	rm -rf runs/demo

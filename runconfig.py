@@ -76,6 +76,21 @@ DEFAULTS: Dict[str, Any] = {
         "figures": True,
         "png": True,
     },
+    "lid": {                      # used when ood.scores contains "lid" (flows only)
+        "mode": "exact",          # exact (Jacobian + float64 eigendecomposition) | fast (stochastic Lanczos quadrature)
+        "calibration": "fixed",   # fixed: use lid.log_tau | lpca: match in_train's mean LID to a local-PCA estimate
+        "log_tau": -3.0,          # natural log of the singular-value threshold, data in [0, 1] units (the seeds' knob)
+        "log_tau_grid": [-10.0, 4.0, 57],  # [min, max, points] of the LID-curve grid
+        "n_per_split": 64,        # points per split that get an LID (seeded subset of the scored rows)
+        "chunk_size": 2048,       # (point, direction) rows per forward-mode pass: bounds memory
+        "batch_points": 8,        # points decomposed together
+        "probes": 8,              # fast mode: Rademacher probes per point
+        "lanczos_steps": 30,      # fast mode: Lanczos steps per probe
+        "lpca_k": 20,             # lpca calibration: neighbours
+        "lpca_variance": 0.95,    # lpca calibration: explained-variance threshold
+        "lpca_points": 2000,      # lpca calibration: training images used as the neighbour pool
+        "keep": 0.95,             # honest dual threshold: LID quantile keeping this share of in_train
+    },
     "tracking": {
         "wandb": True,
         "mode": "auto",           # auto: online if logged in, else offline | offline | online
@@ -85,11 +100,13 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 CHOICES = {
-    "model.family": ("flow",),
+    "model.family": ("flow", "tabular_flow"),
     "model.coupling": ("rq_nsf", "affine"),
     "training.lr_schedule": ("cosine", "constant"),
     "data.eval_dequantization": ("uniform", "midpoint"),
     "tracking.mode": ("auto", "offline", "online"),
+    "lid.mode": ("exact", "fast"),
+    "lid.calibration": ("fixed", "lpca"),
     "run.device": None,
 }
 

@@ -101,6 +101,7 @@ class ImageFlow(nn.Module):
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
         self.dim = int(math.prod(self.shape))
+        self.data_scale = 256.0  # stored data lives in [0, 256); LID is measured in [0, 1] units
         self.transform = build_transform(self.shape, cfg)
         self.base = StandardNormal([self.dim])
 
@@ -125,9 +126,65 @@ class ImageFlow(nn.Module):
         return self.generator(z)
 
 
-def build_model(shape: Tuple[int, int, int], model_cfg: Dict[str, Any]) -> ImageFlow:
-    """Build the model named by ``model.family`` (only ``flow`` for now)."""
+class TabularFlow(nn.Module):
+    """An RQ-NSF (or affine) coupling flow on vectors in R^D, for synthetic manifolds.
+
+    Per layer: a fixed random permutation, then a coupling whose parameters come from a
+    residual MLP. No dequantization or logit transform: ``log_prob`` is in nats of the vectors
+    as given, and ``data_scale`` is 1 (LID is measured in the data's own units).
+    """
+
+    def __init__(self, dim: int, cfg: Dict[str, Any]):
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from nflows.nn.nets import ResidualNet
+            from nflows.transforms import RandomPermutation
+        self.dim = int(dim)
+        self.shape = (self.dim,)
+        self.data_scale = 1.0
+        hidden = int(cfg["hidden_channels"])
+
+        def net(in_f: int, out_f: int) -> nn.Module:
+            return ResidualNet(in_f, out_f, hidden_features=hidden, num_blocks=int(cfg["num_blocks"]))
+        layers = []
+        for i in range(int(cfg["steps_per_level"])):
+            layers.append(RandomPermutation(self.dim))
+            mask = torch.zeros(self.dim)
+            mask[(i % 2)::2] = 1
+            if cfg["coupling"] == "rq_nsf":
+                layers.append(PiecewiseRationalQuadraticCouplingTransform(
+                    mask=mask, transform_net_create_fn=net, num_bins=int(cfg["num_bins"]), tails="linear",
+                    tail_bound=float(cfg["tail_bound"])))
+            else:
+                layers.append(AffineCouplingTransform(mask=mask, transform_net_create_fn=net))
+        self.transform = CompositeTransform(layers)
+        self.base = StandardNormal([self.dim])
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        z, logabsdet = self.transform(x.reshape(x.shape[0], -1))
+        return self.base.log_prob(z) + logabsdet
+
+    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
+        return nats_to_bits_per_dim(self.log_prob(x), self.dim)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform(x.reshape(x.shape[0], -1))[0]
+
+    def generator(self, z: torch.Tensor) -> torch.Tensor:
+        return self.transform.inverse(z)[0]
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, temperature: float = 1.0) -> torch.Tensor:
+        z = torch.randn((n, self.dim), generator=generator).to(next(self.parameters()).device) * temperature
+        return self.generator(z)
+
+
+def build_model(shape: Tuple[int, ...], model_cfg: Dict[str, Any]) -> nn.Module:
+    """Build the model named by ``model.family``: ``flow`` (images, shape (C,H,W)) or ``tabular_flow`` (shape (D,))."""
     family = model_cfg.get("family", "flow")
-    if family != "flow":
-        raise ValueError(f"Unknown model.family '{family}': this version provides 'flow'.")
-    return ImageFlow(shape, model_cfg)
+    if family == "flow":
+        return ImageFlow(shape, model_cfg)
+    if family == "tabular_flow":
+        return TabularFlow(int(math.prod(shape)), model_cfg)
+    raise ValueError(f"Unknown model.family '{family}': use 'flow' (images) or 'tabular_flow' (vectors).")

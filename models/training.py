@@ -95,7 +95,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
 
 def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run_directory: Path,
           log: Callable[[str], None] = print, callbacks: Optional[List[Callable[[int, float], None]]] = None) -> TrainResult:
-    """Train ``model`` on ``images`` (uint8 tensor (N,C,H,W)) per ``cfg['training']``, resuming if possible.
+    """Train ``model`` on ``images`` (uint8 (N,C,H,W), or float (N,D) vectors) per ``cfg['training']``, resuming if possible.
 
     Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end (``finished=True``).
     ``callbacks`` get ``(step, bits_per_dim)`` after every step.
@@ -139,7 +139,9 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
         for step in range(start, total):
             idx = torch.from_numpy(batch_indices(step, n, bs, seed))
             gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            x = dequantize_uniform(images[idx].float(), gen).to(device)
+            batch = images[idx]
+            # stored 8-bit data is dequantized; real-valued data (synthetic manifolds) is used as is
+            x = (dequantize_uniform(batch.float(), gen) if batch.dtype == torch.uint8 else batch).to(device)
             bpd = -model.log_prob(x).mean() / (dim * math.log(2.0))
             value = float(bpd.detach())
             if not math.isfinite(value):
@@ -184,7 +186,9 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
     if cfg["run"].get("num_threads"):
         torch.set_num_threads(int(cfg["run"]["num_threads"]))
     seed = int(cfg["run"]["seed"])
-    images = torch.from_numpy(np.ascontiguousarray(train_images)).permute(0, 3, 1, 2).contiguous()
+    images = torch.from_numpy(np.ascontiguousarray(train_images))
+    if images.dtype == torch.uint8:  # (N,H,W,C) stored images -> (N,C,H,W)
+        images = images.permute(0, 3, 1, 2).contiguous()
     n_sub = cfg["data"].get("train_subsample")
     if n_sub:
         keep = np.sort(np.random.default_rng(seed).permutation(images.shape[0])[: int(n_sub)])
@@ -196,7 +200,7 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
     result = train(model, images, cfg, run_directory, log=log, callbacks=callbacks)
     n_grid = int(cfg["training"].get("sample_grid") or 0)
     grid_path = Path(run_directory) / "figures" / "samples.png"
-    if n_grid and (result.resumed_from < result.steps or not grid_path.exists()):
+    if n_grid and len(model.shape) == 3 and (result.resumed_from < result.steps or not grid_path.exists()):
         gen = torch.Generator().manual_seed(seed + 17)
         image_grid(samples_to_uint8(model.sample(n_grid, generator=gen)), grid_path)
     return model, result

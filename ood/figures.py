@@ -48,6 +48,46 @@ def score_histogram(scores, column: str = "log_likelihood", title: str = "", bin
     return fig
 
 
+def lid_curve_figure(curves, log_tau: float, title: str = "", max_lines: int = 60):
+    """LID(x; tau) against log tau: faint lines for individual points, bold mean per split, the chosen tau dashed."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for split, (label, colour) in SPLIT_STYLE.items():
+        part = curves.loc[curves["split"] == split]
+        if part.empty:
+            continue
+        for k, (_, pt) in enumerate(part.groupby("index", sort=False)):
+            if k >= max_lines:
+                break
+            fig.add_trace(go.Scatter(x=pt["log_tau"], y=pt["lid"], mode="lines", line=dict(color=colour, width=0.6),
+                                     opacity=0.25, showlegend=False, hoverinfo="skip"))
+        mean = part.groupby("log_tau")["lid"].mean()
+        fig.add_trace(go.Scatter(x=mean.index, y=mean.values, mode="lines", line=dict(color=colour, width=3),
+                                 name=f"{label} ({part['dataset'].iloc[0]}, mean of {part['index'].nunique()})"))
+    fig.add_vline(x=log_tau, line_dash="dash", line_color="black", annotation_text=f"log tau = {log_tau:.2f}")
+    fig.update_layout(title=title, xaxis_title="log tau", yaxis_title="LID(x; tau)", template="plotly_white",
+                      legend=dict(orientation="h", y=-0.2), width=900, height=560)
+    return fig
+
+
+def lid_scatter(scores, title: str = ""):
+    """LID against log-likelihood per split (the seeds' scatter): OOD points sit at high likelihood, low LID."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    have = scores.dropna(subset=["lid"])
+    for split, (label, colour) in SPLIT_STYLE.items():
+        part = have.loc[have["split"] == split]
+        if part.empty:
+            continue
+        fig.add_trace(go.Scatter(x=part["log_likelihood"], y=part["lid"], mode="markers", name=f"{label} ({part['dataset'].iloc[0]})",
+                                 marker=dict(color=colour, size=6, opacity=0.6)))
+    fig.update_layout(title=title, xaxis_title="log-likelihood (nats)", yaxis_title="LID", template="plotly_white",
+                      legend=dict(orientation="h", y=-0.2), width=900, height=560)
+    return fig
+
+
 def roc_figure(curves: Dict[str, tuple], title: str = ""):
     """ROC curves: ``curves[name] = (fpr, tpr, auroc)``."""
     import plotly.graph_objects as go

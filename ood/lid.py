@@ -31,12 +31,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-DATA_SCALE = 256.0  # LID is measured in data scaled to [0, 1]
-
-
 def _scaled_generator(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The generator in [0, 1] data units: image flows divide by 256 (``model.data_scale``)."""
+    scale = float(getattr(model, "data_scale", 256.0))
+
     def g(z: torch.Tensor) -> torch.Tensor:
-        return model.generator(z).reshape(z.shape[0], -1) / DATA_SCALE
+        return model.generator(z).reshape(z.shape[0], -1) / scale
     return g
 
 

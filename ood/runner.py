@@ -149,30 +149,44 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         splits = [SplitData("in_train", train_set.name, train_images[i_tr], i_tr),
                   SplitData("in_test", test_set.name, match_shape(test_set.images[i_te], shape), i_te),
                   SplitData("ood", ood_set.name, match_shape(ood_set.images[i_od], shape), i_od)]
-        frames = []
         import pandas as pd
+        batch_names = [n for n in names if score_registry.get(n).per_batch]
+        scored = []  # (split, dataset, x in data space, index) for every split, kept for the LID stage
         t0 = time.perf_counter()
         for sp in splits:
             noise = eval_dequantization_noise(len(sp.index), shape, seed, sp.name, cfg["data"]["eval_dequantization"])
-            x = torch.from_numpy(sp.images).permute(0, 3, 1, 2).float() + noise
-            cols = score_images(model, x, names, int(ocfg["batch_size"]), device, desc=sp.name)
-            frames.append(pd.DataFrame({"split": sp.name, "dataset": sp.dataset, "index": sp.index, **cols}))
+            scored.append((sp.name, sp.dataset, torch.from_numpy(sp.images).permute(0, 3, 1, 2).float() + noise, sp.index))
         n_gen = int(ocfg["n_generated"] or 0)
         if n_gen:
             gen = torch.Generator().manual_seed(seed + 29)
             xs = torch.cat([model.sample(min(256, n_gen - s), generator=gen).cpu() for s in range(0, n_gen, 256)])
-            cols = score_images(model, xs, names, int(ocfg["batch_size"]), device, desc="generated")
-            frames.append(pd.DataFrame({"split": "generated", "dataset": f"generated:{in_name}",
-                                        "index": np.arange(n_gen), **cols}))
+            scored.append(("generated", f"generated:{in_name}", xs, np.arange(n_gen)))
+        frames = []
+        for split, dataset, x, index in scored:
+            cols = score_images(model, x, batch_names, int(ocfg["batch_size"]), device, desc=split)
+            frames.append(pd.DataFrame({"split": split, "dataset": dataset, "index": index, **cols}))
+        console(f"scored {sum(len(f) for f in frames)} samples in {time.perf_counter() - t0:.1f}s")
+        lid_result = None
+        if "lid" in names:
+            from ood.lid_stage import run_lid_stage
+            t0 = time.perf_counter()
+            lid_result = run_lid_stage(model, scored, cfg, seed, console)
+            for frame, (split, _, _, _) in zip(frames, scored):
+                column = np.full(len(frame), np.nan)
+                column[lid_result.positions[split]] = lid_result.values[split]
+                frame["lid"] = column
+            rundir.atomic_write(directory / "lid_curves.parquet", lambda p: lid_result.curves.to_parquet(p, index=False))
+            console(f"lid: {sum(len(v) for v in lid_result.values.values())} points in {time.perf_counter() - t0:.1f}s, "
+                    f"log tau {lid_result.log_tau:.3f} ({lid_result.calibration['method']})")
         table = pd.concat(frames, ignore_index=True)
-        console(f"scored {len(table)} samples in {time.perf_counter() - t0:.1f}s")
         rundir.atomic_write(directory / "scores.parquet", lambda p: table.to_parquet(p, index=False))
 
-        metrics = compute_metrics(table, names)
+        metrics = compute_metrics(table, names, lid_calibration=lid_result.calibration if lid_result else None,
+                                  keep=float(cfg["lid"]["keep"]))
         rundir.write_json(directory / "metrics.json", metrics)
         rundir.write_json(directory / "provenance.json", rundir.provenance(checksums))
         if ocfg["figures"]:
-            _figures(table, names, metrics, cfg, directory, console)
+            _figures(table, names, metrics, cfg, directory, console, lid_result)
         tracker.summary({f"{k}/{m}": v for k, d in metrics.items() for m, v in d.items()})
         tracker.table("scores", table)
         tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
@@ -184,22 +198,38 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
     return directory
 
 
-def compute_metrics(table, names: List[str]) -> Dict[str, Dict[str, float]]:
-    """metrics.json content: ``<score>`` (in_test vs ood) and ``generated_vs_ood/<score>``."""
+def compute_metrics(table, names: List[str], lid_calibration: Optional[dict] = None,
+                    keep: float = 0.95) -> Dict[str, Dict[str, float]]:
+    """metrics.json content: ``<score>`` (in_test vs ood) and ``generated_vs_ood/<score>``; with LID and
+    likelihood also ``dual_threshold`` (optimistic envelope) and ``dual_threshold_fixed`` (LID threshold
+    from in_train alone). Rows without a value for a score (LID is computed on a subset) are left out."""
+    from ood.detectors import dual_threshold_metrics
+
     out: Dict[str, Dict[str, float]] = {}
     s = {split: table.loc[table["split"] == split] for split in SPLIT_ORDER}
-    for name in names:
-        if s["in_test"].empty or s["ood"].empty:
-            continue
-        orient = lambda col: score_registry.oriented(name, col.to_numpy(dtype=float))
-        out[name] = detection_metrics(orient(s["in_test"][name]), orient(s["ood"][name]))
-        if not s["generated"].empty:
-            out[f"generated_vs_ood/{name}"] = detection_metrics(orient(s["generated"][name]), orient(s["ood"][name]))
+    tasks = [("", "in_test")] + ([("generated_vs_ood/", "generated")] if not s["generated"].empty else [])
+    for prefix, positive in tasks:
+        for name in names:
+            pos = s[positive][name].to_numpy(dtype=float)
+            neg = s["ood"][name].to_numpy(dtype=float)
+            pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
+            if pos.size and neg.size:
+                out[f"{prefix}{name}"] = detection_metrics(score_registry.oriented(name, pos), score_registry.oriented(name, neg))
+                if name == "lid" and lid_calibration:
+                    out[f"{prefix}{name}"]["log_tau"] = lid_calibration["log_tau"]
+        if "lid" in names and "log_likelihood" in names:
+            pick = lambda f: f.dropna(subset=["lid"])
+            p, n, tr = pick(s[positive]), pick(s["ood"]), pick(s["in_train"])
+            if len(p) and len(n) and len(tr):
+                dual = dual_threshold_metrics(p["log_likelihood"], p["lid"], n["log_likelihood"], n["lid"], tr["lid"], keep)
+                envelope = dict(dual["envelope"], aupr_in=None, aupr_out=None, log_tau=lid_calibration["log_tau"])
+                out[f"{prefix}dual_threshold"] = envelope
+                out[f"{prefix}dual_threshold_fixed"] = dict(dual["fixed"], log_tau=lid_calibration["log_tau"], keep=keep)
     return out
 
 
-def _figures(table, names, metrics, cfg, directory: Path, console: _Console) -> None:
-    from ood.figures import roc_figure, score_histogram, write_figures
+def _figures(table, names, metrics, cfg, directory: Path, console: _Console, lid_result=None) -> None:
+    from ood.figures import lid_curve_figure, lid_scatter, roc_figure, score_histogram, write_figures
 
     in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
     figs = {}
@@ -211,10 +241,19 @@ def _figures(table, names, metrics, cfg, directory: Path, console: _Console) -> 
     curves = {}
     for name in names:
         if name in metrics:
-            pos = score_registry.oriented(name, table.loc[table["split"] == "in_test", name].to_numpy(dtype=float))
-            neg = score_registry.oriented(name, table.loc[table["split"] == "ood", name].to_numpy(dtype=float))
+            pos = table.loc[table["split"] == "in_test", name].to_numpy(dtype=float)
+            neg = table.loc[table["split"] == "ood", name].to_numpy(dtype=float)
+            pos, neg = score_registry.oriented(name, pos[~np.isnan(pos)]), score_registry.oriented(name, neg[~np.isnan(neg)])
             fpr, tpr = roc_curve_points(pos, neg)
             curves[name] = (fpr, tpr, metrics[name]["auroc"])
     if curves:
         figs["roc"] = roc_figure(curves, title=f"{in_name} (in) vs {ood_name} (OOD)")
+    if lid_result is not None:
+        figs["lid_curves"] = lid_curve_figure(lid_result.curves, lid_result.log_tau,
+                                              title=f"LID curves, flow trained on {in_name}; OOD: {ood_name}")
+        if "log_likelihood" in names:
+            dual = metrics.get("dual_threshold", {}).get("auroc", float("nan"))
+            figs["lid_vs_likelihood"] = lid_scatter(
+                table, title=f"LID (log tau = {lid_result.log_tau:.2f}) vs log-likelihood; dual-threshold AUROC {dual:.3f} "
+                             f"(likelihood alone {metrics.get('log_likelihood', {}).get('auroc', float('nan')):.3f})")
     write_figures(figs, directory / "figures", bool(cfg["ood"]["png"]), console.warn)

@@ -75,3 +75,42 @@ def test_resolution_change_scores_an_rgb_set_with_a_greyscale_model(tmp_path):
     table = pd.read_parquet(directory / "scores.parquet")
     assert (table.split == "ood").sum() == 6 and (table.split == "in_test").sum() == 12
     assert np.isfinite(table.log_likelihood).all()
+
+
+def test_lid_stage_writes_curves_dual_metrics_and_figures(tmp_path):
+    """The LID path end to end on small generated images (D = 64): columns, curves, metrics, figures."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "in.npz", images=rng.integers(0, 120, size=(80, 8, 8), dtype=np.uint8))
+    np.savez(tmp_path / "ood.npz", images=np.full((40, 8, 8), 60, dtype=np.uint8) + rng.integers(0, 3, size=(40, 8, 8), dtype=np.uint8))
+    from tests.conftest import TINY_MODEL
+    cfg = runconfig.resolve({
+        "run": {"runs_root": str(tmp_path / "runs")},
+        "data": {"in_distribution": f"npz:{tmp_path / 'in.npz'}", "ood": f"npz:{tmp_path / 'ood.npz'}"},
+        "model": dict(TINY_MODEL), "tracking": {"wandb": False},
+        "training": {"steps": 30, "batch_size": 16, "progress": False, "sample_grid": 0},
+        "ood": {"scores": ["log_likelihood", "lid"], "n_generated": 6, "png": False},
+        "lid": {"n_per_split": 5, "log_tau_grid": [-8.0, 2.0, 11], "calibration": "lpca", "lpca_k": 5}})
+    directory = run_ood(cfg, echo=False)
+    table = pd.read_parquet(directory / "scores.parquet")
+    has = table.dropna(subset=["lid"])
+    assert has.groupby("split").size().to_dict() == {"in_train": 5, "in_test": 5, "ood": 5, "generated": 5}
+    assert has["lid"].between(0, 64).all() and (has["lid"] == has["lid"].round()).all()
+    curves = pd.read_parquet(directory / "lid_curves.parquet")
+    assert len(curves) == 20 * 11 and set(curves.columns) == {"split", "dataset", "index", "log_tau", "lid"}
+    # LID is non-increasing in tau for every point
+    for _, c in curves.groupby(["split", "index"]):
+        assert (np.diff(c.sort_values("log_tau")["lid"].to_numpy()) <= 0).all()
+    metrics = json.loads((directory / "metrics.json").read_text())
+    grid = np.linspace(-8, 2, 11)
+    assert metrics["lid"]["log_tau"] in grid and metrics["dual_threshold"]["optimistic"] is True
+    for key in ("lid", "dual_threshold", "dual_threshold_fixed", "generated_vs_ood/dual_threshold"):
+        assert 0.0 <= metrics[key]["auroc"] <= 1.0 and metrics[key]["n_in"] == 5, key
+    # the envelope over both thresholds is never worse than likelihood alone on the same points
+    same = table.dropna(subset=["lid"])
+    ll_only = M.auroc(same.loc[same.split == "in_test", "log_likelihood"], same.loc[same.split == "ood", "log_likelihood"])
+    assert metrics["dual_threshold"]["auroc"] >= ll_only - 1e-12
+    for fig in ("lid_curves.html", "lid_vs_likelihood.html"):
+        assert (directory / "figures" / fig).exists()
+    # the aggregate table carries the dual-threshold rows next to the likelihood
+    frame, _ = collect([tmp_path / "runs"])
+    assert {"log_likelihood", "lid", "dual_threshold", "dual_threshold_fixed"} <= set(frame.detector)

@@ -116,6 +116,8 @@ SHIPPED = {  # file -> (job, runs)
     "ood/demo_tiny.yaml": ("ood", 2),
     "ood/grayscale_likelihood.yaml": ("ood", 8),
     "ood/rgb_likelihood.yaml": ("ood", 32),
+    "ood/flow_lid_likelihood.yaml": ("ood", 4),
+    "ood/flow_lid_curve.yaml": ("ood", 4),
     "training/grayscale_flows.yaml": ("train", 20),
     "training/rgb_flows.yaml": ("train", 16),
 }

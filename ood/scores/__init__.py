@@ -8,7 +8,7 @@ detection: metrics use ``column`` if True and ``-column`` if False.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -16,10 +16,11 @@ import torch
 @dataclass(frozen=True)
 class Score:
     name: str
-    fn: Callable[[object, torch.Tensor, dict], torch.Tensor]
+    fn: Optional[Callable[[object, torch.Tensor, dict], torch.Tensor]]
     higher_is_in: bool
     unit: str
     description: str
+    per_batch: bool = True  # False: computed by a split-level stage of the runner (e.g. LID)
 
 
 REGISTRY: Dict[str, Score] = {}
@@ -30,6 +31,11 @@ def register(name: str, higher_is_in: bool, unit: str, description: str):
         REGISTRY[name] = Score(name, fn, higher_is_in, unit, description)
         return fn
     return wrap
+
+
+def register_stage(name: str, higher_is_in: bool, unit: str, description: str) -> None:
+    """Register a score that a runner stage computes over whole splits (not batch by batch)."""
+    REGISTRY[name] = Score(name, None, higher_is_in, unit, description, per_batch=False)
 
 
 def get(name: str) -> Score:
@@ -44,3 +50,6 @@ def oriented(name: str, column):
 
 
 from ood.scores import likelihood  # noqa: E402,F401  (registers its scores)
+
+register_stage("lid", higher_is_in=True, unit="dimensions",
+               description="Jacobian-threshold LID of a flow at the chosen tau (see ood.lid)")
