@@ -8,8 +8,8 @@ restarted end with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
+import functools
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,11 +63,16 @@ def _lr_lambda(cfg: Dict[str, Any]) -> Callable[[int], float]:
     return factor
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
     """Indices of training batch ``step``: a pure function of (seed, step)."""
     per_epoch = max(1, n // batch_size)
     epoch, within = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    perm = _epoch_permutation(n, seed, epoch)
     if n < batch_size:
         return perm
     return perm[within * batch_size:(within + 1) * batch_size]
