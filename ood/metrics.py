@@ -45,7 +45,7 @@ def average_precision(s_pos, s_neg) -> float:
     order = np.argsort(-scores, kind="mergesort")
     scores, labels = scores[order], labels[order]
     # one threshold per distinct score value
-    last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    last = np.r_[np.flatnonzero(scores[1:] != scores[:-1]), scores.size - 1]  # not np.diff: -inf - -inf is nan
     tp = np.cumsum(labels)[last]
     fp = (last + 1) - tp
     precision = tp / (tp + fp)

@@ -48,3 +48,14 @@ def test_roc_curve_points_ends_and_area():
 def test_nan_scores_are_refused():
     with pytest.raises(ValueError, match="NaN"):
         metrics.auroc([np.nan, 1.0], [0.0])
+
+
+def test_infinite_scores_tie_correctly():
+    # the honest dual-threshold detector gives gated-out points -inf; ties among them must stay ties
+    s_in = np.array([3.0, -np.inf, 2.0, -np.inf])
+    s_ood = np.array([-np.inf, 1.0, -np.inf])
+    y = np.r_[np.ones(4), np.zeros(3)]
+    big = 1e300  # sklearn cannot take inf; a huge finite stand-in keeps the order and the ties
+    s = np.where(np.isinf(np.r_[s_in, s_ood]), -big, np.r_[s_in, s_ood])
+    assert metrics.average_precision(s_in, s_ood) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert metrics.auroc(s_in, s_ood) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
