@@ -9,10 +9,12 @@ D x D Jacobian of the generator g = f^{-1} at z, taken in data scaled to [0, 1] 
 One decomposition per point gives LID for a whole grid of tau: we keep the spectrum
 sigma_i^2 = eigenvalues of J^T J.
 
-Exact mode. J is built with forward-mode AD: for each point the D basis tangents are pushed
-through one ``torch.func.jvp`` over the model's own batch dimension (nflows' spline uses
-boolean-mask indexing, which ``torch.func.vmap`` rejects; a big batch does not), in chunks of
-``chunk_size`` (point, direction) rows to bound memory. J is float32 (the model's precision);
+Exact mode. J is built row by row with reverse-mode AD: for each point the D basis cotangents
+are pulled back through one ``torch.func.vjp`` over the model's own batch dimension (nflows'
+spline uses boolean-mask indexing, which ``torch.func.vmap`` rejects; a big batch does not), in
+chunks of ``chunk_size`` (point, direction) rows to bound memory. (Forward mode, D tangents
+through ``torch.func.jvp``, gives the same J and is kept as an option; on this CPU it was 2.4x
+slower for the 784-dim tiny RQ-NSF, 4.4 vs 1.8 s per point.) J is float32 (the model's precision);
 J^T J and its eigenvalues are computed in float64, because squaring in float32 loses the small
 singular values that decide LID at small tau.
 
@@ -46,22 +48,35 @@ def latents(model, x: torch.Tensor) -> torch.Tensor:
     return model.encode(x)
 
 
-def jacobians(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, chunk_size: int = 2048) -> torch.Tensor:
-    """Jacobians (B, D_out, D_in) of ``fn`` at each row of z (B, D_in), by batched forward-mode jvp.
+def jacobians(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, chunk_size: int = 512,
+              mode: str = "reverse") -> torch.Tensor:
+    """Jacobians (B, D_out, D_in) of ``fn`` at each row of z (B, D_in), batched over (point, direction) rows.
 
-    ``chunk_size`` bounds the number of (point, direction) rows pushed through ``fn`` at once.
+    ``reverse`` (default): each row is a vector-Jacobian product with a basis cotangent, giving one row
+    of J; ``forward``: a Jacobian-vector product with a basis tangent, giving one column. Both push
+    ``chunk_size`` rows through ``fn`` at once, which bounds memory (reverse mode keeps the chunk's
+    activations for the backward pass). Measured here on a 784-dim RQ-NSF: reverse 1.8 s/point,
+    forward 4.4 s/point; forward needs no stored activations.
     """
-    b, d = z.shape
-    out = None
+    b, d_in = z.shape
+    d_out = fn(z[:1]).shape[1]
+    d = d_out if mode == "reverse" else d_in
+    out = torch.empty((b, d_out, d_in), dtype=z.dtype, device=z.device)
     rows_point = torch.arange(b, device=z.device).repeat_interleave(d)
     rows_dir = torch.arange(d, device=z.device).repeat(b)
     eye = torch.eye(d, dtype=z.dtype, device=z.device)
-    for s in range(0, b * d, chunk_size):
-        p, k = rows_point[s:s + chunk_size], rows_dir[s:s + chunk_size]
-        _, cols = torch.func.jvp(fn, (z[p],), (eye[k],))
-        if out is None:
-            out = torch.empty((b, cols.shape[1], d), dtype=cols.dtype, device=z.device)
-        out[p, :, k] = cols
+    with torch.enable_grad():
+        for s in range(0, b * d, chunk_size):
+            p, k = rows_point[s:s + chunk_size], rows_dir[s:s + chunk_size]
+            if mode == "reverse":
+                _, pullback = torch.func.vjp(fn, z[p])
+                (rows,) = pullback(eye[k])
+                out[p, k, :] = rows.detach()
+            elif mode == "forward":
+                _, cols = torch.func.jvp(fn, (z[p],), (eye[k],))
+                out[p, :, k] = cols.detach()
+            else:
+                raise ValueError(f"mode must be 'reverse' or 'forward', got {mode!r}")
     return out
 
 
@@ -72,7 +87,7 @@ def spectrum_from_jacobians(jac: torch.Tensor) -> torch.Tensor:
     return evals.clamp_min(0.0).flip(-1)
 
 
-def exact_spectra(model, x: torch.Tensor, chunk_size: int = 2048, batch_points: int = 8,
+def exact_spectra(model, x: torch.Tensor, chunk_size: int = 512, batch_points: int = 8,
                   progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
     """sigma_i(J)^2 for every point of x (N, C, H, W): float64 array (N, D), descending."""
     g = _scaled_generator(model)

@@ -32,8 +32,9 @@ def test_jacobian_of_an_affine_map_gives_exactly_its_singular_values():
     a = u @ torch.diag(sigma) @ v.T
     model = LinearGenerator(a)
     z = torch.randn(3, d, dtype=torch.float64)
-    jac = lid.jacobians(model.generator, z, chunk_size=7)
-    assert torch.allclose(jac, a.expand(3, d, d), atol=1e-12)
+    for mode in ("reverse", "forward"):
+        jac = lid.jacobians(model.generator, z, chunk_size=7, mode=mode)
+        assert torch.allclose(jac, a.expand(3, d, d), atol=1e-12), mode
     spectra = lid.exact_spectra(model, model.generator(z), chunk_size=5, batch_points=2)
     assert np.allclose(np.sqrt(spectra), np.sort(sigma.numpy())[::-1], rtol=1e-8)
     counts = lid.lid_from_spectra(spectra, [math.log(1e-3), math.log(0.5)])
