@@ -35,6 +35,11 @@ QUICK = {"tiny": (2, 8, 512), "paper": (1, 2, 64)}
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Unlike ru_maxrss, it is not inherited across exec."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
