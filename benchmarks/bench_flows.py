@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,19 +27,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from procmem import peak_mb  # noqa: E402
 
 # (warmup steps, measured steps, images for log_prob) per preset size
-PLAN = {"tiny": (3, 30, 2048), "paper": (2, 4, 256)}
+PLAN = {"tiny": (5, 150, 8192), "paper": (2, 4, 256)}  # tiny: ~10-20 s per measurement, long enough to average out VM jitter
 QUICK = {"tiny": (2, 8, 512), "paper": (1, 2, 64)}
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM). Unlike ru_maxrss, it is not inherited across exec."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _measure(preset: str, variant: str, phase: str, plan) -> dict:
@@ -61,7 +54,7 @@ def _measure(preset: str, variant: str, phase: str, plan) -> dict:
     images = torch.from_numpy(rng.integers(0, 256, size=(max(4096, bs * 4), *shape), dtype=np.uint8))
     torch.manual_seed(0)
     model = build_model(shape, cfg["model"])
-    base_rss = _peak_rss_mb()
+    base_rss = peak_mb()
     if phase == "train":
         if variant == "ours":
             from models.training import train
@@ -118,7 +111,7 @@ def _measure(preset: str, variant: str, phase: str, plan) -> dict:
                     flow.log_prob(x[s:s + eval_bs])
             seconds = time.perf_counter() - t0
         rate = n_eval / seconds
-    return {"images_per_s": rate, "peak_rss_mb": _peak_rss_mb(), "model_rss_mb": base_rss}
+    return {"images_per_s": rate, "peak_rss_mb": peak_mb(), "model_rss_mb": base_rss}
 
 
 def _child(preset, variant, phase, plan) -> dict:

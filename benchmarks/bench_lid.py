@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -27,21 +26,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from procmem import peak_mb  # noqa: E402
 warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 LOG_TAU = -3.0
-
-
-def _peak_mb() -> float:
-    """This process's peak resident memory (VmHWM). Unlike ru_maxrss, it is not inherited across exec."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _model(preset: str, shape, device, train_steps: int = 0, data=None):
@@ -163,9 +156,9 @@ def _memory_child(chunk: int, device: str) -> None:
     from ood import lid
     model = _model("flow_rq_nsf_tiny", (1, 28, 28), torch.device(device))
     x = torch.rand(2, 1, 28, 28, device=device) * 256
-    base = _peak_mb()
+    base = peak_mb()
     lid.exact_spectra(model, x, chunk_size=chunk, batch_points=2)
-    peak = _peak_mb()
+    peak = peak_mb()
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0
     print(json.dumps({"chunk": chunk, "peak_rss_mb": peak, "before_mb": base, "gpu_peak_mb": gpu}))
 
