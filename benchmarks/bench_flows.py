@@ -51,7 +51,7 @@ def _measure(preset: str, variant: str, phase: str, plan) -> dict:
     bs = int(cfg["training"]["batch_size"])
     shape = (1, 28, 28)
     rng = np.random.default_rng(0)
-    images = torch.from_numpy(rng.integers(0, 256, size=(max(4096, bs * 4), *shape), dtype=np.uint8))
+    images = torch.from_numpy(rng.integers(0, 256, size=(max(4096, bs * 4, n_eval), *shape), dtype=np.uint8))
     torch.manual_seed(0)
     model = build_model(shape, cfg["model"])
     base_rss = peak_mb()
