@@ -18,11 +18,11 @@ O(K (n + m) log(n + m)) time and O(n + m) memory.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 
-from ood.metrics import _clean, auroc, detection_metrics
+from ood.metrics import _clean, detection_metrics
 
 
 def dual_threshold_envelope(a_in, b_in, a_ood, b_ood) -> np.ndarray:

@@ -10,7 +10,6 @@ failed ``max_attempts`` times, then marked failed; the sweep goes on.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sqlite3
 import time

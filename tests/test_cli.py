@@ -1,5 +1,4 @@
 """The entry points end known problems with one clear sentence and exit code 2."""
-import json
 import subprocess
 import sys
 

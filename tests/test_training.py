@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import runconfig
 from models import training
 from models.flows import build_model
 from tests.conftest import ROOT, TINY_MODEL
