@@ -77,6 +77,11 @@ class Tracker:
         if self.run is not None:
             self.run.log(values, step=step)
 
+    def training_curve(self, step: int, bits_per_dim: float) -> None:
+        """Training callback: log bits/dim every 10 steps (the cadence early termination also uses)."""
+        if step % 10 == 0:
+            self.log({"train/bits_per_dim": bits_per_dim}, step=step)
+
     def summary(self, values: Dict[str, Any]) -> None:
         if self.run is not None:
             for k, v in values.items():

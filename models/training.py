@@ -251,7 +251,7 @@ def run_training(cfg: Dict[str, Any], echo: bool = True,
     tracker = Tracker(cfg, directory, name, job_type="train", warn=log)
     try:
         _, result = fit(cfg, directory, match_shape(train_set.images, shape), log=log,
-                        callbacks=[lambda step, bpd: tracker.log({"train/bits_per_dim": bpd}, step=step) if step % 10 == 0 else None]
+                        callbacks=[tracker.training_curve]
                         + list(callbacks or []))
         tracker.summary({"train/final_bits_per_dim": result.final_bpd, "train/images_per_second": result.images_per_second})
         tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")

@@ -103,7 +103,7 @@ def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Con
         console(f"loaded checkpoint {path} (step {state['step']})")
         return model.to(device)
     model, result = fit(cfg, directory, train_images, log=console,
-                        callbacks=[lambda step, bpd: tracker.log({"train/bits_per_dim": bpd}, step=step) if step % 10 == 0 else None]
+                        callbacks=[tracker.training_curve]
                         + list(callbacks or []))
     return model
 
