@@ -48,15 +48,108 @@ def latents(model, x: torch.Tensor) -> torch.Tensor:
     return model.encode(x)
 
 
-def jacobians(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, chunk_size: int = 512,
-              mode: str = "reverse") -> torch.Tensor:
+class _SharedPrimalConv2d(torch.autograd.Function):
+    """conv2d over a batch whose rows repeat a few distinct inputs: the forward convolves one representative
+    per group and copies the result out; the backward is the exact input-gradient of the convolution for
+    every row (a convolution is linear in its input, so no stored activations are needed)."""
+
+    @staticmethod
+    def forward(x, weight, bias, rep, inverse, stride, padding, dilation, groups):
+        y = torch.nn.functional.conv2d(x.index_select(0, rep), weight, bias, stride, padding, dilation, groups)
+        return y.index_select(0, inverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _, _, _, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(weight)
+        ctx.conf = (x.shape, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        shape, stride, padding, dilation, groups = ctx.conf
+        if all(s_ == 1 for s_ in stride):
+            gx = torch.nn.functional.conv_transpose2d(grad, weight, None, 1, padding, 0, groups, dilation)
+        else:
+            gx = torch.nn.grad.conv2d_input(shape, weight, grad, stride, padding, dilation, groups)
+        return gx, None, None, None, None, None, None, None, None
+
+
+class _SharedPrimalLinear(torch.autograd.Function):
+    """The same for a dense layer (tabular flows' residual nets)."""
+
+    @staticmethod
+    def forward(x, weight, bias, rep, inverse):
+        return torch.nn.functional.linear(x.index_select(0, rep), weight, bias).index_select(0, inverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return grad @ weight, None, None, None, None
+
+
+class shared_primal_layers:
+    """Context manager: while active, the Conv2d / Linear layers of ``model`` treat the batch as groups of
+    identical rows (``inverse[i]`` = group of row i, ``rep[g]`` = a row of group g) and compute each forward once
+    per group. Reverse-mode Jacobian rows of one point all share the primal, so this removes the forward
+    cost of the conditioner networks from the Jacobian (the backward is unchanged and exact). Only valid
+    for gradients with respect to the inputs; parameters get no gradient inside."""
+
+    def __init__(self, model: Optional[torch.nn.Module]):
+        self.layers = []
+        if model is not None:
+            for m in model.modules():
+                if type(m) is torch.nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+                    self.layers.append(m)
+                elif type(m) is torch.nn.Linear:
+                    self.layers.append(m)
+        self.groups = None
+
+    def set_groups(self, inverse: torch.Tensor) -> None:
+        """Rows with equal ``inverse`` share their input; ``inverse`` must be sorted (rows grouped)."""
+        _, counts = torch.unique_consecutive(inverse, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        self.groups = (starts, torch.repeat_interleave(torch.arange(len(counts), device=inverse.device), counts))
+
+    def __enter__(self):
+        for m in self.layers:
+            m.forward = self._forward_for(m)
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.layers:
+            del m.forward
+        return False
+
+    def _forward_for(self, m):
+        conv = isinstance(m, torch.nn.Conv2d)
+
+        def forward(x):
+            if self.groups is None or x.shape[0] != self.groups[1].shape[0]:
+                return type(m).forward(m, x)
+            rep, inverse = self.groups
+            if conv:
+                return _SharedPrimalConv2d.apply(x, m.weight, m.bias, rep, inverse, m.stride, m.padding,
+                                                 m.dilation, m.groups)
+            return _SharedPrimalLinear.apply(x, m.weight, m.bias, rep, inverse)
+        return forward
+
+
+def jacobians(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, chunk_size: int = 128,
+              mode: str = "reverse", model: Optional[torch.nn.Module] = None) -> torch.Tensor:
     """Jacobians (B, D_out, D_in) of ``fn`` at each row of z (B, D_in), batched over (point, direction) rows.
 
     ``reverse`` (default): each row is a vector-Jacobian product with a basis cotangent, giving one row
     of J; ``forward``: a Jacobian-vector product with a basis tangent, giving one column. Both push
     ``chunk_size`` rows through ``fn`` at once, which bounds memory (reverse mode keeps the chunk's
-    activations for the backward pass). Measured here on a 784-dim RQ-NSF: reverse 1.8 s/point,
-    forward 4.4 s/point; forward needs no stored activations.
+    activations for the backward pass). In reverse mode, when ``model`` (the module ``fn`` runs) is
+    given, its convolutions and dense layers run their forward once per point instead of once per row
+    (``shared_primal_layers``): on this CPU that took the 784-dim paper RQ-NSF from 53 to 34 s per point at
+    chunk_size 512, and smaller chunks stay in cache: 16 s at 128, 15.5 s at 64. Forward mode was 2.4x slower than reverse on the tiny RQ-NSF (4.4 vs 1.8 s per point).
     """
     b, d_in = z.shape
     d_out = fn(z[:1]).shape[1]
@@ -65,18 +158,20 @@ def jacobians(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, chunk
     rows_point = torch.arange(b, device=z.device).repeat_interleave(d)
     rows_dir = torch.arange(d, device=z.device).repeat(b)
     eye = torch.eye(d, dtype=z.dtype, device=z.device)
-    with torch.enable_grad():
+    if mode not in ("reverse", "forward"):
+        raise ValueError(f"mode must be 'reverse' or 'forward', got {mode!r}")
+    shared = shared_primal_layers(model if mode == "reverse" else None)
+    with torch.enable_grad(), shared:
         for s in range(0, b * d, chunk_size):
             p, k = rows_point[s:s + chunk_size], rows_dir[s:s + chunk_size]
             if mode == "reverse":
-                _, pullback = torch.func.vjp(fn, z[p])
-                (rows,) = pullback(eye[k])
+                shared.set_groups(p)
+                zp = z[p].detach().requires_grad_(True)
+                (rows,) = torch.autograd.grad(fn(zp), zp, eye[k])
                 out[p, k, :] = rows.detach()
-            elif mode == "forward":
+            else:
                 _, cols = torch.func.jvp(fn, (z[p],), (eye[k],))
                 out[p, :, k] = cols.detach()
-            else:
-                raise ValueError(f"mode must be 'reverse' or 'forward', got {mode!r}")
     return out
 
 
@@ -87,7 +182,7 @@ def spectrum_from_jacobians(jac: torch.Tensor) -> torch.Tensor:
     return evals.clamp_min(0.0).flip(-1)
 
 
-def exact_spectra(model, x: torch.Tensor, chunk_size: int = 512, batch_points: int = 8,
+def exact_spectra(model, x: torch.Tensor, chunk_size: int = 128, batch_points: int = 8,
                   progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
     """sigma_i(J)^2 for every point of x (N, C, H, W): float64 array (N, D), descending."""
     g = _scaled_generator(model)
@@ -95,7 +190,7 @@ def exact_spectra(model, x: torch.Tensor, chunk_size: int = 512, batch_points: i
     for s in range(0, x.shape[0], batch_points):
         z = latents(model, x[s:s + batch_points])
         with torch.no_grad():
-            out.append(spectrum_from_jacobians(jacobians(g, z, chunk_size)).cpu().numpy())
+            out.append(spectrum_from_jacobians(jacobians(g, z, chunk_size, model=model)).cpu().numpy())
         if progress:
             progress(min(batch_points, x.shape[0] - s))
     return np.concatenate(out) if out else np.zeros((0, 0))

@@ -41,6 +41,30 @@ def test_jacobian_of_an_affine_map_gives_exactly_its_singular_values():
     assert counts.tolist() == [[(sigma > 1e-3).sum().item(), (sigma > 0.5).sum().item()]] * 3
 
 
+@pytest.mark.parametrize("preset, shape", [("flow_rq_nsf_tiny", (1, 8, 8)), ("flow_affine_tiny", (1, 8, 8)),
+                                           ("flow_tabular", (6,))])
+def test_shared_primal_layers_give_the_same_jacobian(preset, shape):
+    """Computing each conv/linear forward once per point must not change any Jacobian row."""
+    import runconfig
+    from models.flows import build_model
+
+    cfg = runconfig.resolve({"preset": preset}, [])
+    torch.manual_seed(0)
+    model = build_model(shape, cfg["model"])
+    with torch.no_grad():  # data-dependent initialisation (actnorm), then perturb so nothing is trivially zero
+        model.log_prob(torch.rand(32, *shape) * (256 if len(shape) == 3 else 1))
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    x = torch.rand(3, *shape) * (256 if len(shape) == 3 else 1)
+    g = lid._scaled_generator(model)
+    z = lid.latents(model, x)
+    plain = lid.jacobians(g, z, chunk_size=17)
+    shared = lid.jacobians(g, z, chunk_size=17, model=model)
+    assert torch.allclose(shared, plain, rtol=1e-4, atol=1e-5 * plain.abs().max().item())
+    assert not any("forward" in vars(m) for m in model.modules())  # patched forwards are removed again
+
+
 def test_lanczos_density_counts_a_well_separated_spectrum():
     torch.manual_seed(1)
     d = 40
