@@ -9,14 +9,17 @@ D x D Jacobian of the generator g = f^{-1} at z, taken in data scaled to [0, 1] 
 One decomposition per point gives LID for a whole grid of tau: we keep the spectrum
 sigma_i^2 = eigenvalues of J^T J.
 
-Exact mode. J is built row by row with reverse-mode AD: for each point the D basis cotangents
-are pulled back through one ``torch.func.vjp`` over the model's own batch dimension (nflows'
-spline uses boolean-mask indexing, which ``torch.func.vmap`` rejects; a big batch does not), in
-chunks of ``chunk_size`` (point, direction) rows to bound memory. (Forward mode, D tangents
-through ``torch.func.jvp``, gives the same J and is kept as an option; on this CPU it was 2.4x
-slower for the 784-dim tiny RQ-NSF, 4.4 vs 1.8 s per point.) J is float32 (the model's precision);
-J^T J and its eigenvalues are computed in float64, because squaring in float32 loses the small
-singular values that decide LID at small tau.
+Exact mode. J is built row by row with reverse-mode AD: the D basis cotangents of each point are
+pulled back through one ``torch.autograd.grad`` call over the model's own batch dimension (each
+(point, direction) row is a batch row; nflows' spline uses boolean-mask indexing, which
+``torch.func.vmap`` rejects, and vmapping only the backward (``is_grads_batched``) loops over rows
+inside conv backward: 37 s per paper-size point against 16 s here), in chunks of ``chunk_size`` rows to bound
+memory. All rows of a point share the primal, so the conditioner networks' convolutions and dense
+layers run their forward once per point (``shared_primal_layers``; their backward needs no stored
+input). (Forward mode, D tangents through ``torch.func.jvp``, gives the same J and is kept as an
+option; on this CPU it was 2.4x slower for the 784-dim tiny RQ-NSF, 4.4 vs 1.8 s per point.) J is
+float32 (the model's precision); J^T J and its eigenvalues are computed in float64, because squaring
+in float32 loses the small singular values that decide LID at small tau.
 
 Fast mode (matrix-free). Stochastic Lanczos quadrature on A = J^T J: ``probes`` Rademacher
 vectors, ``lanczos_steps`` steps each, every step one Jacobian-vector product (jvp) and one
