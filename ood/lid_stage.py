@@ -5,11 +5,20 @@ its Lanczos quadrature (fast), the LID curve over ``lid.log_tau_grid``, then pic
 ``fixed`` (``lid.log_tau``) or ``lpca`` (the grid value where the mean in_train LID is closest
 to the mean local-PCA estimate of the same in_train points, as in seed 000), and returns each
 point's LID at that tau.
+
+Resumable: with a ``cache_dir`` (the runner passes ``<run>/lid_spectra``) each split's spectra (exact)
+or Lanczos nodes and weights (fast) are written atomically after every block of ``batch_points``
+points, keyed by a fingerprint of the model's parameters, the points and the LID settings; a rerun
+of a killed run continues where it stopped and ends with the same numbers. The files stay as an
+artifact: ``lid_spectra/<split>.npz`` holds each point's squared singular values, so LID at any tau
+can be recomputed without a Jacobian.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Callable, Dict, List
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -28,8 +37,56 @@ class LidResult:
     calibration: Dict[str, float]
 
 
-def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callable[[str], None]) -> LidResult:
-    """``splits``: (name, dataset, x (N,C,H,W) float data in [0,256), index (N,)) per split."""
+def _fingerprint(model, x: torch.Tensor, settings: str) -> str:
+    h = hashlib.sha256(settings.encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _blocks(compute: Callable[[torch.Tensor, int], Dict[str, np.ndarray]], x: torch.Tensor, block: int,
+            cache: Optional[Path], fingerprint: str, progress: Callable[[int], None],
+            log: Callable[[str], None]) -> Dict[str, np.ndarray]:
+    """``compute(x[s:s+block], s)`` for every block, resuming from and saving to ``cache`` (an .npz)."""
+    from rundir import atomic_write
+
+    done: Dict[str, List[np.ndarray]] = {}
+    start = 0
+    if cache is not None and cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as f:
+                if str(f["fingerprint"]) == fingerprint:
+                    done = {k: [f[k]] for k in f.files if k != "fingerprint"}
+                    start = len(next(iter(done.values()))[0]) if done else 0
+        except (OSError, ValueError, KeyError):  # unreadable cache: recompute
+            done, start = {}, 0
+        if start:
+            log(f"lid: resuming {cache.stem} from {start}/{x.shape[0]} points ({cache})")
+            progress(start)
+        else:
+            log(f"lid: {cache} belongs to another model, data or setting; recomputing")
+    for s in range(start, x.shape[0], block):
+        out = compute(x[s:s + block], s)
+        for k, v in out.items():
+            done.setdefault(k, []).append(v)
+        if cache is not None:
+            arrays = {k: np.concatenate(v) for k, v in done.items()}
+            done = {k: [v] for k, v in arrays.items()}
+
+            def write(path, arrays=arrays):
+                with open(path, "wb") as fh:
+                    np.savez(fh, fingerprint=np.array(fingerprint), **arrays)
+            atomic_write(cache, write)
+        progress(min(block, x.shape[0] - s))
+    return {k: np.concatenate(v) for k, v in done.items()}
+
+
+def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callable[[str], None],
+                  cache_dir: Optional[Path] = None) -> LidResult:
+    """``splits``: (name, dataset, x (N,C,H,W) float data in [0,256), index (N,)) per split; ``cache_dir``
+    makes the stage resumable (see the module docstring)."""
     lcfg = cfg["lid"]
     lo, hi, num = lcfg["log_tau_grid"]
     grid = np.linspace(float(lo), float(hi), int(num))
@@ -44,14 +101,30 @@ def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callabl
         pos = np.sort(np.random.default_rng([seed, 7, len(name)]).permutation(x.shape[0])[:n_per])
         positions[name] = pos
         sub = x[torch.from_numpy(pos)].to(next(model.parameters()).device)
+        block = int(lcfg["batch_points"])
+        cache = Path(cache_dir) / f"{name}.npz" if cache_dir is not None else None
         if lcfg["mode"] == "exact":
-            spectra = lidlib.exact_spectra(model, sub, chunk_size=int(lcfg["chunk_size"]),
-                                           batch_points=int(lcfg["batch_points"]), progress=bar.update)
+            fp = _fingerprint(model, sub, "exact")
+            got = _blocks(lambda xb, s: {"spectra": lidlib.exact_spectra(model, xb, chunk_size=int(lcfg["chunk_size"]),
+                                                                          batch_points=block)},
+                          sub, block, cache, fp, bar.update, log)
+            spectra = got["spectra"]
             curves[name] = lidlib.lid_from_spectra(spectra, grid).astype(float)
             exact_at[name] = spectra
         else:
-            dens = lidlib.lanczos_density(model, sub, probes=int(lcfg["probes"]), steps=int(lcfg["lanczos_steps"]),
-                                          seed=seed, batch_points=int(lcfg["batch_points"]), progress=bar.update)
+            probes, steps = int(lcfg["probes"]), int(lcfg["lanczos_steps"])
+            width = min(steps, int(np.prod(sub.shape[1:])))
+
+            def fast(xb, s):
+                # probes seeded per block, so a resumed run draws the same probes as an uninterrupted one
+                d = lidlib.lanczos_density(model, xb, probes=probes, steps=steps, seed=seed * 1_000_003 + s,
+                                           batch_points=block)
+                pad = width - d.nodes.shape[2]
+                return {"nodes": np.pad(d.nodes, ((0, 0), (0, 0), (0, pad)), constant_values=-np.inf),
+                        "weights": np.pad(d.weights, ((0, 0), (0, 0), (0, pad))), "dim": np.full(len(xb), d.dim)}
+            fp = _fingerprint(model, sub, f"fast {probes} {steps} {seed}")
+            got = _blocks(fast, sub, block, cache, fp, bar.update, log)
+            dens = lidlib.SpectralDensity(got["nodes"], got["weights"], int(got["dim"][0]))
             curves[name] = dens.lid(grid)
             dens_by_split[name] = dens
     bar.close()

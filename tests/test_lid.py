@@ -115,3 +115,48 @@ def test_flow_trained_on_a_subspace_has_lid_near_its_dimension(tmp_path):
     best = int(np.argmin(np.abs(curves.mean(0) - target)))
     assert abs(target - d) < 0.5
     assert np.mean(np.abs(curves[:, best] - d) <= 1) > 0.9, (grid[best], curves[:, best])
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_lid_stage_resumes_a_killed_run_with_the_same_numbers(tmp_path, mode, monkeypatch):
+    import runconfig
+    from models.flows import build_model
+    from ood import lid_stage
+
+    cfg = runconfig.resolve({"preset": "flow_tabular", "training": {"progress": False},
+                             "lid": {"mode": mode, "n_per_split": 10, "batch_points": 3, "probes": 2,
+                                     "lanczos_steps": 2, "log_tau": -1.0}})
+    torch.manual_seed(0)
+    model = build_model((6,), cfg["model"]).eval()
+    gen = torch.Generator().manual_seed(1)
+    splits = [("in_train", "a", torch.randn(20, 6, generator=gen), np.arange(20)),
+              ("ood", "b", 2 * torch.randn(15, 6, generator=gen), np.arange(15))]
+    uninterrupted = lid_stage.run_lid_stage(model, splits, cfg, 0, log=lambda m: None)
+
+    name = "exact_spectra" if mode == "exact" else "lanczos_density"
+    real, calls = getattr(lid, name), []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3 and kill:
+            raise KeyboardInterrupt  # the run is killed inside the third block
+        return real(*args, **kwargs)
+    monkeypatch.setattr(lid, name, counted)
+    cache, logs = tmp_path / "lid_spectra", []
+    kill = True
+    with pytest.raises(KeyboardInterrupt):
+        lid_stage.run_lid_stage(model, splits, cfg, 0, log=logs.append, cache_dir=cache)
+    kill, calls[:] = False, []
+    resumed = lid_stage.run_lid_stage(model, splits, cfg, 0, log=logs.append, cache_dir=cache)
+    assert len(calls) == 8 - 2  # 4 blocks of 3 points per split, 2 were saved before the kill
+    assert any("resuming in_train from 6/10" in m for m in logs)
+    for split in ("in_train", "ood"):
+        assert np.array_equal(resumed.values[split], uninterrupted.values[split])
+    assert resumed.curves.equals(uninterrupted.curves)
+    assert sorted(p.name for p in cache.iterdir()) == ["in_train.npz", "ood.npz"]
+
+    with torch.no_grad():  # another model: the cache must not be used
+        next(model.parameters()).add_(0.1)
+    calls[:] = []
+    lid_stage.run_lid_stage(model, splits, cfg, 0, log=logs.append, cache_dir=cache)
+    assert len(calls) == 8
