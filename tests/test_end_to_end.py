@@ -114,3 +114,10 @@ def test_lid_stage_writes_curves_dual_metrics_and_figures(tmp_path):
     # the aggregate table carries the dual-threshold rows next to the likelihood
     frame, _ = collect([tmp_path / "runs"])
     assert {"log_likelihood", "lid", "dual_threshold", "dual_threshold_fixed"} <= set(frame.detector)
+    # the spectra stay as an artifact, and the same run again reuses them instead of new Jacobians
+    assert sorted(p.name for p in (directory / "lid_spectra").iterdir()) == [
+        "generated.npz", "in_test.npz", "in_train.npz", "ood.npz"]
+    assert run_ood(cfg, echo=False) == directory
+    log = (directory / "run.log").read_text()
+    assert all(f"resuming {s} from 5/5 points" in log for s in ("in_train", "in_test", "ood", "generated"))
+    assert json.loads((directory / "metrics.json").read_text()) == metrics
