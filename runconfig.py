@@ -110,6 +110,19 @@ CHOICES = {
     "run.device": None,
 }
 
+# numeric keys with bounds: (lowest allowed, highest allowed, inclusive low?) -- None means unbounded
+RANGES = {
+    "lid.n_per_split": (1, None, True),
+    "lid.chunk_size": (1, None, True),
+    "lid.batch_points": (1, None, True),
+    "lid.probes": (1, None, True),
+    "lid.lanczos_steps": (1, None, True),
+    "lid.lpca_k": (2, None, True),
+    "lid.lpca_points": (3, None, True),
+    "lid.lpca_variance": (0.0, 1.0, False),
+    "lid.keep": (0.0, 1.0, False),
+}
+
 
 def copy_tree(obj: Any) -> Any:
     """A copy of a YAML/JSON-like tree (dicts, lists, scalars); much faster than copy.deepcopy."""
@@ -183,6 +196,17 @@ def validate(cfg: Dict[str, Any], schema: Dict[str, Any] = DEFAULTS, prefix: str
         choices = CHOICES.get(path)
         if choices and value not in choices:
             raise ConfigError(f"Config key '{path}' must be one of {', '.join(choices)}, got {value!r}.")
+        bounds = RANGES.get(path)
+        if bounds and value is not None:
+            lo, hi, inclusive = bounds
+            if (value < lo if inclusive else value <= lo) or (hi is not None and value > hi):
+                want = f"{'>=' if inclusive else '>'} {lo}" + (f" and <= {hi}" if hi is not None else "")
+                raise ConfigError(f"Config key '{path}' must be {want}, got {value!r}.")
+        if path == "lid.log_tau_grid" and not (
+                isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)
+                and value[0] < value[1] and int(value[2]) == value[2] and value[2] >= 2):
+            raise ConfigError(f"Config key 'lid.log_tau_grid' must be [min, max, points] with min < max and "
+                              f"at least 2 points, got {value!r}.")
 
 
 def parse_override(text: str) -> Dict[str, Any]:

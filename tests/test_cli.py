@@ -37,6 +37,21 @@ def test_bad_value_type_and_choice():
         runconfig.resolve({"preset": "huge"})
 
 
+@pytest.mark.parametrize("override, message", [
+    ("lid.chunk_size=0", "'lid.chunk_size' must be >= 1, got 0"),
+    ("lid.n_per_split=-3", "'lid.n_per_split' must be >= 1"),
+    ("lid.keep=1.5", "'lid.keep' must be > 0.0 and <= 1.0"),
+    ("lid.lpca_variance=0", "'lid.lpca_variance' must be > 0.0"),
+    ("lid.log_tau_grid=[4,-10,57]", "'lid.log_tau_grid' must be \\[min, max, points\\]"),
+    ("lid.log_tau_grid=[-10,4]", "'lid.log_tau_grid' must be"),
+])
+def test_out_of_range_lid_settings_are_one_sentence(override, message):
+    with pytest.raises(runconfig.ConfigError, match=message):
+        runconfig.resolve({}, [override])
+    runconfig.resolve({}, [override.split("=")[0] + "=" + {"lid.keep": "1.0", "lid.lpca_variance": "0.5"}.get(
+        override.split("=")[0], "[-10, 4, 2]" if "grid" in override else "1")])
+
+
 def test_missing_dataset_is_one_sentence(tmp_path):
     line = _one_error_line(_run(["train.py", "--config", "configurations/train_fmnist_rq_nsf_tiny.yaml",
                                  f"run.runs_root={tmp_path}", "tracking.wandb=false"], {"DATA_DIR": str(tmp_path / "empty")}))
