@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""``make demo``: reproduce the likelihood paradox on real Fashion-MNIST vs MNIST through a local sweep.
+"""``make demo``: reproduce the likelihood paradox on real Fashion-MNIST vs MNIST, and the dual-threshold
+(likelihood + LID) detector that resolves it, through a local sweep.
 
     python sweep.py create --config meta_configurations/ood/demo_tiny.yaml --backend local
     two local agents (one per core pair; one on a single core), then python sweep.py aggregate <id>
@@ -18,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 META = "meta_configurations/ood/demo_tiny.yaml"
-PROGRESS = re.compile(r"(train|in_train|in_test|ood|generated):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+PROGRESS = re.compile(r"(train|in_train|in_test|ood|generated|lid \(exact\)|lid \(fast\)):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 
 
 def _status(log: Path) -> str:

@@ -134,6 +134,7 @@ def test_every_shipped_meta_configuration_expands(rel):
         pairs = [(r.config["data"]["in_distribution"], r.config["data"]["ood"]) for r in runs]
         assert pairs == [("fmnist", "mnist"), ("mnist", "fmnist")]
         assert all(r.config["model"]["coupling"] == "rq_nsf" and r.config["preset"] == "flow_rq_nsf_tiny" for r in runs)
+        assert all("lid" in r.config["ood"]["scores"] and r.config["lid"]["n_per_split"] == 32 for r in runs)
     if rel == "training/grayscale_flows.yaml":
         assert {r.config["data"]["in_distribution"] for r in runs} == {"fmnist", "mnist", "kmnist", "emnist", "omniglot"}
 
