@@ -55,18 +55,19 @@ def _blocks(compute: Callable[[torch.Tensor, int], Dict[str, np.ndarray]], x: to
     done: Dict[str, List[np.ndarray]] = {}
     start = 0
     if cache is not None and cache.exists():
+        why = "belongs to another model, data or setting"
         try:
             with np.load(cache, allow_pickle=False) as f:
                 if str(f["fingerprint"]) == fingerprint:
                     done = {k: [f[k]] for k in f.files if k != "fingerprint"}
                     start = len(next(iter(done.values()))[0]) if done else 0
-        except (OSError, ValueError, KeyError):  # unreadable cache: recompute
-            done, start = {}, 0
+        except (OSError, ValueError, KeyError) as exc:  # unreadable cache: recompute
+            done, start, why = {}, 0, f"is unreadable ({type(exc).__name__})"
         if start:
             log(f"lid: resuming {cache.stem} from {start}/{x.shape[0]} points ({cache})")
             progress(start)
         else:
-            log(f"lid: {cache} belongs to another model, data or setting; recomputing")
+            log(f"lid: {cache} {why}; recomputing")
     for s in range(start, x.shape[0], block):
         out = compute(x[s:s + block], s)
         for k, v in out.items():
