@@ -160,3 +160,8 @@ def test_lid_stage_resumes_a_killed_run_with_the_same_numbers(tmp_path, mode, mo
     calls[:] = []
     lid_stage.run_lid_stage(model, splits, cfg, 0, log=logs.append, cache_dir=cache)
     assert len(calls) == 8
+
+    (cache / "in_train.npz").write_bytes(b"half a file")  # a damaged cache is recomputed, not trusted
+    calls[:] = []
+    lid_stage.run_lid_stage(model, splits, cfg, 0, log=logs.append, cache_dir=cache)
+    assert len(calls) == 4 and any("in_train.npz is unreadable" in m for m in logs)
