@@ -11,7 +11,10 @@ or Lanczos nodes and weights (fast) are written atomically after every block of 
 points, keyed by a fingerprint of the model's parameters, the points and the LID settings; a rerun
 of a killed run continues where it stopped and ends with the same numbers. The files stay as an
 artifact: ``lid_spectra/<split>.npz`` holds each point's squared singular values, so LID at any tau
-can be recomputed without a Jacobian.
+can be recomputed without a Jacobian. Complete results are also published to ``shared_dir`` (the
+runner passes ``<runs_root>/lid_cache``) under their fingerprint, so another run with the same model
+and points (a sweep over ``lid.log_tau`` or the calibration, a LID-curve run then a dual-threshold
+run on one checkpoint) reuses them instead of recomputing every Jacobian.
 """
 from __future__ import annotations
 
@@ -46,28 +49,37 @@ def _fingerprint(model, x: torch.Tensor, settings: str) -> str:
     return h.hexdigest()
 
 
+def _load_matching(path: Path, fingerprint: str, log: Callable[[str], None]) -> Dict[str, np.ndarray]:
+    """The arrays saved in ``path`` if it holds results for ``fingerprint``, else {} (saying why)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["fingerprint"]) == fingerprint:
+                return {k: f[k] for k in f.files if k != "fingerprint"}
+        log(f"lid: {path} belongs to another model, data or setting; not used")
+    except (OSError, ValueError, KeyError) as exc:  # damaged: recompute
+        log(f"lid: {path} is unreadable ({type(exc).__name__}); not used")
+    return {}
+
+
 def _blocks(compute: Callable[[torch.Tensor, int], Dict[str, np.ndarray]], x: torch.Tensor, block: int,
-            cache: Optional[Path], fingerprint: str, progress: Callable[[int], None],
-            log: Callable[[str], None]) -> Dict[str, np.ndarray]:
-    """``compute(x[s:s+block], s)`` for every block, resuming from and saving to ``cache`` (an .npz)."""
+            sources: List[Path], cache: Optional[Path], fingerprint: str, progress: Callable[[int], None],
+            log: Callable[[str], None], label: str = "") -> Dict[str, np.ndarray]:
+    """``compute(x[s:s+block], s)`` for every block, starting from the most complete of ``sources`` that
+    holds results for ``fingerprint``; progress is saved to ``cache`` (an .npz) after every block, and
+    ``cache`` ends up holding the complete result."""
     from rundir import atomic_write
 
     done: Dict[str, List[np.ndarray]] = {}
-    start = 0
-    if cache is not None and cache.exists():
-        why = "belongs to another model, data or setting"
-        try:
-            with np.load(cache, allow_pickle=False) as f:
-                if str(f["fingerprint"]) == fingerprint:
-                    done = {k: [f[k]] for k in f.files if k != "fingerprint"}
-                    start = len(next(iter(done.values()))[0]) if done else 0
-        except (OSError, ValueError, KeyError) as exc:  # unreadable cache: recompute
-            done, start, why = {}, 0, f"is unreadable ({type(exc).__name__})"
-        if start:
-            log(f"lid: resuming {cache.stem} from {start}/{x.shape[0]} points ({cache})")
-            progress(start)
-        else:
-            log(f"lid: {cache} {why}; recomputing")
+    start, origin = 0, None
+    for path in sources:
+        if path.exists():
+            got = _load_matching(path, fingerprint, log)
+            n = len(next(iter(got.values()))) if got else 0
+            if n > start:
+                done, start, origin = {k: [v] for k, v in got.items()}, n, path
+    if start:
+        log(f"lid: resuming {label} from {start}/{x.shape[0]} points saved in {origin}")
+        progress(start)
     for s in range(start, x.shape[0], block):
         out = compute(x[s:s + block], s)
         for k, v in out.items():
@@ -75,19 +87,31 @@ def _blocks(compute: Callable[[torch.Tensor, int], Dict[str, np.ndarray]], x: to
         if cache is not None:
             arrays = {k: np.concatenate(v) for k, v in done.items()}
             done = {k: [v] for k, v in arrays.items()}
-
-            def write(path, arrays=arrays):
-                with open(path, "wb") as fh:
-                    np.savez(fh, fingerprint=np.array(fingerprint), **arrays)
-            atomic_write(cache, write)
+            atomic_write(cache, lambda path, arrays=arrays: _save(path, fingerprint, arrays))
         progress(min(block, x.shape[0] - s))
-    return {k: np.concatenate(v) for k, v in done.items()}
+    result = {k: np.concatenate(v) for k, v in done.items()}
+    if cache is not None and start == x.shape[0] and origin != cache:  # complete elsewhere: copy it here
+        atomic_write(cache, lambda path: _save(path, fingerprint, result))
+    return result
+
+
+def _holds(path: Path, fingerprint: str) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return str(f["fingerprint"]) == fingerprint
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _save(path: Path, fingerprint: str, arrays: Dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, fingerprint=np.array(fingerprint), **arrays)
 
 
 def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callable[[str], None],
-                  cache_dir: Optional[Path] = None) -> LidResult:
+                  cache_dir: Optional[Path] = None, shared_dir: Optional[Path] = None) -> LidResult:
     """``splits``: (name, dataset, x (N,C,H,W) float data in [0,256), index (N,)) per split; ``cache_dir``
-    makes the stage resumable (see the module docstring)."""
+    makes the stage resumable and ``shared_dir`` lets runs share spectra (see the module docstring)."""
     lcfg = cfg["lid"]
     lo, hi, num = lcfg["log_tau_grid"]
     grid = np.linspace(float(lo), float(hi), int(num))
@@ -104,11 +128,19 @@ def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callabl
         sub = x[torch.from_numpy(pos)].to(next(model.parameters()).device)
         block = int(lcfg["batch_points"])
         cache = Path(cache_dir) / f"{name}.npz" if cache_dir is not None else None
+
+        def blocks(compute, fp: str) -> Dict[str, np.ndarray]:
+            shared = Path(shared_dir) / f"{fp[:40]}.npz" if shared_dir is not None else None
+            got = _blocks(compute, sub, block, [p for p in (cache, shared) if p is not None], cache, fp,
+                          bar.update, log, label=name)
+            if shared is not None and not _holds(shared, fp):  # complete: other runs may reuse it
+                from rundir import atomic_write
+                atomic_write(shared, lambda path: _save(path, fp, got))
+            return got
         if lcfg["mode"] == "exact":
             fp = _fingerprint(model, sub, "exact")
-            got = _blocks(lambda xb, s: {"spectra": lidlib.exact_spectra(model, xb, chunk_size=int(lcfg["chunk_size"]),
-                                                                          batch_points=block)},
-                          sub, block, cache, fp, bar.update, log)
+            got = blocks(lambda xb, s: {"spectra": lidlib.exact_spectra(model, xb, chunk_size=int(lcfg["chunk_size"]),
+                                                                         batch_points=block)}, fp)
             spectra = got["spectra"]
             curves[name] = lidlib.lid_from_spectra(spectra, grid).astype(float)
             exact_at[name] = spectra
@@ -124,7 +156,7 @@ def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callabl
                 return {"nodes": np.pad(d.nodes, ((0, 0), (0, 0), (0, pad)), constant_values=-np.inf),
                         "weights": np.pad(d.weights, ((0, 0), (0, 0), (0, pad))), "dim": np.full(len(xb), d.dim)}
             fp = _fingerprint(model, sub, f"fast {probes} {steps} {seed}")
-            got = _blocks(fast, sub, block, cache, fp, bar.update, log)
+            got = blocks(fast, fp)
             dens = lidlib.SpectralDensity(got["nodes"], got["weights"], int(got["dim"][0]))
             curves[name] = dens.lid(grid)
             dens_by_split[name] = dens

@@ -170,7 +170,8 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         if "lid" in names:
             from ood.lid_stage import run_lid_stage
             t0 = time.perf_counter()
-            lid_result = run_lid_stage(model, scored, cfg, seed, console, cache_dir=directory / "lid_spectra")
+            lid_result = run_lid_stage(model, scored, cfg, seed, console, cache_dir=directory / "lid_spectra",
+                                       shared_dir=rundir.runs_root(cfg) / "lid_cache")
             for frame, (split, _, _, _) in zip(frames, scored):
                 column = np.full(len(frame), np.nan)
                 column[lid_result.positions[split]] = lid_result.values[split]

@@ -165,3 +165,32 @@ def test_lid_stage_resumes_a_killed_run_with_the_same_numbers(tmp_path, mode, mo
     calls[:] = []
     lid_stage.run_lid_stage(model, splits, cfg, 0, log=logs.append, cache_dir=cache)
     assert len(calls) == 4 and any("in_train.npz is unreadable" in m for m in logs)
+
+
+def test_runs_share_complete_spectra_through_the_shared_store(tmp_path, monkeypatch):
+    """A second run on the same model and points (say, another log tau) reuses the first run's spectra."""
+    import runconfig
+    from models.flows import build_model
+    from ood import lid_stage
+
+    cfg = runconfig.resolve({"preset": "flow_tabular", "training": {"progress": False},
+                             "lid": {"n_per_split": 6, "batch_points": 3, "log_tau": -1.0}})
+    torch.manual_seed(0)
+    model = build_model((6,), cfg["model"]).eval()
+    gen = torch.Generator().manual_seed(1)
+    splits = [("in_train", "a", torch.randn(20, 6, generator=gen), np.arange(20)),
+              ("ood", "b", 2 * torch.randn(15, 6, generator=gen), np.arange(15))]
+    real, calls = lid.exact_spectra, []
+    monkeypatch.setattr(lid, "exact_spectra", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shared, logs = tmp_path / "lid_cache", []
+    first = lid_stage.run_lid_stage(model, splits, cfg, 0, log=logs.append, cache_dir=tmp_path / "run1", shared_dir=shared)
+    assert len(calls) == 4 and len(list(shared.glob("*.npz"))) == 2
+    calls[:] = []
+    cfg2 = runconfig.resolve({"preset": "flow_tabular", "training": {"progress": False},
+                              "lid": {"n_per_split": 6, "batch_points": 3, "log_tau": 0.5}})
+    second = lid_stage.run_lid_stage(model, splits, cfg2, 0, log=logs.append, cache_dir=tmp_path / "run2", shared_dir=shared)
+    assert calls == [] and sorted(p.name for p in (tmp_path / "run2").iterdir()) == ["in_train.npz", "ood.npz"]
+    assert second.curves.equals(first.curves) and second.log_tau == 0.5
+    for split in ("in_train", "ood"):
+        spectra = np.load(tmp_path / "run2" / f"{split}.npz")["spectra"]
+        assert np.array_equal(second.values[split], lid.lid_from_spectra(spectra, [0.5])[:, 0])
