@@ -288,6 +288,8 @@ def run_name(cfg: Dict[str, Any], kind: str) -> str:
     if kind == "ood":
         ident["ood"] = {k: v for k, v in cfg["ood"].items() if k not in ("figures", "png")}
         ident["ood_data"] = {"ood": cfg["data"]["ood"], "eval_dequantization": cfg["data"]["eval_dequantization"]}
+        if "lid" in (cfg["ood"].get("scores") or []):  # chunk_size only trades memory for speed
+            ident["lid"] = {k: v for k, v in cfg["lid"].items() if k != "chunk_size"}
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
     m = cfg["model"]
     ind = str(cfg["data"]["in_distribution"]).replace(":", "_").replace("/", "_")

@@ -85,3 +85,13 @@ def test_every_shipped_configuration_resolves():
     assert len(files) >= 8
     for f in files:
         runconfig.load(f)
+
+
+def test_ood_run_names_follow_the_lid_settings_that_change_results():
+    base = {"ood": {"scores": ["log_likelihood", "lid"]}}
+    name = runconfig.run_name(runconfig.resolve(base), "ood")
+    assert runconfig.run_name(runconfig.resolve(base, ["lid.log_tau=-2"]), "ood") != name
+    assert runconfig.run_name(runconfig.resolve(base, ["lid.n_per_split=8"]), "ood") != name
+    assert runconfig.run_name(runconfig.resolve(base, ["lid.chunk_size=64"]), "ood") == name
+    plain = runconfig.resolve({})  # without the lid score, lid settings do not split runs
+    assert runconfig.run_name(runconfig.resolve({}, ["lid.log_tau=-2"]), "ood") == runconfig.run_name(plain, "ood")
