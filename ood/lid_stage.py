@@ -78,7 +78,8 @@ def _blocks(compute: Callable[[torch.Tensor, int], Dict[str, np.ndarray]], x: to
             if n > start:
                 done, start, origin = {k: [v] for k, v in got.items()}, n, path
     if start:
-        log(f"lid: resuming {label} from {start}/{x.shape[0]} points saved in {origin}")
+        verb = "resuming" if origin == cache else "reusing"
+        log(f"lid: {verb} {label} from {start}/{x.shape[0]} points saved in {origin}")
         progress(start)
     for s in range(start, x.shape[0], block):
         out = compute(x[s:s + block], s)
