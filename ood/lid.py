@@ -185,8 +185,7 @@ def spectrum_from_jacobians(jac: torch.Tensor) -> torch.Tensor:
     return evals.clamp_min(0.0).flip(-1)
 
 
-def exact_spectra(model, x: torch.Tensor, chunk_size: int = 128, batch_points: int = 8,
-                  progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+def exact_spectra(model, x: torch.Tensor, chunk_size: int = 128, batch_points: int = 8) -> np.ndarray:
     """sigma_i(J)^2 for every point of x (N, C, H, W): float64 array (N, D), descending."""
     g = _scaled_generator(model)
     out = []
@@ -194,8 +193,6 @@ def exact_spectra(model, x: torch.Tensor, chunk_size: int = 128, batch_points: i
         z = latents(model, x[s:s + batch_points])
         with torch.no_grad():
             out.append(spectrum_from_jacobians(jacobians(g, z, chunk_size, model=model)).cpu().numpy())
-        if progress:
-            progress(min(batch_points, x.shape[0] - s))
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
@@ -220,7 +217,7 @@ class SpectralDensity:
 
 
 def lanczos_density(model, x: torch.Tensor, probes: int = 4, steps: int = 20, seed: int = 0,
-                    batch_points: int = 8, progress: Optional[Callable[[int], None]] = None) -> SpectralDensity:
+                    batch_points: int = 8) -> SpectralDensity:
     """Stochastic Lanczos quadrature of J^T J for every point of x (matrix-free: jvp + vjp only)."""
     g = _scaled_generator(model)
     gen = torch.Generator().manual_seed(seed)
@@ -264,8 +261,6 @@ def lanczos_density(model, x: torch.Tensor, probes: int = 4, steps: int = 20, se
         weights = vecs[:, 0, :] ** 2
         all_nodes.append(theta.reshape(b, probes, used).numpy())
         all_weights.append(weights.reshape(b, probes, used).numpy())
-        if progress:
-            progress(b)
     k_max = max(n.shape[2] for n in all_nodes)
     pad = lambda a, fill: np.concatenate([a, np.full((*a.shape[:2], k_max - a.shape[2]), fill)], axis=2)
     return SpectralDensity(np.concatenate([pad(n, -np.inf) for n in all_nodes]),

@@ -40,11 +40,17 @@ class LidResult:
     calibration: Dict[str, float]
 
 
-def _fingerprint(model, x: torch.Tensor, settings: str) -> str:
-    h = hashlib.sha256(settings.encode())
+def _model_digest(model) -> bytes:
+    h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.digest()
+
+
+def _fingerprint(model_digest: bytes, x: torch.Tensor, settings: str) -> str:
+    h = hashlib.sha256(settings.encode())
+    h.update(model_digest)
     h.update(x.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
@@ -61,18 +67,25 @@ def _load_matching(path: Path, fingerprint: str, log: Callable[[str], None]) -> 
     return {}
 
 
-def _blocks(compute: Callable[[torch.Tensor, int], Dict[str, np.ndarray]], x: torch.Tensor, block: int,
-            sources: List[Path], cache: Optional[Path], fingerprint: str, progress: Callable[[int], None],
-            log: Callable[[str], None], label: str = "") -> Dict[str, np.ndarray]:
-    """``compute(x[s:s+block], s)`` for every block, starting from the most complete of ``sources`` that
-    holds results for ``fingerprint``; progress is saved to ``cache`` (an .npz) after every block, and
-    ``cache`` ends up holding the complete result."""
+def _save(path: Path, fingerprint: str, arrays: Dict[str, np.ndarray]) -> None:
     from rundir import atomic_write
 
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, fingerprint=np.array(fingerprint), **arrays)
+    atomic_write(path, write)
+
+
+def _blocks(compute: Callable[[torch.Tensor, int], Dict[str, np.ndarray]], x: torch.Tensor, block: int,
+            cache: Optional[Path], shared: Optional[Path], fingerprint: str, progress: Callable[[int], None],
+            log: Callable[[str], None], label: str) -> Dict[str, np.ndarray]:
+    """``compute(x[s:s+block], s)`` for every block, starting from whichever of ``cache`` (this run's
+    file) and ``shared`` (the store other runs read) holds the most points for ``fingerprint``. Progress
+    goes to ``cache`` after every block; at the end both files hold the complete result."""
     done: Dict[str, List[np.ndarray]] = {}
     start, origin = 0, None
-    for path in sources:
-        if path.exists():
+    for path in (cache, shared):
+        if path is not None and path.exists():
             got = _load_matching(path, fingerprint, log)
             n = len(next(iter(got.values()))) if got else 0
             if n > start:
@@ -86,27 +99,14 @@ def _blocks(compute: Callable[[torch.Tensor, int], Dict[str, np.ndarray]], x: to
         for k, v in out.items():
             done.setdefault(k, []).append(v)
         if cache is not None:
-            arrays = {k: np.concatenate(v) for k, v in done.items()}
-            done = {k: [v] for k, v in arrays.items()}
-            atomic_write(cache, lambda path, arrays=arrays: _save(path, fingerprint, arrays))
+            done = {k: [np.concatenate(v)] for k, v in done.items()}
+            _save(cache, fingerprint, {k: v[0] for k, v in done.items()})
         progress(min(block, x.shape[0] - s))
     result = {k: np.concatenate(v) for k, v in done.items()}
-    if cache is not None and start == x.shape[0] and origin != cache:  # complete elsewhere: copy it here
-        atomic_write(cache, lambda path: _save(path, fingerprint, result))
+    for path in (cache, shared):
+        if path is not None and path != origin and not (path == cache and start < x.shape[0]):
+            _save(path, fingerprint, result)  # complete here: keep a copy / publish for other runs
     return result
-
-
-def _holds(path: Path, fingerprint: str) -> bool:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return str(f["fingerprint"]) == fingerprint
-    except (OSError, ValueError, KeyError):
-        return False
-
-
-def _save(path: Path, fingerprint: str, arrays: Dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as fh:
-        np.savez(fh, fingerprint=np.array(fingerprint), **arrays)
 
 
 def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callable[[str], None],
@@ -123,6 +123,7 @@ def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callabl
     bar = tqdm(total=total, desc=f"lid ({lcfg['mode']})", unit="pt", dynamic_ncols=True, mininterval=1.0,
                disable=not cfg["training"].get("progress", True))
     dens_by_split = {}
+    digest = _model_digest(model)
     for name, dataset, x, index in splits:
         pos = np.sort(np.random.default_rng([seed, 7, len(name)]).permutation(x.shape[0])[:n_per])
         positions[name] = pos
@@ -132,14 +133,9 @@ def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callabl
 
         def blocks(compute, fp: str) -> Dict[str, np.ndarray]:
             shared = Path(shared_dir) / f"{fp[:40]}.npz" if shared_dir is not None else None
-            got = _blocks(compute, sub, block, [p for p in (cache, shared) if p is not None], cache, fp,
-                          bar.update, log, label=name)
-            if shared is not None and not _holds(shared, fp):  # complete: other runs may reuse it
-                from rundir import atomic_write
-                atomic_write(shared, lambda path: _save(path, fp, got))
-            return got
+            return _blocks(compute, sub, block, cache, shared, fp, bar.update, log, label=name)
         if lcfg["mode"] == "exact":
-            fp = _fingerprint(model, sub, "exact")
+            fp = _fingerprint(digest, sub, "exact")
             got = blocks(lambda xb, s: {"spectra": lidlib.exact_spectra(model, xb, chunk_size=int(lcfg["chunk_size"]),
                                                                          batch_points=block)}, fp)
             spectra = got["spectra"]
@@ -156,7 +152,7 @@ def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callabl
                 pad = width - d.nodes.shape[2]
                 return {"nodes": np.pad(d.nodes, ((0, 0), (0, 0), (0, pad)), constant_values=-np.inf),
                         "weights": np.pad(d.weights, ((0, 0), (0, 0), (0, pad))), "dim": np.full(len(xb), d.dim)}
-            fp = _fingerprint(model, sub, f"fast {probes} {steps} {seed}")
+            fp = _fingerprint(digest, sub, f"fast {probes} {steps} {seed}")
             got = blocks(fast, fp)
             dens = lidlib.SpectralDensity(got["nodes"], got["weights"], int(got["dim"][0]))
             curves[name] = dens.lid(grid)
