@@ -22,6 +22,9 @@ def _known_errors() -> tuple:
     training = sys.modules.get("models.training")  # not imported eagerly: torch takes seconds to load
     if training is not None:
         known += [training.CheckpointError, training.TrainingDiverged]
+    scores = sys.modules.get("ood.scores")
+    if scores is not None:
+        known.append(scores.ScoreUnavailable)
     return tuple(known)
 
 

@@ -1,9 +1,15 @@
 """Run configurations: defaults < preset < YAML file < ``dotted.key=value`` overrides.
 
-A configuration is a nested mapping. Every key must exist in :data:`DEFAULTS` (so a typo
-fails with its dotted path), and values keep the type of their default (ints may be given
-for floats; ``null`` defaults accept anything). ``preset: <name>`` at the top level pulls in
+A configuration is a nested mapping. Every key must exist in the schema (so a typo fails with
+its dotted path), and values keep the type of their default (ints may be given for floats;
+``null`` defaults accept anything). ``preset: <name>`` at the top level pulls in
 ``configurations/presets/<name>.yaml`` underneath the file's own keys.
+
+The schema is assembled, without importing torch, from the core sections below and from spec
+files that live beside the code that reads them: ``models/<module>.yaml`` declares model families
+(their ``model.*`` keys, allowed values, bounds and builder) and ``ood/scores/<score>.yaml`` the
+sections a score owns (``lid.*`` ...). A new family or score adds its module and its spec file;
+nothing here changes.
 """
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import yaml
 
@@ -23,7 +30,7 @@ class ConfigError(ValueError):
     """A configuration problem, phrased as one sentence for the user."""
 
 
-DEFAULTS: Dict[str, Any] = {
+CORE_DEFAULTS: Dict[str, Any] = {
     "preset": None,
     "run": {
         "name": None,            # default: derived from the config, with a short hash
@@ -40,19 +47,7 @@ DEFAULTS: Dict[str, Any] = {
         "train_subsample": None, # use only the first N (seeded shuffle) training images
         "eval_dequantization": "uniform",  # uniform (seeded per split) | midpoint
     },
-    "model": {
-        "family": "flow",
-        "coupling": "rq_nsf",
-        "levels": 2,
-        "steps_per_level": 2,
-        "hidden_channels": 32,
-        "num_blocks": 1,
-        "num_bins": 4,
-        "tail_bound": 3.0,
-        "actnorm": True,
-        "one_by_one_conv": True,
-        "logit_alpha": 0.05,
-    },
+    "model": {"family": "flow"},  # the family's own keys come from its spec (models/<module>.yaml)
     "training": {
         "steps": 700,
         "batch_size": 64,
@@ -76,21 +71,6 @@ DEFAULTS: Dict[str, Any] = {
         "figures": True,
         "png": True,
     },
-    "lid": {                      # used when ood.scores contains "lid" (flows only)
-        "mode": "exact",          # exact (Jacobian + float64 eigendecomposition) | fast (stochastic Lanczos quadrature)
-        "calibration": "fixed",   # fixed: use lid.log_tau | lpca: match in_train's mean LID to a local-PCA estimate
-        "log_tau": -3.0,          # natural log of the singular-value threshold, data in [0, 1] units (the seeds' knob)
-        "log_tau_grid": [-10.0, 4.0, 57],  # [min, max, points] of the LID-curve grid
-        "n_per_split": 64,        # points per split that get an LID (seeded subset of the scored rows)
-        "chunk_size": 128,        # (point, direction) rows per Jacobian pass: bounds memory; 64-128 was fastest on CPU (cache)
-        "batch_points": 8,        # points decomposed together
-        "probes": 8,              # fast mode: Rademacher probes per point
-        "lanczos_steps": 30,      # fast mode: Lanczos steps per probe
-        "lpca_k": 20,             # lpca calibration: neighbours
-        "lpca_variance": 0.95,    # lpca calibration: explained-variance threshold
-        "lpca_points": 2000,      # lpca calibration: training images used as the neighbour pool
-        "keep": 0.95,             # honest dual threshold: LID quantile keeping this share of in_train
-    },
     "tracking": {
         "wandb": True,
         "mode": "auto",           # auto: online if logged in, else offline | offline | online
@@ -99,29 +79,124 @@ DEFAULTS: Dict[str, Any] = {
     },
 }
 
-CHOICES = {
-    "model.family": ("flow", "tabular_flow"),
-    "model.coupling": ("rq_nsf", "affine"),
+CORE_CHOICES = {
     "training.lr_schedule": ("cosine", "constant"),
     "data.eval_dequantization": ("uniform", "midpoint"),
     "tracking.mode": ("auto", "offline", "online"),
-    "lid.mode": ("exact", "fast"),
-    "lid.calibration": ("fixed", "lpca"),
-    "run.device": None,
 }
 
 # numeric keys with bounds: (lowest allowed, highest allowed, inclusive low?) -- None means unbounded
-RANGES = {
-    "lid.n_per_split": (1, None, True),
-    "lid.chunk_size": (1, None, True),
-    "lid.batch_points": (1, None, True),
-    "lid.probes": (1, None, True),
-    "lid.lanczos_steps": (1, None, True),
-    "lid.lpca_k": (2, None, True),
-    "lid.lpca_points": (3, None, True),
-    "lid.lpca_variance": (0.0, 1.0, False),
-    "lid.keep": (0.0, 1.0, False),
-}
+CORE_RANGES: Dict[str, tuple] = {}
+
+
+def _check_log_tau_grid(path: str, value: Any) -> None:
+    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)
+            and value[0] < value[1] and int(value[2]) == value[2] and value[2] >= 2):
+        raise ConfigError(f"Config key '{path}' must be [min, max, points] with min < max and "
+                          f"at least 2 points, got {value!r}.")
+
+
+# named checks a spec may attach to a key (``checks: {section.key: <name>}``)
+CHECKS: Dict[str, Callable[[str, Any], None]] = {"grid": _check_log_tau_grid}
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A model family as its spec file declares it (read without importing torch)."""
+    name: str
+    builder: str                 # "module:function" building the model from (shape, model_cfg)
+    keys: Dict[str, Any]         # model.* keys and their defaults (``family`` excluded)
+    choices: Dict[str, tuple]    # full dotted paths
+    ranges: Dict[str, tuple]
+    run_name: Tuple[str, ...]    # model keys that go into the readable run name
+    loss: str                    # what training_loss measures (logged as train/<loss>)
+    sections: Tuple[str, ...]    # extra top-level sections this family reads (hashed into OOD run names)
+    source: str
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """A top-level configuration section owned by a score or a family."""
+    name: str
+    defaults: Dict[str, Any]
+    owner_kind: str              # "score" or "family"
+    owners: Tuple[str, ...]      # the scores / families whose use makes the section part of a run's identity
+    not_identity: Tuple[str, ...]  # keys that only trade speed for memory (not hashed)
+    source: str
+
+
+SPEC_GLOBS = ("models/*.yaml", "ood/scores/*.yaml")
+
+
+def _rules(raw: Dict[str, Any], prefix: str = "") -> Tuple[Dict[str, tuple], Dict[str, tuple], Dict[str, str]]:
+    choices = {prefix + k: tuple(v) for k, v in (raw.get("choices") or {}).items()}
+    ranges = {}
+    for k, v in (raw.get("ranges") or {}).items():
+        lo, hi = v[0], v[1]
+        ranges[prefix + k] = (lo, hi, bool(v[2]) if len(v) > 2 else True)
+    checks = {prefix + k: v for k, v in (raw.get("checks") or {}).items()}
+    return choices, ranges, checks
+
+
+def _load_specs():
+    """Read every spec file (``models/*.yaml`` for families, ``ood/scores/*.yaml`` for scores)."""
+    families: Dict[str, FamilySpec] = {}
+    sections: Dict[str, SectionSpec] = {}
+    choices, ranges, checks = dict(CORE_CHOICES), dict(CORE_RANGES), {}
+    for pattern in SPEC_GLOBS:
+        for path in sorted(PROJECT_ROOT.glob(pattern)):
+            raw = yaml.safe_load(path.read_text()) or {}
+            rel = str(path.relative_to(PROJECT_ROOT))
+            for name, fam in (raw.get("families") or {}).items():
+                c, r, k = _rules(fam, "model.")
+                families[name] = FamilySpec(name, fam["builder"], dict(fam.get("keys") or {}), c, r,
+                                            tuple(fam.get("run_name") or ()), fam.get("loss", "loss"),
+                                            tuple(fam.get("sections") or ()), rel)
+                checks.update(k)
+            for name, sec in (raw.get("sections") or {}).items():
+                if name in CORE_DEFAULTS or name in sections:
+                    raise RuntimeError(f"{rel}: section '{name}' is declared twice")
+                sections[name] = SectionSpec(name, dict(sec.get("keys") or {}), sec.get("owner_kind", "score"),
+                                             tuple(sec.get("owners") or ()), tuple(sec.get("not_identity") or ()), rel)
+                c, r, k = _rules(sec, name + ".")
+                choices.update(c)
+                ranges.update(r)
+                checks.update(k)
+    return families, sections, choices, ranges, checks
+
+
+FAMILIES, SECTIONS, CHOICES, RANGES, KEY_CHECKS = _load_specs()
+CHOICES["model.family"] = tuple(sorted(FAMILIES))
+
+
+def family_spec(name: str) -> FamilySpec:
+    """The spec of model family ``name``; a ConfigError naming the known ones otherwise."""
+    if name not in FAMILIES:
+        raise ConfigError(f"Config key 'model.family' must be one of {', '.join(sorted(FAMILIES))}, got {name!r}.")
+    return FAMILIES[name]
+
+
+def schema_for(family: str) -> Dict[str, Any]:
+    """The full defaults tree for a model family: core sections, the family's model keys, every spec section."""
+    spec = family_spec(family)
+    tree = copy_tree(CORE_DEFAULTS)
+    tree["model"] = {"family": family, **copy_tree(spec.keys)}
+    for name, sec in SECTIONS.items():
+        tree[name] = copy_tree(sec.defaults)
+    return tree
+
+
+def _family_of(*trees: Dict[str, Any]) -> str:
+    """The model family named by the last tree that names one (later trees win), else the default."""
+    family = CORE_DEFAULTS["model"]["family"]
+    for tree in trees:
+        model = (tree or {}).get("model")
+        if isinstance(model, dict) and model.get("family") is not None:
+            family = model["family"]
+    if not isinstance(family, str):
+        raise ConfigError(f"Config key 'model.family' must be a string, got {family!r}.")
+    family_spec(family)
+    return family
 
 
 def copy_tree(obj: Any) -> Any:
@@ -178,8 +253,17 @@ def _coerce_floats(cfg: Dict[str, Any], schema: Dict[str, Any]) -> None:
                 pass
 
 
-def validate(cfg: Dict[str, Any], schema: Dict[str, Any] = DEFAULTS, prefix: str = "") -> None:
-    """Check keys and types against the schema; raise ConfigError naming the dotted path."""
+def validate(cfg: Dict[str, Any], schema: Optional[Dict[str, Any]] = None, prefix: str = "") -> None:
+    """Check keys and types against the schema; raise ConfigError naming the dotted path.
+
+    ``schema`` defaults to the schema of the model family ``cfg`` names (the default family if none)."""
+    if schema is None:
+        schema = schema_for(_family_of(cfg if isinstance(cfg, dict) else {}))
+    family_rules = FAMILIES.get(schema.get("model", {}).get("family")) if prefix == "" and isinstance(schema.get("model"), dict) else None
+    _validate(cfg, schema, prefix, family_rules)
+
+
+def _validate(cfg: Any, schema: Dict[str, Any], prefix: str, family: Optional[FamilySpec]) -> None:
     if not isinstance(cfg, dict):
         raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {type(cfg).__name__}.")
     for key, value in cfg.items():
@@ -187,26 +271,27 @@ def validate(cfg: Dict[str, Any], schema: Dict[str, Any] = DEFAULTS, prefix: str
         if key not in schema:
             near = [k for k in schema if k.lower().startswith(str(key)[:3].lower())]
             hint = f" (did you mean '{prefix}{near[0]}'?)" if near else ""
-            raise ConfigError(f"Unknown config key '{path}'{hint}; known keys here: {', '.join(schema)}.")
+            owner = f" for model.family '{family.name}'" if family and prefix == "model." else ""
+            raise ConfigError(f"Unknown config key '{path}'{hint}{owner}; known keys here: {', '.join(schema)}.")
         default = schema[key]
         if isinstance(default, dict):
-            validate(value, default, path + ".")
-        elif not _type_ok(default, value):
+            _validate(value, default, path + ".", family)
+            continue
+        if not _type_ok(default, value):
             raise ConfigError(f"Config key '{path}' must be {type(default).__name__}, got {value!r}.")
-        choices = CHOICES.get(path)
+        choices = CHOICES.get(path) or (family.choices.get(path) if family else None)
         if choices and value not in choices:
-            raise ConfigError(f"Config key '{path}' must be one of {', '.join(choices)}, got {value!r}.")
-        bounds = RANGES.get(path)
+            raise ConfigError(f"Config key '{path}' must be one of {', '.join(map(str, choices))}, got {value!r}.")
+        bounds = RANGES.get(path) or (family.ranges.get(path) if family else None)
         if bounds and value is not None:
             lo, hi, inclusive = bounds
-            if (value < lo if inclusive else value <= lo) or (hi is not None and value > hi):
-                want = f"{'>=' if inclusive else '>'} {lo}" + (f" and <= {hi}" if hi is not None else "")
+            if (lo is not None and (value < lo if inclusive else value <= lo)) or (hi is not None and value > hi):
+                want = " and ".join(filter(None, [f"{'>=' if inclusive else '>'} {lo}" if lo is not None else "",
+                                                  f"<= {hi}" if hi is not None else ""]))
                 raise ConfigError(f"Config key '{path}' must be {want}, got {value!r}.")
-        if path == "lid.log_tau_grid" and not (
-                isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)
-                and value[0] < value[1] and int(value[2]) == value[2] and value[2] >= 2):
-            raise ConfigError(f"Config key 'lid.log_tau_grid' must be [min, max, points] with min < max and "
-                              f"at least 2 points, got {value!r}.")
+        check = KEY_CHECKS.get(path)
+        if check:
+            CHECKS[check](path, value)
 
 
 def parse_override(text: str) -> Dict[str, Any]:
@@ -239,29 +324,39 @@ def load_yaml(path: str | Path) -> Dict[str, Any]:
     return data
 
 
+def _preset(name: str) -> Dict[str, Any]:
+    preset_path = PRESET_DIR / f"{name}.yaml"
+    if not preset_path.exists():
+        known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+        raise ConfigError(f"Unknown preset '{name}' (no {preset_path}); known presets: {known}.")
+    return load_yaml(preset_path)
+
+
 def resolve(user: Dict[str, Any], overrides: Iterable[str] = ()) -> Dict[str, Any]:
-    """Resolve a run configuration: defaults < preset < ``user`` < overrides, validated."""
+    """Resolve a run configuration: defaults < preset < ``user`` < overrides, validated.
+
+    The model family (``model.family``: the user's, else the preset's, else ``flow``) picks the schema
+    of the ``model`` section; every other section's keys come from the core and the spec files."""
     merged_user = copy_tree(user)
     for text in overrides:
         merged_user = deep_merge(merged_user, parse_override(text))
-    _coerce_floats(merged_user, DEFAULTS)
-    validate(merged_user)
-    cfg = copy_tree(DEFAULTS)
     preset = merged_user.get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError(f"Config key 'preset' must be a preset name, got {preset!r}.")
+    preset_cfg = _preset(preset) if preset else {}
+    family = _family_of(preset_cfg, merged_user)
+    schema = schema_for(family)
     if preset:
-        preset_path = PRESET_DIR / f"{preset}.yaml"
-        if not preset_path.exists():
-            known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-            raise ConfigError(f"Unknown preset '{preset}' (no {preset_path}); known presets: {known}.")
-        preset_cfg = load_yaml(preset_path)
-        _coerce_floats(preset_cfg, DEFAULTS)
+        _coerce_floats(preset_cfg, schema)
         try:
-            validate(preset_cfg)
+            validate(dict(preset_cfg, model=dict(preset_cfg.get("model") or {}, family=family)), schema)
         except ConfigError as exc:
-            raise ConfigError(f"In preset {preset_path.name}: {exc}") from exc
-        cfg = deep_merge(cfg, preset_cfg)
-    cfg = deep_merge(cfg, merged_user)
-    validate(cfg)
+            raise ConfigError(f"In preset {preset}.yaml: {exc}") from exc
+    _coerce_floats(merged_user, schema)
+    validate(merged_user, schema)
+    cfg = deep_merge(deep_merge(schema, preset_cfg), merged_user)
+    cfg["model"]["family"] = family
+    validate(cfg, schema)
     return cfg
 
 
@@ -280,6 +375,18 @@ def model_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
             "data": {k: cfg["data"][k] for k in ("in_distribution", "shape", "train_subsample")}, "seed": cfg["run"]["seed"]}
 
 
+def used_sections(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The spec sections an OOD run reads: those of its scores and of its model family, less speed-only keys."""
+    scores = set(cfg["ood"].get("scores") or ())
+    family = cfg["model"]["family"]
+    out = {}
+    for name, sec in SECTIONS.items():
+        used = (scores & set(sec.owners)) if sec.owner_kind == "score" else (family in sec.owners)
+        if used and name in cfg:
+            out[name] = {k: v for k, v in cfg[name].items() if k not in sec.not_identity}
+    return out
+
+
 def run_name(cfg: Dict[str, Any], kind: str) -> str:
     """Readable run name with a hash of everything that determines the run's results."""
     if cfg["run"].get("name"):
@@ -288,16 +395,16 @@ def run_name(cfg: Dict[str, Any], kind: str) -> str:
     if kind == "ood":
         ident["ood"] = {k: v for k, v in cfg["ood"].items() if k not in ("figures", "png")}
         ident["ood_data"] = {"ood": cfg["data"]["ood"], "eval_dequantization": cfg["data"]["eval_dequantization"]}
-        if "lid" in (cfg["ood"].get("scores") or []):  # chunk_size only trades memory for speed
-            ident["lid"] = {k: v for k, v in cfg["lid"].items() if k != "chunk_size"}
+        ident.update(used_sections(cfg))
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
     m = cfg["model"]
+    label = "-".join([m["family"]] + [str(m[k]) for k in family_spec(m["family"]).run_name])
     ind = str(cfg["data"]["in_distribution"]).replace(":", "_").replace("/", "_")
     preset = cfg.get("preset") or "custom"
     if kind == "ood":
         ood = str(cfg["data"]["ood"]).replace(":", "_").replace("/", "_")
-        return f"{m['family']}-{m['coupling']}-{preset}-{ind}-vs-{ood}-{digest}"
-    return f"{m['family']}-{m['coupling']}-{preset}-{ind}-{digest}"
+        return f"{label}-{preset}-{ind}-vs-{ood}-{digest}"
+    return f"{label}-{preset}-{ind}-{digest}"
 
 
 def dump(cfg: Dict[str, Any]) -> str:

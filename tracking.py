@@ -46,6 +46,9 @@ class Tracker:
         self.run = None
         self.owned = False
         self.warn = warn
+        import runconfig
+        family = cfg.get("model", {}).get("family")
+        self.loss_name = runconfig.FAMILIES[family].loss if family in runconfig.FAMILIES else "loss"
         mode = resolve_mode(cfg)
         if mode is None:
             return
@@ -77,10 +80,11 @@ class Tracker:
         if self.run is not None:
             self.run.log(values, step=step)
 
-    def training_curve(self, step: int, bits_per_dim: float) -> None:
-        """Training callback: log bits/dim every 10 steps (the cadence early termination also uses)."""
+    def training_curve(self, step: int, loss: float) -> None:
+        """Training callback: log the training loss (``train/<loss>``, the family spec's name: flows
+        ``train/bits_per_dim``) every 10 steps (the cadence early termination also uses)."""
         if step % 10 == 0:
-            self.log({"train/bits_per_dim": bits_per_dim}, step=step)
+            self.log({f"train/{self.loss_name}": loss}, step=step)
 
     def summary(self, values: Dict[str, Any]) -> None:
         if self.run is not None:

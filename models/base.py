@@ -26,6 +26,18 @@ class DensityModel(Protocol):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples (n,C,H,W) in data space [0,256)."""
 
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B,...) a dequantized training batch -> (B,) the objective the one training loop minimises
+        (flows: bits/dim; diffusions: denoising score matching; VAEs: the negative ELBO). What it
+        measures is named by the family spec's ``loss`` key (logged as ``train/<loss>``)."""
+
+
+# Optional capabilities a score may ask for (checked with hasattr, see ood.scores):
+#   generator(z) -> x         flows: the latent -> data map whose Jacobian gives LID
+#   encode(x) -> z            flows: data -> latent
+#   score(x, t) -> s          diffusions: the score of the noised marginal (scaled data space)
+#   sde                       diffusions: the forward SDE (marginal mean scale and std at t)
+
 
 def nats_to_bits_per_dim(log_prob: torch.Tensor, dim: int) -> torch.Tensor:
     """Convert per-sample log-likelihood in nats to bits per dimension (lower = likelier)."""

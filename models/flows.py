@@ -102,6 +102,8 @@ class ImageFlow(nn.Module):
         self.shape = tuple(int(s) for s in shape)
         self.dim = int(math.prod(self.shape))
         self.data_scale = 256.0  # stored data lives in [0, 256); LID is measured in [0, 1] units
+        self.loss_name = "bits_per_dim"
+        self.divergence_hint = " (or raise model.logit_alpha)"
         self.transform = build_transform(self.shape, cfg)
         self.base = StandardNormal([self.dim])
 
@@ -111,6 +113,10 @@ class ImageFlow(nn.Module):
 
     def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
         return nats_to_bits_per_dim(self.log_prob(x), self.dim)
+
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample training objective: bits/dim (the NLL in bits per dimension)."""
+        return self.bits_per_dim(x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(x)[0]
@@ -143,6 +149,7 @@ class TabularFlow(nn.Module):
         self.dim = int(dim)
         self.shape = (self.dim,)
         self.data_scale = 1.0
+        self.loss_name = "bits_per_dim"
         hidden = int(cfg["hidden_channels"])
 
         def net(in_f: int, out_f: int) -> nn.Module:
@@ -168,6 +175,10 @@ class TabularFlow(nn.Module):
     def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
         return nats_to_bits_per_dim(self.log_prob(x), self.dim)
 
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample training objective: bits/dim (the NLL in bits per dimension)."""
+        return self.bits_per_dim(x)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(x.reshape(x.shape[0], -1))[0]
 
@@ -180,11 +191,17 @@ class TabularFlow(nn.Module):
         return self.generator(z)
 
 
+def build_image_flow(shape: Tuple[int, ...], model_cfg: Dict[str, Any]) -> nn.Module:
+    """The ``flow`` family: a multiscale image flow on (C,H,W) data."""
+    return ImageFlow(shape, model_cfg)
+
+
+def build_tabular_flow(shape: Tuple[int, ...], model_cfg: Dict[str, Any]) -> nn.Module:
+    """The ``tabular_flow`` family: a coupling flow on vectors of D = prod(shape) dimensions."""
+    return TabularFlow(int(math.prod(shape)), model_cfg)
+
+
 def build_model(shape: Tuple[int, ...], model_cfg: Dict[str, Any]) -> nn.Module:
-    """Build the model named by ``model.family``: ``flow`` (images, shape (C,H,W)) or ``tabular_flow`` (shape (D,))."""
-    family = model_cfg.get("family", "flow")
-    if family == "flow":
-        return ImageFlow(shape, model_cfg)
-    if family == "tabular_flow":
-        return TabularFlow(int(math.prod(shape)), model_cfg)
-    raise ValueError(f"Unknown model.family '{family}': use 'flow' (images) or 'tabular_flow' (vectors).")
+    """Build any registered family (kept for callers that import it from here; see models.registry)."""
+    from models.registry import build_model as build
+    return build(shape, model_cfg)

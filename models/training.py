@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+import runconfig
 from data.transforms import dequantize_uniform
 from rundir import atomic_write
 
@@ -36,7 +37,7 @@ class CheckpointError(FileNotFoundError):
 class TrainResult:
     steps: int
     resumed_from: int
-    final_bpd: float
+    final_loss: float  # running average of training_loss (flows: bits/dim)
     seconds: float
     images_per_second: float
 
@@ -103,7 +104,9 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
     """Train ``model`` on ``images`` (uint8 (N,C,H,W), or float (N,D) vectors) per ``cfg['training']``, resuming if possible.
 
     Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end (``finished=True``).
-    ``callbacks`` get ``(step, bits_per_dim)`` after every step.
+    The objective is ``model.training_loss(x).mean()`` (flows: bits/dim, diffusions: denoising score
+    matching, ...), so every family shares this loop, its checkpoints, resume and NaN guard.
+    ``callbacks`` get ``(step, loss)`` after every step.
     """
     tcfg = cfg["training"]
     seed = int(cfg["run"]["seed"])
@@ -125,10 +128,10 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
         log(f"resuming from step {start} ({ckpt_path})")
     if start >= total:
         model.eval()
-        return TrainResult(steps=total, resumed_from=start, final_bpd=float("nan"), seconds=0.0, images_per_second=0.0)
+        return TrainResult(steps=total, resumed_from=start, final_loss=float("nan"), seconds=0.0, images_per_second=0.0)
 
     n = images.shape[0]
-    dim = int(np.prod(images.shape[1:]))
+    loss_name = getattr(model, "loss_name", "loss")
     every = max(1, int(tcfg["checkpoint_every"]))
     clip = float(tcfg["grad_clip"]) if tcfg["grad_clip"] else None
     extra = {"shape": list(images.shape[1:]), "config": cfg}
@@ -147,14 +150,15 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
             batch = images[idx]
             # stored 8-bit data is dequantized; real-valued data (synthetic manifolds) is used as is
             x = (dequantize_uniform(batch.float(), gen) if batch.dtype == torch.uint8 else batch).to(device)
-            bpd = -model.log_prob(x).mean() / (dim * math.log(2.0))
-            value = float(bpd.detach())
+            loss = model.training_loss(x).mean()
+            value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingDiverged(
-                    f"Training diverged at step {step} (bits/dim = {value}); the last good checkpoint (step {last_good}) "
-                    f"is kept in {ckpt_path}; lower training.lr or raise model.logit_alpha and rerun to resume.")
+                    f"Training diverged at step {step} ({loss_name} = {value}); the last good checkpoint (step {last_good}) "
+                    f"is kept in {ckpt_path}; lower training.lr and rerun to resume"
+                    f"{getattr(model, 'divergence_hint', '')}.")
             optimizer.zero_grad(set_to_none=True)
-            bpd.backward()
+            loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
@@ -163,7 +167,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
             done = step + 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(bpd=f"{value:.3f}", avg=f"{ema:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False)
+                bar.set_postfix({loss_name: f"{value:.3f}", "avg": f"{ema:.3f}"}, lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False)
             if done % every == 0 or done == total:
                 save_checkpoint(ckpt_path, model, optimizer, scheduler, done, done == total, extra)
                 last_good = done
@@ -174,8 +178,8 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
             bar.close()
     seconds = time.perf_counter() - t0
     model.eval()
-    log(f"trained steps {start}->{total} in {seconds:.1f}s, final bits/dim (running avg) {ema:.4f}")
-    return TrainResult(steps=total, resumed_from=start, final_bpd=float(ema), seconds=seconds,
+    log(f"trained steps {start}->{total} in {seconds:.1f}s, final {loss_name} (running avg) {ema:.4f}")
+    return TrainResult(steps=total, resumed_from=start, final_loss=float(ema), seconds=seconds,
                        images_per_second=(total - start) * bs / max(seconds, 1e-9))
 
 
@@ -185,7 +189,7 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
 
     Returns ``(model, TrainResult)``; the model is in eval mode on its training device.
     """
-    from models.flows import build_model
+    from models.registry import build_model
     from models.sample_grid import image_grid, samples_to_uint8
 
     if cfg["run"].get("num_threads"):
@@ -200,7 +204,8 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
         images = images[torch.from_numpy(keep)]
     torch.manual_seed(seed)
     model = build_model(tuple(images.shape[1:]), cfg["model"])
-    log(f"model: {cfg['model']['family']}/{cfg['model']['coupling']}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+    label = "/".join(str(cfg["model"][k]) for k in ("family", *runconfig.family_spec(cfg["model"]["family"]).run_name))
+    log(f"model: {label}, {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"data {tuple(images.shape)}")
     result = train(model, images, cfg, run_directory, log=log, callbacks=callbacks)
     n_grid = int(cfg["training"].get("sample_grid") or 0)
@@ -213,7 +218,7 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
 
 def load_trained(path: Path, map_location="cpu"):
     """Rebuild a model from a checkpoint file or run directory written by :func:`train`."""
-    from models.flows import build_model
+    from models.registry import build_model
 
     state = load_checkpoint(path, map_location=map_location)
     cfg = state["config"]
@@ -228,7 +233,6 @@ def run_training(cfg: Dict[str, Any], echo: bool = True,
     """The training job behind ``train.py``: resolve the run directory, train, track. Returns the directory."""
     import sys
 
-    import runconfig
     import rundir
     from data.registry import file_checksums, load_split
     from data.transforms import match_shape
@@ -253,7 +257,7 @@ def run_training(cfg: Dict[str, Any], echo: bool = True,
         _, result = fit(cfg, directory, match_shape(train_set.images, shape), log=log,
                         callbacks=[tracker.training_curve]
                         + list(callbacks or []))
-        tracker.summary({"train/final_bits_per_dim": result.final_bpd, "train/images_per_second": result.images_per_second})
+        tracker.summary({f"train/final_{runconfig.family_spec(cfg['model']['family']).loss}": result.final_loss, "train/images_per_second": result.images_per_second})
         tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
     finally:
         tracker.finish()

@@ -1,4 +1,12 @@
-"""Single- and dual-threshold detectors.
+"""Detectors: registered functions of the scores table that write metrics.json entries.
+
+A detector is ``fn(view) -> {entry name: metrics}`` over a :class:`TaskView` (the positive split, the
+OOD split and in_train, the scores present, each stage score's metric info, the configuration);
+:func:`evaluate` runs every registered detector for each task (in_test vs ood, generated vs ood).
+A detector declares ``optimistic=True`` when it chooses something with the OOD labels; its entries
+then carry ``optimistic: true`` and are never the headline. New detectors are new registrations.
+
+Single- and dual-threshold detectors follow.
 
 Dual threshold (seeds 000/001): a point is in-distribution iff ``score_a > t1`` and
 ``score_b >= t2`` (log-likelihood and LID). Its ROC is the upper-left envelope of the
@@ -18,11 +26,74 @@ O(K (n + m) log(n + m)) time and O(n + m) memory.
 """
 from __future__ import annotations
 
-from typing import Dict
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 
 from ood.metrics import _clean, detection_metrics
+
+SPLIT_ORDER = ("in_train", "in_test", "ood", "generated")
+
+
+@dataclass
+class TaskView:
+    positive: Any        # DataFrame of the positive split (in_test, or generated)
+    negative: Any        # DataFrame of the OOD split
+    in_train: Any        # DataFrame of in_train (for thresholds fitted without OOD labels)
+    names: List[str]     # scores in the table
+    info: Dict[str, Dict[str, Any]]   # score name -> its stage's metric info (e.g. {"log_tau": -3.0})
+    cfg: Dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str
+    fn: Callable[[TaskView], Dict[str, Dict[str, Any]]]
+    optimistic: bool
+    description: str
+
+
+DETECTORS: Dict[str, Detector] = {}
+
+
+def register_detector(name: str, optimistic: bool, description: str):
+    def wrap(fn):
+        DETECTORS[name] = Detector(name, fn, optimistic, description)
+        return fn
+    return wrap
+
+
+def evaluate(table, names: List[str], info: Dict[str, Dict[str, Any]], cfg: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """metrics.json content: every registered detector's entries for in_test vs ood (no prefix) and, when
+    generated samples exist, for generated vs ood (prefix ``generated_vs_ood/``)."""
+    s = {split: table.loc[table["split"] == split] for split in SPLIT_ORDER}
+    tasks = [("", "in_test")] + ([("generated_vs_ood/", "generated")] if not s["generated"].empty else [])
+    out: Dict[str, Dict[str, Any]] = {}
+    for prefix, positive in tasks:
+        view = TaskView(s[positive], s["ood"], s["in_train"], list(names), info, cfg)
+        for det in DETECTORS.values():
+            for key, entry in det.fn(view).items():
+                if det.optimistic:
+                    entry = dict(entry, optimistic=True)
+                out[f"{prefix}{key}"] = entry
+    return out
+
+
+@register_detector("single", optimistic=False,
+                   description="each score alone, oriented so higher = in-distribution; rows without a value are left out")
+def single_score(view: TaskView) -> Dict[str, Dict[str, Any]]:
+    from ood import scores as score_registry
+
+    out = {}
+    for name in view.names:
+        pos = view.positive[name].to_numpy(dtype=float)
+        neg = view.negative[name].to_numpy(dtype=float)
+        pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
+        if pos.size and neg.size:
+            out[name] = detection_metrics(score_registry.oriented(name, pos), score_registry.oriented(name, neg))
+            out[name].update(view.info.get(name, {}))
+    return out
 
 
 def dual_threshold_envelope(a_in, b_in, a_ood, b_ood) -> np.ndarray:
@@ -78,3 +149,20 @@ def dual_threshold_metrics(a_in, b_in, a_ood, b_ood, b_train, keep: float = 0.95
                      "n_in": n_in, "n_ood": n_ood, "optimistic": True},
         "fixed": honest,
     }
+
+
+@register_detector("dual_threshold", optimistic=False,
+                   description="log-likelihood and LID (seeds 000/001): the envelope (optimistic) and the honest variant "
+                               "with the LID threshold fixed on in_train")
+def dual_threshold(view: TaskView) -> Dict[str, Dict[str, Any]]:
+    if not {"lid", "log_likelihood"} <= set(view.names):
+        return {}
+    pick = lambda f: f.dropna(subset=["lid"])
+    p, n, tr = pick(view.positive), pick(view.negative), pick(view.in_train)
+    if not (len(p) and len(n) and len(tr)):
+        return {}
+    keep = float(view.cfg["lid"]["keep"])
+    info = view.info.get("lid", {})
+    dual = dual_threshold_metrics(p["log_likelihood"], p["lid"], n["log_likelihood"], n["lid"], tr["lid"], keep)
+    return {"dual_threshold": dict(dual["envelope"], aupr_in=None, aupr_out=None, **info),
+            "dual_threshold_fixed": dict(dual["fixed"], **info, keep=keep)}

@@ -22,9 +22,10 @@ from data.registry import file_checksums, load_split
 from data.transforms import eval_dequantization_noise, match_shape
 from models.training import CHECKPOINT, CheckpointError, fit, load_trained, pick_device
 from ood import scores as score_registry
-from ood.metrics import detection_metrics, roc_curve_points
+from ood.metrics import roc_curve_points
+from ood.stages import fingerprint, model_digest, resumable_blocks
 
-SPLIT_ORDER = ("in_train", "in_test", "ood", "generated")
+from ood.detectors import SPLIT_ORDER, evaluate
 
 
 @dataclass
@@ -57,22 +58,33 @@ def _subsample(n_total: int, n: Optional[int], seed: int, salt: int) -> np.ndarr
     return np.sort(np.random.default_rng([seed, salt]).choice(n_total, size=int(n), replace=False))
 
 
-@torch.no_grad()
 def score_images(model, x_all: torch.Tensor, names: List[str], batch_size: int, device: torch.device,
-                 desc: str = "score", progress: bool = True) -> Dict[str, np.ndarray]:
-    """Score float images (N,C,H,W) in data space with every named score, in batches."""
-    out: Dict[str, List[np.ndarray]] = {n: [] for n in names}
+                 desc: str = "score", progress: bool = True, cache: Optional[Path] = None,
+                 digest: Optional[bytes] = None, log=lambda m: None) -> Dict[str, np.ndarray]:
+    """Score float images (N,C,H,W) in data space with every named per-batch score, in batches.
+
+    With ``cache`` (a file), finished batches are saved after each batch, keyed by the model, the
+    points and the score names, so a killed run resumes mid-split (diffusion likelihoods take
+    seconds per image on a CPU)."""
     fns = [score_registry.get(n) for n in names]
-    starts = range(0, x_all.shape[0], batch_size)
+    if not fns or x_all.shape[0] == 0:
+        return {n: np.zeros(0) for n in names}
+    bar = None
     if progress:
         from tqdm.auto import tqdm
-        starts = tqdm(starts, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0)
-    for s in starts:
-        x = x_all[s:s + batch_size].to(device)
-        cache: dict = {}
-        for score in fns:
-            out[score.name].append(score.fn(model, x, cache).detach().double().cpu().numpy())
-    return {n: (np.concatenate(v) if v else np.zeros(0)) for n, v in out.items()}
+        bar = tqdm(total=x_all.shape[0], desc=desc, unit="img", leave=False, dynamic_ncols=True, mininterval=1.0)
+
+    def compute(x: torch.Tensor, start: int) -> Dict[str, np.ndarray]:
+        x = x.to(device)
+        shared: dict = {}
+        with torch.no_grad():  # a score that needs gradients (ODE divergence) enables them itself
+            return {score.name: score.fn(model, x, shared).detach().double().cpu().numpy() for score in fns}
+    key = fingerprint(digest, x_all, "batch " + " ".join(names)) if cache is not None else ""
+    out = resumable_blocks(compute, x_all, batch_size, cache, None, key,
+                           (bar.update if bar is not None else (lambda n: None)), log, label=desc, stage="scores")
+    if bar is not None:
+        bar.close()
+    return {n: out[n] for n in names}
 
 
 def load_checkpoint_path(value: str) -> Path:
@@ -108,10 +120,18 @@ def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Con
     return model
 
 
+def _model_label(cfg: Dict[str, Any]) -> str:
+    m = cfg["model"]
+    return "/".join(str(m[k]) for k in ("family", *runconfig.family_spec(m["family"]).run_name))
+
+
 def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
     """Run one OOD job end to end and return its run directory.
 
-    ``callbacks`` get ``(step, bits_per_dim)`` during training (sweep agents use them for early termination).
+    Per-batch scores run over every split (finished batches saved, so a killed run resumes); stage
+    scores (``lid`` ...) then run over their seeded subsets; every registered detector turns the
+    table into metrics.json entries. Nothing here knows a score by name.
+    ``callbacks`` get ``(step, loss)`` during training (sweep agents use them for early termination).
     """
     seed = int(cfg["run"]["seed"])
     ocfg = cfg["ood"]
@@ -142,6 +162,8 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         model = _resolve_model(cfg, directory, train_images, console, tracker, callbacks)
         device = next(model.parameters()).device
         model.eval()
+        for n in names:
+            score_registry.check_needs(n, model, cfg["model"]["family"])
 
         i_tr = _subsample(len(train_set), ocfg["n_in_train"], seed, 1)
         i_te = _subsample(len(test_set), ocfg["n_in_test"], seed, 2)
@@ -151,7 +173,8 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
                   SplitData("ood", ood_set.name, match_shape(ood_set.images[i_od], shape), i_od)]
         import pandas as pd
         batch_names = [n for n in names if score_registry.get(n).per_batch]
-        scored = []  # (split, dataset, x in data space, index) for every split, kept for the LID stage
+        stage_names = [n for n in names if not score_registry.get(n).per_batch]
+        scored = []  # (split, dataset, x in data space, index) for every split, kept for the stages
         t0 = time.perf_counter()
         for sp in splits:
             noise = eval_dequantization_noise(len(sp.index), shape, seed, sp.name, cfg["data"]["eval_dequantization"])
@@ -162,32 +185,32 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
             xs = torch.cat([model.sample(min(256, n_gen - s), generator=gen).cpu() for s in range(0, n_gen, 256)])
             scored.append(("generated", f"generated:{in_name}", xs, np.arange(n_gen)))
         frames = []
+        digest = model_digest(model)
         for split, dataset, x, index in scored:
-            cols = score_images(model, x, batch_names, int(ocfg["batch_size"]), device, desc=split)
+            cols = score_images(model, x, batch_names, int(ocfg["batch_size"]), device, desc=split,
+                                cache=directory / "score_blocks" / f"{split}.npz", digest=digest, log=console)
             frames.append(pd.DataFrame({"split": split, "dataset": dataset, "index": index, **cols}))
         console(f"scored {sum(len(f) for f in frames)} samples in {time.perf_counter() - t0:.1f}s")
-        lid_result = None
-        if "lid" in names:
-            from ood.lid_stage import run_lid_stage
+        stages: Dict[str, score_registry.StageOutput] = {}
+        for stage_name in stage_names:
             t0 = time.perf_counter()
-            lid_result = run_lid_stage(model, scored, cfg, seed, console, cache_dir=directory / "lid_spectra",
-                                       shared_dir=rundir.runs_root(cfg) / "lid_cache")
+            ctx = score_registry.StageContext(model, scored, cfg, seed, console, directory, rundir.runs_root(cfg))
+            out = stages[stage_name] = score_registry.get(stage_name).stage(ctx)
             for frame, (split, _, _, _) in zip(frames, scored):
                 column = np.full(len(frame), np.nan)
-                column[lid_result.positions[split]] = lid_result.values[split]
-                frame["lid"] = column
-            rundir.atomic_write(directory / "lid_curves.parquet", lambda p: lid_result.curves.to_parquet(p, index=False))
-            console(f"lid: {sum(len(v) for v in lid_result.values.values())} points in {time.perf_counter() - t0:.1f}s, "
-                    f"log tau {lid_result.log_tau:.3f} ({lid_result.calibration['method']})")
+                column[out.positions[split]] = out.values[split]
+                frame[stage_name] = column
+            for art, frame_ in out.artifacts.items():
+                rundir.atomic_write(directory / f"{art}.parquet", lambda p, f=frame_: f.to_parquet(p, index=False))
+            console(f"{stage_name}: stage finished in {time.perf_counter() - t0:.1f}s")
         table = pd.concat(frames, ignore_index=True)
         rundir.atomic_write(directory / "scores.parquet", lambda p: table.to_parquet(p, index=False))
 
-        metrics = compute_metrics(table, names, lid_calibration=lid_result.calibration if lid_result else None,
-                                  keep=float(cfg["lid"]["keep"]))
+        metrics = evaluate(table, names, {k: v.metric_info for k, v in stages.items()}, cfg)
         rundir.write_json(directory / "metrics.json", metrics)
         rundir.write_json(directory / "provenance.json", rundir.provenance(checksums))
         if ocfg["figures"]:
-            _figures(table, names, metrics, cfg, directory, console, lid_result)
+            _figures(table, names, metrics, cfg, directory, console, stages)
         tracker.summary({f"{k}/{m}": v for k, d in metrics.items() for m, v in d.items()})
         tracker.table("scores", table)
         tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
@@ -199,38 +222,8 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
     return directory
 
 
-def compute_metrics(table, names: List[str], lid_calibration: Optional[dict] = None,
-                    keep: float = 0.95) -> Dict[str, Dict[str, float]]:
-    """metrics.json content: ``<score>`` (in_test vs ood) and ``generated_vs_ood/<score>``; with LID and
-    likelihood also ``dual_threshold`` (optimistic envelope) and ``dual_threshold_fixed`` (LID threshold
-    from in_train alone). Rows without a value for a score (LID is computed on a subset) are left out."""
-    from ood.detectors import dual_threshold_metrics
-
-    out: Dict[str, Dict[str, float]] = {}
-    s = {split: table.loc[table["split"] == split] for split in SPLIT_ORDER}
-    tasks = [("", "in_test")] + ([("generated_vs_ood/", "generated")] if not s["generated"].empty else [])
-    for prefix, positive in tasks:
-        for name in names:
-            pos = s[positive][name].to_numpy(dtype=float)
-            neg = s["ood"][name].to_numpy(dtype=float)
-            pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
-            if pos.size and neg.size:
-                out[f"{prefix}{name}"] = detection_metrics(score_registry.oriented(name, pos), score_registry.oriented(name, neg))
-                if name == "lid" and lid_calibration:
-                    out[f"{prefix}{name}"]["log_tau"] = lid_calibration["log_tau"]
-        if "lid" in names and "log_likelihood" in names:
-            pick = lambda f: f.dropna(subset=["lid"])
-            p, n, tr = pick(s[positive]), pick(s["ood"]), pick(s["in_train"])
-            if len(p) and len(n) and len(tr):
-                dual = dual_threshold_metrics(p["log_likelihood"], p["lid"], n["log_likelihood"], n["lid"], tr["lid"], keep)
-                envelope = dict(dual["envelope"], aupr_in=None, aupr_out=None, log_tau=lid_calibration["log_tau"])
-                out[f"{prefix}dual_threshold"] = envelope
-                out[f"{prefix}dual_threshold_fixed"] = dict(dual["fixed"], log_tau=lid_calibration["log_tau"], keep=keep)
-    return out
-
-
-def _figures(table, names, metrics, cfg, directory: Path, console: _Console, lid_result=None) -> None:
-    from ood.figures import lid_curve_figure, lid_scatter, roc_figure, score_histogram, write_figures
+def _figures(table, names, metrics, cfg, directory: Path, console: _Console, stages=None) -> None:
+    from ood.figures import roc_figure, score_histogram, write_figures
 
     in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
     figs = {}
@@ -238,7 +231,7 @@ def _figures(table, names, metrics, cfg, directory: Path, console: _Console, lid
         auc = metrics.get("log_likelihood", {}).get("auroc", float("nan"))
         figs["likelihood_histogram"] = score_histogram(
             table, "log_likelihood",
-            title=f"Log-likelihood (nats) of a {cfg['model']['coupling']} flow trained on {in_name}; OOD: {ood_name} (AUROC {auc:.3f})")
+            title=f"Log-likelihood (nats) of a {_model_label(cfg)} model trained on {in_name}; OOD: {ood_name} (AUROC {auc:.3f})")
     curves = {}
     for name in names:
         if name in metrics:
@@ -249,12 +242,7 @@ def _figures(table, names, metrics, cfg, directory: Path, console: _Console, lid
             curves[name] = (fpr, tpr, metrics[name]["auroc"])
     if curves:
         figs["roc"] = roc_figure(curves, title=f"{in_name} (in) vs {ood_name} (OOD)")
-    if lid_result is not None:
-        figs["lid_curves"] = lid_curve_figure(lid_result.curves, lid_result.log_tau,
-                                              title=f"LID curves, flow trained on {in_name}; OOD: {ood_name}")
-        if "log_likelihood" in names:
-            dual = metrics.get("dual_threshold", {}).get("auroc", float("nan"))
-            figs["lid_vs_likelihood"] = lid_scatter(
-                table, title=f"LID (log tau = {lid_result.log_tau:.2f}) vs log-likelihood; dual-threshold AUROC {dual:.3f} "
-                             f"(likelihood alone {metrics.get('log_likelihood', {}).get('auroc', float('nan')):.3f})")
+    for out in (stages or {}).values():
+        if out.figures is not None:
+            figs.update(out.figures(table, metrics, cfg))
     write_figures(figs, directory / "figures", bool(cfg["ood"]["png"]), console.warn)

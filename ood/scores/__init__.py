@@ -1,16 +1,56 @@
-"""OOD scores, registered by name. A new score is one module here that calls :func:`register`.
+"""OOD scores, registered by name. A new score is one module in this package (found automatically)
+that calls :func:`register` or :func:`register_stage`, plus a spec file ``<module>.yaml`` beside it if it
+owns configuration keys; nothing else changes.
 
-A score is a function ``(model, x, cache) -> Tensor[B]`` over one batch ``x`` (B,C,H,W) in
-data space [0,256); ``cache`` is a per-batch dict so scores can share work (log_prob is
-computed once per batch). ``higher_is_in`` says how to orient the stored column for
-detection: metrics use ``column`` if True and ``-column`` if False.
+Two kinds:
+
+* per batch: ``fn(model, x, cache) -> Tensor[B]`` over one batch ``x`` (B,C,H,W) in data space
+  [0,256); ``cache`` is a per-batch dict so scores can share work (log_prob once per batch). The
+  runner saves finished batches, so a killed run resumes mid-split (expensive likelihoods).
+* stage: ``stage(ctx) -> StageOutput`` over whole splits (a seeded subset, cached and resumable:
+  Jacobian LID, FLIPD); see :class:`StageContext`.
+
+``higher_is_in`` says how to orient the stored column for detection: metrics use ``column`` if True
+and ``-column`` if False. ``needs`` lists alternatives of model capabilities (method or attribute
+names, see :mod:`models.base`): the score runs if the model has every name of at least one alternative.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
+
+
+class ScoreUnavailable(ValueError):
+    """The configured model cannot provide what a score needs (one sentence for the user)."""
+
+
+@dataclass
+class StageContext:
+    """What a stage score gets: the model, every scored split, the configuration and where to cache."""
+    model: Any
+    splits: List[tuple]            # (split name, dataset, x (N,C,H,W) float data in [0,256), index (N,))
+    cfg: Dict[str, Any]
+    seed: int
+    log: Callable[[str], None]
+    run_dir: Optional[Path]        # the run directory (per-run caches, artifacts); None in unit tests
+    runs_root: Optional[Path]      # for caches shared between runs
+
+
+@dataclass
+class StageOutput:
+    """A stage's result: values for a subset of each split's rows, plus what goes with them."""
+    positions: Dict[str, np.ndarray]          # split -> row positions (within the split) that have a value
+    values: Dict[str, np.ndarray]             # split -> the score at those rows
+    metric_info: Dict[str, Any] = field(default_factory=dict)   # copied into this score's metrics.json entries
+    artifacts: Dict[str, Any] = field(default_factory=dict)     # name -> DataFrame, written as <name>.parquet
+    figures: Optional[Callable[[Any, Dict[str, Any], Dict[str, Any]], Dict[str, Any]]] = None  # (table, metrics, cfg) -> figures
+    extra: Dict[str, Any] = field(default_factory=dict)          # anything else (e.g. calibration details)
 
 
 @dataclass(frozen=True)
@@ -20,22 +60,39 @@ class Score:
     higher_is_in: bool
     unit: str
     description: str
-    per_batch: bool = True  # False: computed by a split-level stage of the runner (e.g. LID)
+    stage: Optional[Callable[[StageContext], StageOutput]] = None
+    needs: Tuple[Tuple[str, ...], ...] = ()
+
+    @property
+    def per_batch(self) -> bool:
+        return self.stage is None
 
 
 REGISTRY: Dict[str, Score] = {}
 
 
-def register(name: str, higher_is_in: bool, unit: str, description: str):
+def _alternatives(needs) -> Tuple[Tuple[str, ...], ...]:
+    if not needs:
+        return ()
+    if isinstance(needs[0], str):
+        return (tuple(needs),)
+    return tuple(tuple(n) for n in needs)
+
+
+def register(name: str, higher_is_in: bool, unit: str, description: str, needs=()):
+    """Decorator registering a per-batch score function ``(model, x, cache) -> Tensor[B]``."""
     def wrap(fn):
-        REGISTRY[name] = Score(name, fn, higher_is_in, unit, description)
+        REGISTRY[name] = Score(name, fn, higher_is_in, unit, description, needs=_alternatives(needs))
         return fn
     return wrap
 
 
-def register_stage(name: str, higher_is_in: bool, unit: str, description: str) -> None:
-    """Register a score that a runner stage computes over whole splits (not batch by batch)."""
-    REGISTRY[name] = Score(name, None, higher_is_in, unit, description, per_batch=False)
+def register_stage(name: str, higher_is_in: bool, unit: str, description: str, needs=()):
+    """Decorator registering a split-level stage ``(StageContext) -> StageOutput``."""
+    def wrap(fn):
+        REGISTRY[name] = Score(name, None, higher_is_in, unit, description, stage=fn, needs=_alternatives(needs))
+        return fn
+    return wrap
 
 
 def get(name: str) -> Score:
@@ -44,12 +101,27 @@ def get(name: str) -> Score:
     return REGISTRY[name]
 
 
+def has_capabilities(model, names) -> bool:
+    return all(hasattr(model, n) for n in names)
+
+
+def check_needs(name: str, model, family: str) -> None:
+    """Raise :class:`ScoreUnavailable` if ``model`` lacks every alternative of what score ``name`` needs."""
+    score = get(name)
+    if score.needs and not any(has_capabilities(model, alt) for alt in score.needs):
+        want = " or ".join("+".join(alt) for alt in score.needs)
+        raise ScoreUnavailable(f"Score '{name}' (ood.scores) needs a model with {want}; model.family '{family}' "
+                               f"has none of these: drop '{name}' from ood.scores or use a family that provides it.")
+
+
 def oriented(name: str, column):
     """The column oriented so that higher = more in-distribution."""
     return column if get(name).higher_is_in else -column
 
 
-from ood.scores import likelihood  # noqa: E402,F401  (registers its scores)
+def _discover() -> None:
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__name__}.{info.name}")
 
-register_stage("lid", higher_is_in=True, unit="dimensions",
-               description="Jacobian-threshold LID of a flow at the chosen tau (see ood.lid)")
+
+_discover()

@@ -14,12 +14,12 @@ def _log_prob(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
 
 
 @register("log_likelihood", higher_is_in=True, unit="nats",
-          description="log p(x) in nats of the dequantized data in [0,256)^D")
+          description="log p(x) in nats of the dequantized data in [0,256)^D", needs=("log_prob",))
 def log_likelihood(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
     return _log_prob(model, x, cache)
 
 
 @register("bits_per_dim", higher_is_in=False, unit="bits/dim",
-          description="-log p(x) / (D ln 2); lower is likelier, so detection uses its negative")
+          description="-log p(x) / (D ln 2); lower is likelier, so detection uses its negative", needs=("log_prob",))
 def bits_per_dim(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
     return nats_to_bits_per_dim(_log_prob(model, x, cache), int(x[0].numel()))
