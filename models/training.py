@@ -1,8 +1,9 @@
 """The training loop: Adam + warmup/cosine schedule + gradient clipping, checkpoints, exact resume.
 
 Determinism: batch ``s`` is a pure function of ``(seed, s)``: its indices come from the
-permutation of epoch ``s // steps_per_epoch`` (seeded by seed and epoch) and its
-dequantization noise from a generator seeded by (seed, s). Together with the model,
+permutation of epoch ``s // steps_per_epoch`` (seeded by seed and epoch), its
+dequantization noise from a generator seeded by (seed, s), and torch's global generator is
+reseeded from (seed, s) before ``training_loss`` (diffusions draw times and noise from it). Together with the model,
 optimizer and schedule states in ``checkpoint.pt`` this makes a run killed at step k and
 restarted end with the same weights as an uninterrupted one.
 """
@@ -150,6 +151,8 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
             batch = images[idx]
             # stored 8-bit data is dequantized; real-valued data (synthetic manifolds) is used as is
             x = (dequantize_uniform(batch.float(), gen) if batch.dtype == torch.uint8 else batch).to(device)
+            # randomness inside training_loss (diffusion times and noise) is a pure function of (seed, step) too
+            torch.manual_seed((seed * 1_000_003 + step) % (2 ** 63) + 7)
             loss = model.training_loss(x).mean()
             value = float(loss.detach())
             if not math.isfinite(value):

@@ -48,8 +48,9 @@ def score_histogram(scores, column: str = "log_likelihood", title: str = "", bin
     return fig
 
 
-def lid_curve_figure(curves, log_tau: float, title: str = "", max_lines: int = 60):
-    """LID(x; tau) against log tau: faint lines for individual points, bold mean per split, the chosen tau dashed."""
+def lid_curve_figure(curves, log_tau: float, title: str = "", max_lines: int = 60, knob: str = "log_tau"):
+    """LID against the estimator's knob (log tau, log t0, ...): faint lines for individual points, bold mean
+    per split, the chosen value dashed."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -60,13 +61,14 @@ def lid_curve_figure(curves, log_tau: float, title: str = "", max_lines: int = 6
         for k, (_, pt) in enumerate(part.groupby("index", sort=False)):
             if k >= max_lines:
                 break
-            fig.add_trace(go.Scatter(x=pt["log_tau"], y=pt["lid"], mode="lines", line=dict(color=colour, width=0.6),
+            fig.add_trace(go.Scatter(x=pt[knob], y=pt["lid"], mode="lines", line=dict(color=colour, width=0.6),
                                      opacity=0.25, showlegend=False, hoverinfo="skip"))
-        mean = part.groupby("log_tau")["lid"].mean()
+        mean = part.groupby(knob)["lid"].mean()
         fig.add_trace(go.Scatter(x=mean.index, y=mean.values, mode="lines", line=dict(color=colour, width=3),
                                  name=f"{label} ({part['dataset'].iloc[0]}, mean of {part['index'].nunique()})"))
-    fig.add_vline(x=log_tau, line_dash="dash", line_color="black", annotation_text=f"log tau = {log_tau:.2f}")
-    fig.update_layout(title=title, xaxis_title="log tau", yaxis_title="LID(x; tau)", template="plotly_white",
+    label = knob.replace("_", " ")
+    fig.add_vline(x=log_tau, line_dash="dash", line_color="black", annotation_text=f"{label} = {log_tau:.2f}")
+    fig.update_layout(title=title, xaxis_title=label, yaxis_title=f"LID(x; {label})", template="plotly_white",
                       legend=dict(orientation="h", y=-0.2), width=900, height=560)
     return fig
 

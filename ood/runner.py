@@ -113,10 +113,13 @@ def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Con
             raise runconfig.ConfigError(f"ood.checkpoint {path} was trained on shape {tuple(state['shape'])}, "
                                         f"but data.shape resolves to {(c, h, w)}; set data.shape to match.")
         console(f"loaded checkpoint {path} (step {state['step']})")
-        return model.to(device)
-    model, result = fit(cfg, directory, train_images, log=console,
-                        callbacks=[tracker.training_curve]
-                        + list(callbacks or []))
+        model = model.to(device)
+    else:
+        model, result = fit(cfg, directory, train_images, log=console,
+                            callbacks=[tracker.training_curve]
+                            + list(callbacks or []))
+    if hasattr(model, "configure"):  # families with evaluation settings of their own (diffusions: ode.*)
+        model.configure(cfg)
     return model
 
 

@@ -10,30 +10,33 @@ from ood.scores import StageContext, StageOutput, register_stage
 
 
 @register_stage("lid", higher_is_in=True, unit="dimensions",
-                description="local intrinsic dimension at the chosen threshold (flows: Jacobian; see ood.lid_stage)",
-                needs=[("generator", "encode")])
+                description="local intrinsic dimension at the chosen knob (flows: Jacobian; diffusions: FLIPD or the normal bundle; see ood.lid_stage)",
+                needs=[("generator", "encode"), ("score", "sde")])
 def lid_score(ctx: StageContext) -> StageOutput:
     from ood.lid_stage import run_lid_stage
 
     result = run_lid_stage(ctx.model, ctx.splits, ctx.cfg, ctx.seed, ctx.log,
                            cache_dir=ctx.run_dir / "lid_spectra" if ctx.run_dir else None,
                            shared_dir=ctx.runs_root / "lid_cache" if ctx.runs_root else None)
-    ctx.log(f"lid: {sum(len(v) for v in result.values.values())} points, "
-            f"log tau {result.log_tau:.3f} ({result.calibration['method']})")
+    ctx.log(f"lid: {sum(len(v) for v in result.values.values())} points, {result.method}, "
+            f"{result.knob} {result.log_tau:.3f} ({result.calibration['method']})")
 
     def figures(table, metrics: Dict[str, Any], cfg: Dict[str, Any]) -> Dict[str, Any]:
         from ood.figures import lid_curve_figure, lid_scatter
 
         in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
-        figs = {"lid_curves": lid_curve_figure(result.curves, result.log_tau,
-                                               title=f"LID curves, {cfg['model']['family']} trained on {in_name}; OOD: {ood_name}")}
+        figs = {"lid_curves": lid_curve_figure(result.curves, result.log_tau, knob=result.knob,
+                                               title=f"LID curves ({result.method}), {cfg['model']['family']} trained on {in_name}; OOD: {ood_name}")}
         if "log_likelihood" in table:
             dual = metrics.get("dual_threshold", {}).get("auroc", float("nan"))
             figs["lid_vs_likelihood"] = lid_scatter(
-                table, title=f"LID (log tau = {result.log_tau:.2f}) vs log-likelihood; dual-threshold AUROC {dual:.3f} "
+                table, title=f"LID ({result.knob} = {result.log_tau:.2f}) vs log-likelihood; dual-threshold AUROC {dual:.3f} "
                              f"(likelihood alone {metrics.get('log_likelihood', {}).get('auroc', float('nan')):.3f})")
         return figs
 
-    return StageOutput(result.positions, result.values, metric_info={"log_tau": result.log_tau},
+    info = {result.knob: result.log_tau}
+    if result.method != "jacobian":
+        info["lid_method"] = result.method
+    return StageOutput(result.positions, result.values, metric_info=info,
                        artifacts={"lid_curves": result.curves}, figures=figures,
                        extra={"calibration": result.calibration})

@@ -23,3 +23,12 @@ def log_likelihood(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
           description="-log p(x) / (D ln 2); lower is likelier, so detection uses its negative", needs=("log_prob",))
 def bits_per_dim(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
     return nats_to_bits_per_dim(_log_prob(model, x, cache), int(x[0].numel()))
+
+
+@register("likelihood_nfe", higher_is_in=False, unit="function evaluations",
+          description="the adaptive ODE solver's number of score evaluations for the batch holding x "
+                      "(diffusions; ood.batch_size=1 makes it per sample); more evaluations = less in-distribution",
+          needs=("likelihood_nfe",))
+def likelihood_nfe(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
+    _log_prob(model, x, cache)
+    return model.likelihood_nfe.to(x.device)
