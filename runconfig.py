@@ -387,6 +387,11 @@ def used_sections(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _safe(dataset: Any) -> str:
+    """A dataset name as a path component (``npz:/a/b.npz``, ``manifold:sphere:d=2,dim=5`` ...)."""
+    return "".join("_" if ch in ":/,= " else ch for ch in str(dataset))
+
+
 def run_name(cfg: Dict[str, Any], kind: str) -> str:
     """Readable run name with a hash of everything that determines the run's results."""
     if cfg["run"].get("name"):
@@ -399,10 +404,10 @@ def run_name(cfg: Dict[str, Any], kind: str) -> str:
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
     m = cfg["model"]
     label = "-".join([m["family"]] + [str(m[k]) for k in family_spec(m["family"]).run_name])
-    ind = str(cfg["data"]["in_distribution"]).replace(":", "_").replace("/", "_")
+    ind = _safe(cfg["data"]["in_distribution"])
     preset = cfg.get("preset") or "custom"
     if kind == "ood":
-        ood = str(cfg["data"]["ood"]).replace(":", "_").replace("/", "_")
+        ood = _safe(cfg["data"]["ood"])
         return f"{label}-{preset}-{ind}-vs-{ood}-{digest}"
     return f"{label}-{preset}-{ind}-{digest}"
 

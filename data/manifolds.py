@@ -61,3 +61,43 @@ def lollipop(n: int, dim: int, stick_fraction: float = 0.3, noise: float = 0.0, 
 
 
 GENERATORS = {"subspace": affine_subspace, "sphere": sphere, "lollipop": lollipop}
+
+
+# ``manifold:<name>[:key=value,...]`` datasets (see data.registry): the keys each generator takes, with
+# defaults, plus ``n`` (training points), ``n_test`` (test points) and ``seed``.
+DATASET_DEFAULTS = {
+    "subspace": {"d": 2, "dim": 5, "distribution": "gaussian", "noise": 0.0},
+    "sphere": {"d": 2, "dim": 5, "noise": 0.0},
+    "lollipop": {"dim": 5, "stick_fraction": 0.3, "noise": 0.0},
+}
+
+
+def parse_manifold_name(name: str) -> Tuple[str, dict]:
+    """``manifold:sphere:d=3,dim=10,n=4000`` -> ("sphere", {"d": 3, "dim": 10, "n": 4000, ...defaults})."""
+    parts = name.split(":", 2)
+    kind = parts[1] if len(parts) > 1 else ""
+    if kind not in GENERATORS:
+        raise ValueError(f"Unknown manifold '{kind}' in dataset '{name}': use manifold:<{'|'.join(GENERATORS)}>[:key=value,...].")
+    opts = {"n": 4000, "n_test": 1000, "seed": 0, **DATASET_DEFAULTS[kind]}
+    if len(parts) > 2 and parts[2]:
+        for item in parts[2].split(","):
+            key, _, raw = item.partition("=")
+            key = key.strip()
+            if key not in opts or not raw:
+                raise ValueError(f"Dataset '{name}': '{item}' is not key=value with key one of {', '.join(opts)}.")
+            default = opts[key]
+            try:
+                opts[key] = type(default)(raw) if not isinstance(default, str) else raw
+            except ValueError:
+                raise ValueError(f"Dataset '{name}': {key} must be a {type(default).__name__}, got {raw!r}.") from None
+    return kind, opts
+
+
+def manifold_split(name: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(points float32 (N, dim), true LID (N,)) of one split: one seeded pool, the first ``n`` for train and
+    the next ``n_test`` for test, so both splits share the embedding."""
+    kind, opts = parse_manifold_name(name)
+    n, n_test, seed = opts.pop("n"), opts.pop("n_test"), opts.pop("seed")
+    points, true_lid = GENERATORS[kind](n=n + n_test, seed=seed, **opts)
+    keep = slice(0, n) if split == "train" else slice(n, n + n_test)
+    return points[keep].astype(np.float32), true_lid[keep]

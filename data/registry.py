@@ -44,19 +44,24 @@ def data_dir() -> Path:
 
 @dataclass
 class ImageSet:
-    """Images as stored: ``images`` uint8 (N,H,W,C), ``labels`` int64 (N,) or None."""
+    """Images as stored: ``images`` uint8 (N,H,W,C), ``labels`` int64 (N,) or None. Vector datasets
+    (``manifold:...``) hold float32 points (N,D) in ``images`` and their known LID in ``true_lid``."""
 
     name: str
     split: str
     images: np.ndarray
     labels: Optional[np.ndarray]
     files: List[Path]
+    true_lid: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     @property
-    def shape_chw(self) -> Tuple[int, int, int]:
+    def shape_chw(self) -> Tuple[int, ...]:
+        """(C,H,W) for images, (D,) for vectors."""
+        if self.images.ndim == 2:
+            return (int(self.images.shape[1]),)
         n, h, w, c = self.images.shape
         return (c, h, w)
 
@@ -185,12 +190,13 @@ def known_datasets() -> List[str]:
 
 def canonical_name(name: str) -> str:
     """Normalise aliases; raise UnknownDatasetError for names the registry does not know."""
-    if name.startswith(("npz:", "folder:")):
+    if name.startswith(("npz:", "folder:", "manifold:")):
         return name
     key = ALIASES.get(name.lower(), name.lower())
     if key not in LOADERS:
         raise UnknownDatasetError(
-            f"Unknown dataset '{name}': use one of {', '.join(known_datasets())}, npz:<path> or folder:<path>.")
+            f"Unknown dataset '{name}': use one of {', '.join(known_datasets())}, npz:<path>, folder:<path> "
+            f"or manifold:<subspace|sphere|lollipop>[:key=value,...].")
     return key
 
 
@@ -213,6 +219,13 @@ def load_split(name: str, split: str) -> ImageSet:
     if split not in SPLITS:
         raise ValueError(f"Unknown split '{split}': use one of {', '.join(SPLITS)}.")
     key = canonical_name(name)
+    if key.startswith("manifold:"):
+        from data.manifolds import manifold_split
+        try:
+            points, true_lid = manifold_split(key, split)
+        except (ValueError, TypeError) as exc:
+            raise UnknownDatasetError(str(exc)) from None
+        return ImageSet(key, split, points, None, [], true_lid=true_lid)
     if key.startswith("npz:") or key.startswith("folder:"):
         kind, raw_path = key.split(":", 1)
         path = Path(raw_path).expanduser()

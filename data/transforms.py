@@ -35,6 +35,10 @@ def match_shape(images: np.ndarray, shape_chw: Tuple[int, int, int]) -> np.ndarr
     size changes by antialiased bilinear resizing. The result is rounded back to uint8 so
     it is again "stored data" and goes through the same dequantization as training data.
     """
+    if images.ndim == 2:  # vectors (synthetic manifolds): used as they are
+        if tuple(shape_chw) != (images.shape[1],):
+            raise ValueError(f"Vector data of dimension {images.shape[1]} cannot take data.shape {list(shape_chw)}.")
+        return images
     c, h, w = shape_chw
     n, h0, w0, c0 = images.shape
     if (c0, h0, w0) == (c, h, w):

@@ -76,3 +76,23 @@ def roc_curve_points(s_in, s_ood):
     tpr = np.r_[0.0, np.searchsorted(-np.sort(s_in)[::-1], -thresholds, side="right") / s_in.size]
     fpr = np.r_[0.0, np.searchsorted(-np.sort(s_ood)[::-1], -thresholds, side="right") / s_ood.size]
     return fpr, tpr
+
+
+def lid_error_metrics(estimate, truth) -> Dict[str, object]:
+    """How an LID estimate (N,) matches the known LID (N,) of points on synthetic manifolds: mean absolute
+    error overall and per manifold piece (true LID value), fraction within +-1, Spearman rank correlation
+    (None when either side is constant), mean estimate per piece."""
+    from scipy.stats import spearmanr
+
+    est, true = np.asarray(estimate, dtype=float), np.asarray(truth, dtype=float)
+    keep = ~np.isnan(est)
+    est, true = est[keep], true[keep]
+    err = np.abs(est - true)
+    rho = None
+    if est.size > 1 and np.ptp(est) > 0 and np.ptp(true) > 0:
+        rho = float(spearmanr(est, true).statistic)
+    pieces = sorted(set(true.tolist()))
+    return {"mae": float(err.mean()) if err.size else None, "within_1": float((err <= 1.0).mean()) if err.size else None,
+            "spearman": rho, "n": int(est.size),
+            "mae_by_true_lid": {f"{p:g}": float(err[true == p].mean()) for p in pieces},
+            "mean_by_true_lid": {f"{p:g}": float(est[true == p].mean()) for p in pieces}}

@@ -32,8 +32,16 @@ from ood.detectors import SPLIT_ORDER, evaluate
 class SplitData:
     name: str
     dataset: str
-    images: np.ndarray  # uint8 (N,H,W,C) in the model's shape; None for generated
+    images: np.ndarray  # uint8 (N,H,W,C) in the model's shape, or float (N,D) vectors
     index: np.ndarray   # index into the source split
+    true_lid: Optional[np.ndarray] = None  # known LID of each point (synthetic manifolds)
+
+    def data_space(self, shape, seed: int, dequantization: str) -> torch.Tensor:
+        """Float points as the model sees them: images (N,C,H,W) with the seeded evaluation noise; vectors as is."""
+        if self.images.ndim == 2:
+            return torch.from_numpy(np.ascontiguousarray(self.images)).float()
+        noise = eval_dequantization_noise(len(self.index), shape, seed, self.name, dequantization)
+        return torch.from_numpy(self.images).permute(0, 3, 1, 2).float() + noise
 
 
 class _Console:
@@ -108,10 +116,10 @@ def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Con
         model, state = load_trained(path, map_location=device)
         if not state.get("finished", False):
             console.warn(f"checkpoint {path} is from step {state['step']} of an unfinished training run.")
-        n, h, w, c = train_images.shape
-        if tuple(state["shape"]) != (c, h, w):
+        have = tuple(train_images.shape[1:]) if train_images.ndim == 2 else (train_images.shape[3], *train_images.shape[1:3])
+        if tuple(state["shape"]) != have:
             raise runconfig.ConfigError(f"ood.checkpoint {path} was trained on shape {tuple(state['shape'])}, "
-                                        f"but data.shape resolves to {(c, h, w)}; set data.shape to match.")
+                                        f"but data.shape resolves to {have}; set data.shape to match.")
         console(f"loaded checkpoint {path} (step {state['step']})")
         model = model.to(device)
     else:
@@ -171,17 +179,17 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         i_tr = _subsample(len(train_set), ocfg["n_in_train"], seed, 1)
         i_te = _subsample(len(test_set), ocfg["n_in_test"], seed, 2)
         i_od = _subsample(len(ood_set), ocfg["n_ood"], seed, 3)
-        splits = [SplitData("in_train", train_set.name, train_images[i_tr], i_tr),
-                  SplitData("in_test", test_set.name, match_shape(test_set.images[i_te], shape), i_te),
-                  SplitData("ood", ood_set.name, match_shape(ood_set.images[i_od], shape), i_od)]
+        truth = lambda s, i: s.true_lid[i] if s.true_lid is not None else None
+        splits = [SplitData("in_train", train_set.name, train_images[i_tr], i_tr, truth(train_set, i_tr)),
+                  SplitData("in_test", test_set.name, match_shape(test_set.images[i_te], shape), i_te, truth(test_set, i_te)),
+                  SplitData("ood", ood_set.name, match_shape(ood_set.images[i_od], shape), i_od, truth(ood_set, i_od))]
         import pandas as pd
         batch_names = [n for n in names if score_registry.get(n).per_batch]
         stage_names = [n for n in names if not score_registry.get(n).per_batch]
         scored = []  # (split, dataset, x in data space, index) for every split, kept for the stages
         t0 = time.perf_counter()
         for sp in splits:
-            noise = eval_dequantization_noise(len(sp.index), shape, seed, sp.name, cfg["data"]["eval_dequantization"])
-            scored.append((sp.name, sp.dataset, torch.from_numpy(sp.images).permute(0, 3, 1, 2).float() + noise, sp.index))
+            scored.append((sp.name, sp.dataset, sp.data_space(shape, seed, cfg["data"]["eval_dequantization"]), sp.index))
         n_gen = int(ocfg["n_generated"] or 0)
         if n_gen:
             gen = torch.Generator().manual_seed(seed + 29)
@@ -197,7 +205,8 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         stages: Dict[str, score_registry.StageOutput] = {}
         for stage_name in stage_names:
             t0 = time.perf_counter()
-            ctx = score_registry.StageContext(model, scored, cfg, seed, console, directory, rundir.runs_root(cfg))
+            ctx = score_registry.StageContext(model, scored, cfg, seed, console, directory, rundir.runs_root(cfg),
+                                              truth={sp.name: sp.true_lid for sp in splits if sp.true_lid is not None})
             out = stages[stage_name] = score_registry.get(stage_name).stage(ctx)
             for frame, (split, _, _, _) in zip(frames, scored):
                 column = np.full(len(frame), np.nan)
@@ -210,6 +219,8 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         rundir.atomic_write(directory / "scores.parquet", lambda p: table.to_parquet(p, index=False))
 
         metrics = evaluate(table, names, {k: v.metric_info for k, v in stages.items()}, cfg)
+        for out in stages.values():
+            metrics.update(out.metrics)
         rundir.write_json(directory / "metrics.json", metrics)
         rundir.write_json(directory / "provenance.json", rundir.provenance(checksums))
         if ocfg["figures"]:

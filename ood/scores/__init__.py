@@ -40,6 +40,7 @@ class StageContext:
     log: Callable[[str], None]
     run_dir: Optional[Path]        # the run directory (per-run caches, artifacts); None in unit tests
     runs_root: Optional[Path]      # for caches shared between runs
+    truth: Dict[str, np.ndarray] = field(default_factory=dict)  # split -> known LID of every row (synthetic manifolds)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class StageOutput:
     artifacts: Dict[str, Any] = field(default_factory=dict)     # name -> DataFrame, written as <name>.parquet
     figures: Optional[Callable[[Any, Dict[str, Any], Dict[str, Any]], Dict[str, Any]]] = None  # (table, metrics, cfg) -> figures
     extra: Dict[str, Any] = field(default_factory=dict)          # anything else (e.g. calibration details)
+    metrics: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # extra metrics.json entries (e.g. lid_error/<split>)
 
 
 @dataclass(frozen=True)

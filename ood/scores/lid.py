@@ -34,9 +34,17 @@ def lid_score(ctx: StageContext) -> StageOutput:
                              f"(likelihood alone {metrics.get('log_likelihood', {}).get('auroc', float('nan')):.3f})")
         return figs
 
+    from ood.metrics import lid_error_metrics
+
+    errors = {}
+    for split, truth in ctx.truth.items():  # synthetic manifolds: the estimator against the known LID
+        errors[f"lid_error/{split}"] = dict(lid_error_metrics(result.values[split], truth[result.positions[split]]),
+                                            method=result.method, **{result.knob: result.log_tau})
+        ctx.log(f"lid error on {split}: MAE {errors[f'lid_error/{split}']['mae']:.3f}, "
+                f"within +-1 {errors[f'lid_error/{split}']['within_1']:.3f}")
     info = {result.knob: result.log_tau}
     if result.method != "jacobian":
         info["lid_method"] = result.method
     return StageOutput(result.positions, result.values, metric_info=info,
                        artifacts={"lid_curves": result.curves}, figures=figures,
-                       extra={"calibration": result.calibration})
+                       extra={"calibration": result.calibration}, metrics=errors)
