@@ -127,7 +127,7 @@ def cmd_rerun(args) -> None:
 
 
 def cmd_aggregate(args) -> None:
-    from reports.aggregate import collect_runs, format_table, write_outputs
+    from reports.aggregate import collect_runs, format_table, lid_error_section, write_outputs
     runs_root = _runs_root(args.runs_root)
     out = runs_root / args.sweep_id.replace("/", "_")
     if args.sweep_id.startswith("local-"):
@@ -140,7 +140,7 @@ def cmd_aggregate(args) -> None:
         from orchestration import wandb_backend
         dirs, missing = wandb_backend.download_runs(args.sweep_id, out), 0
     frame, unreadable = collect_runs(dirs)
-    print(format_table(frame))
+    print(format_table(frame) + lid_error_section(dirs))
     if missing or unreadable:
         print(f"({missing + unreadable} run(s) not finished; aggregated the {len(dirs) - unreadable} that are)")
     for p in write_outputs(frame, dirs, out, heatmap=True):
