@@ -39,6 +39,7 @@ bench: setup data
 	$(PY) benchmarks/bench_flows.py
 	$(PY) benchmarks/bench_sweeps.py
 	$(PY) benchmarks/bench_lid.py
+	$(PY) benchmarks/bench_diffusion.py
 
 clean-runs:
 	rm -rf runs/demo
