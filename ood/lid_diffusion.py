@@ -72,7 +72,7 @@ register_estimator(LidEstimator(
     "flipd", needs=("score", "sde"), knob="log_t0", fixed_key="log_t0", grid_key="log_t0_grid",
     settings=lambda lcfg, seed: f"flipd {lcfg['flipd_trace']} {lcfg['flipd_probes']} {seed}",
     compute=_flipd_compute, curve=lambda raw, knobs, lcfg: _lookup(raw, "flipd", knobs),
-    progress_label=lambda lcfg: "lid (flipd)"))
+    progress_label=lambda lcfg: "lid (flipd)", per_knob=True))
 
 
 @torch.no_grad()

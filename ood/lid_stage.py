@@ -68,6 +68,7 @@ class LidEstimator:
     compute: Callable[..., Dict[str, np.ndarray]]
     curve: Callable[[Dict[str, np.ndarray], np.ndarray, Dict[str, Any]], np.ndarray]
     progress_label: Callable[[Dict[str, Any]], str]
+    per_knob: bool = False    # raw results exist only at the knob values computed (the fixed value joins the grid)
 
 
 ESTIMATORS: Dict[str, LidEstimator] = {}
@@ -131,7 +132,7 @@ def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callabl
     lo, hi, num = lcfg[est.grid_key]
     grid = np.linspace(float(lo), float(hi), int(num))
     fixed = float(lcfg[est.fixed_key])
-    knobs = grid if est.name == "jacobian" else np.unique(np.append(grid, fixed))
+    knobs = np.unique(np.append(grid, fixed)) if est.per_knob else grid
     n_per = int(lcfg["n_per_split"])
     positions, raws, curves = {}, {}, {}
     total = sum(min(n_per, x.shape[0]) for _, _, x, _ in splits)
@@ -140,7 +141,7 @@ def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callabl
                disable=not cfg["training"].get("progress", True))
     digest = _model_digest(model)
     settings = est.settings(lcfg, seed)
-    if est.name != "jacobian":  # per-knob raw results: the knob values are part of what is cached
+    if est.per_knob:  # the knob values computed are part of what is cached
         settings += " " + ",".join(f"{k:.6g}" for k in knobs)
     block = int(lcfg["batch_points"])
     for name, dataset, x, index in splits:

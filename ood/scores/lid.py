@@ -43,7 +43,7 @@ def lid_score(ctx: StageContext) -> StageOutput:
         ctx.log(f"lid error on {split}: MAE {errors[f'lid_error/{split}']['mae']:.3f}, "
                 f"within +-1 {errors[f'lid_error/{split}']['within_1']:.3f}")
     info = {result.knob: result.log_tau}
-    if result.method != "jacobian":
+    if result.knob != "log_tau":  # the Jacobian estimator's entries stay as they were before estimators existed
         info["lid_method"] = result.method
     return StageOutput(result.positions, result.values, metric_info=info,
                        artifacts={"lid_curves": result.curves}, figures=figures,
