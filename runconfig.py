@@ -105,6 +105,7 @@ class FamilySpec:
     """A model family as its spec file declares it (read without importing torch)."""
     name: str
     builder: str                 # "module:function" building the model from (shape, model_cfg)
+    model_class: str             # "module:Class" of the built model (its capabilities are checked before training)
     keys: Dict[str, Any]         # model.* keys and their defaults (``family`` excluded)
     choices: Dict[str, tuple]    # full dotted paths
     ranges: Dict[str, tuple]
@@ -149,7 +150,7 @@ def _load_specs():
             rel = str(path.relative_to(PROJECT_ROOT))
             for name, fam in (raw.get("families") or {}).items():
                 c, r, k = _rules(fam, "model.")
-                families[name] = FamilySpec(name, fam["builder"], dict(fam.get("keys") or {}), c, r,
+                families[name] = FamilySpec(name, fam["builder"], fam["model_class"], dict(fam.get("keys") or {}), c, r,
                                             tuple(fam.get("run_name") or ()), fam.get("loss", "loss"),
                                             tuple(fam.get("sections") or ()), rel)
                 checks.update(k)

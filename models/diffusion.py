@@ -180,6 +180,10 @@ class ScoreDiffusion(nn.Module):
     ``score(y, t)``: the score of the noised marginal at scaled data y (B, ...) and times t (B,).
     """
 
+    # capabilities scores ask for (declared on the class so they can be checked before a model is built)
+    sde: Any = None
+    likelihood_nfe: Optional[torch.Tensor] = None  # solver evaluations of the last log_prob batch
+
     def __init__(self, shape: Tuple[int, ...], cfg: Dict[str, Any]):
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
@@ -200,7 +204,7 @@ class ScoreDiffusion(nn.Module):
             self.net = MLPNoiseNet(self.dim, int(cfg["hidden"]), int(cfg["mlp_layers"]))
         self.ode: Dict[str, Any] = {"rtol": 1e-5, "atol": 1e-5, "method": "dopri5", "divergence": "hutchinson",
                                     "probes": 1, "probe": "rademacher", "seed": 0}
-        self.likelihood_nfe: Optional[torch.Tensor] = None
+        self.likelihood_nfe = None
 
     # --- spaces -------------------------------------------------------------------------------
     def to_model_space(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,11 +12,19 @@ from typing import Any, Callable, Dict, Tuple
 import runconfig
 
 
+def _import(ref: str):
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def model_class(family: str) -> type:
+    """The class of ``family``'s models: its methods and class attributes are the family's capabilities."""
+    return _import(runconfig.family_spec(family).model_class)
+
+
 def builder(family: str) -> Callable[[Tuple[int, ...], Dict[str, Any]], Any]:
     """The function ``(shape, model_cfg) -> nn.Module`` of ``family``."""
-    spec = runconfig.family_spec(family)
-    module, _, name = spec.builder.partition(":")
-    return getattr(importlib.import_module(module), name)
+    return _import(runconfig.family_spec(family).builder)
 
 
 def build_model(shape: Tuple[int, ...], model_cfg: Dict[str, Any]):

@@ -147,8 +147,9 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
     seed = int(cfg["run"]["seed"])
     ocfg = cfg["ood"]
     names = list(ocfg["scores"])
-    for n in names:
-        score_registry.get(n)
+    from models.registry import model_class
+    for n in names:  # a score the family cannot provide fails before anything is trained
+        score_registry.check_needs(n, model_class(cfg["model"]["family"]), cfg["model"]["family"])
 
     # everything that can fail on bad input is checked before the run directory is made
     in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]

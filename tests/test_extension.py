@@ -80,3 +80,15 @@ def test_lid_estimators_are_chosen_by_capability():
         pass
     with pytest.raises(score_registry.ScoreUnavailable, match="Score 'lid' .* needs a model with generator\\+encode or score\\+sde"):
         score_registry.check_needs("lid", NoCapabilities(), "made_up")
+
+
+def test_a_score_the_family_cannot_provide_fails_before_training(tiny_cfg, tmp_path):
+    from ood.runner import run_ood
+
+    cfg = runconfig.deep_merge(tiny_cfg, {"ood": {"scores": ["log_likelihood", "likelihood_nfe"]},
+                                          "data": {"in_distribution": "npz:" + str(tmp_path / "none.npz")}})
+    np.savez(tmp_path / "none.npz", images=np.zeros((10, 4, 4), np.uint8))
+    cfg["data"]["ood"] = cfg["data"]["in_distribution"]
+    with pytest.raises(score_registry.ScoreUnavailable, match="'likelihood_nfe' .* model.family 'flow'"):
+        run_ood(cfg, echo=False)
+    assert not (tmp_path / "runs").exists()
