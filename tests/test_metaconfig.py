@@ -120,6 +120,11 @@ SHIPPED = {  # file -> (job, runs)
     "ood/flow_lid_curve.yaml": ("ood", 4),
     "training/grayscale_flows.yaml": ("train", 20),
     "training/rgb_flows.yaml": ("train", 16),
+    "ood/diffusion_lid_likelihood_tiny.yaml": ("ood", 4),
+    "ood/diffusion_lid_likelihood_paper.yaml": ("ood", 4),
+    "ood/diffusion_likelihood.yaml": ("ood", 8),
+    "ood/manifold_lid_estimators.yaml": ("ood", 9),
+    "training/diffusions.yaml": ("train", 36),
 }
 
 
