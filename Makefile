@@ -16,14 +16,15 @@ $(STAMP): requirements.txt
 	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	@rm -f $(VENV)/.requirements-* && touch $@
 
-# kaleido (plotly PNG export) needs a Chromium; Debian's is installed when we can (root, apt).
+# kaleido (plotly PNG export) needs a Chromium, and the report test drives one through chromedriver;
+# Debian's chromium and chromium-driver are installed when we can (root, apt).
 chromium:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	@{ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } && command -v chromedriver >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "setup: installing Debian chromium for PNG figures (~1 minute)"; \
-	    (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
-	      || echo "setup: chromium could not be installed; figures will be HTML only"; \
-	  else echo "setup: no chromium and no root apt-get; figures will be HTML only"; fi; }
+	    echo "setup: installing Debian chromium + chromium-driver (PNG figures, the report test; ~1 minute)"; \
+	    (apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) \
+	      || echo "setup: chromium could not be installed; figures will be HTML only and the report test will fail"; \
+	  else echo "setup: no chromium and no root apt-get; figures will be HTML only and the report test will fail"; fi; }
 .PHONY: chromium
 
 data: $(STAMP)

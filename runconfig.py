@@ -45,6 +45,7 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "ood": "mnist",
         "shape": None,           # [C, H, W] the model works in; null = the in-distribution data's
         "train_subsample": None, # use only the first N (seeded shuffle) training images
+        "val_fraction": 0.05,    # seeded fraction of the training split held out as in_val (never trained on)
         "eval_dequantization": "uniform",  # uniform (seeded per split) | midpoint
     },
     "model": {"family": "flow"},  # the family's own keys come from its spec (models/<module>.yaml)
@@ -64,10 +65,13 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "scores": ["log_likelihood", "bits_per_dim"],
         "batch_size": 256,
         "n_in_train": 1000,       # subsample of the training split, scored for reference
+        "n_in_val": 1000,         # subsample of in_val (data.val_fraction of the training split); null = all of it
         "n_in_test": None,        # null = the whole test split
         "n_ood": None,
         "n_generated": 1000,
         "checkpoint": None,       # a checkpoint.pt or a training run directory; null = this run's, training first
+        "bootstrap": 1000,        # stratified bootstrap resamples for metric intervals (0: no intervals)
+        "confidence": 0.95,       # level of those intervals
         "figures": True,
         "png": True,
     },
@@ -86,7 +90,12 @@ CORE_CHOICES = {
 }
 
 # numeric keys with bounds: (lowest allowed, highest allowed, inclusive low?) -- None means unbounded
-CORE_RANGES: Dict[str, tuple] = {}
+CORE_RANGES: Dict[str, tuple] = {
+    "data.val_fraction": (0.0, 0.9, True),
+    "ood.n_in_val": (1, None, True),
+    "ood.bootstrap": (0, None, True),
+    "ood.confidence": (0.0, 1.0, False),
+}
 
 
 def _check_log_tau_grid(path: str, value: Any) -> None:
@@ -117,16 +126,16 @@ class FamilySpec:
 
 @dataclass(frozen=True)
 class SectionSpec:
-    """A top-level configuration section owned by a score or a family."""
+    """A top-level configuration section owned by a score, a family or a detector."""
     name: str
     defaults: Dict[str, Any]
-    owner_kind: str              # "score" or "family"
+    owner_kind: str              # "score", "family" or "detector" (read by every OOD run)
     owners: Tuple[str, ...]      # the scores / families whose use makes the section part of a run's identity
     not_identity: Tuple[str, ...]  # keys that only trade speed for memory (not hashed)
     source: str
 
 
-SPEC_GLOBS = ("models/*.yaml", "ood/scores/*.yaml")
+SPEC_GLOBS = ("models/*.yaml", "ood/scores/*.yaml", "ood/*.yaml")
 
 
 def _rules(raw: Dict[str, Any], prefix: str = "") -> Tuple[Dict[str, tuple], Dict[str, tuple], Dict[str, str]]:
@@ -373,7 +382,7 @@ def load(path: Optional[str | Path], overrides: Iterable[str] = ()) -> Dict[str,
 def model_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """What determines a trained model: architecture, training, in-distribution data, seed."""
     return {"model": cfg["model"], "training": {k: v for k, v in cfg["training"].items() if k not in ("progress", "sample_grid", "checkpoint_every")},
-            "data": {k: cfg["data"][k] for k in ("in_distribution", "shape", "train_subsample")}, "seed": cfg["run"]["seed"]}
+            "data": {k: cfg["data"][k] for k in ("in_distribution", "shape", "train_subsample", "val_fraction")}, "seed": cfg["run"]["seed"]}
 
 
 def used_sections(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -382,7 +391,10 @@ def used_sections(cfg: Dict[str, Any]) -> Dict[str, Any]:
     family = cfg["model"]["family"]
     out = {}
     for name, sec in SECTIONS.items():
-        used = (scores & set(sec.owners)) if sec.owner_kind == "score" else (family in sec.owners)
+        if sec.owner_kind == "detector":  # detectors read their section in every run
+            used = True
+        else:
+            used = (scores & set(sec.owners)) if sec.owner_kind == "score" else (family in sec.owners)
         if used and name in cfg:
             out[name] = {k: v for k, v in cfg[name].items() if k not in sec.not_identity}
     return out

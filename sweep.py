@@ -5,7 +5,8 @@
     python sweep.py agent <sweep-id> [--gpu IDX] [--count N]       (./meta_run_*.sh wrap this)
     python sweep.py status <sweep-id>
     python sweep.py rerun <sweep-id> [--failed | RUN_NAME]
-    python sweep.py aggregate <sweep-id>
+    python sweep.py aggregate <sweep-id>      (pivot with intervals, CSV/Markdown, report.html, heatmap)
+    python sweep.py report <sweep-id>         (only the self-contained report.html)
     python sweep.py list
 
 `create` prints the sweep id as its last line; it is the drop-in for `dysweep_create --config X`.
@@ -126,25 +127,43 @@ def cmd_rerun(args) -> None:
     print(f"re-queued {n} run(s) of {args.sweep_id}")
 
 
-def cmd_aggregate(args) -> None:
-    from reports.aggregate import collect_runs, format_table, lid_error_section, write_outputs
+def _sweep_run_dirs(args):
+    """(finished run directories, how many runs are not finished, the sweep's output folder)."""
     runs_root = _runs_root(args.runs_root)
     out = runs_root / args.sweep_id.replace("/", "_")
     if args.sweep_id.startswith("local-"):
         store = _open_store(runs_root)
         _local_sweep(store, args.sweep_id)
         runs = store.runs(args.sweep_id)
-        dirs = [Path(r["run_dir"]) for r in runs if r["status"] == "finished" and r["run_dir"]]
-        missing = sum(r["status"] != "finished" for r in runs)
-    else:
-        from orchestration import wandb_backend
-        dirs, missing = wandb_backend.download_runs(args.sweep_id, out), 0
+        return ([Path(r["run_dir"]) for r in runs if r["status"] == "finished" and r["run_dir"]],
+                sum(r["status"] != "finished" for r in runs), out)
+    from orchestration import wandb_backend
+    return wandb_backend.download_runs(args.sweep_id, out), 0, out
+
+
+def cmd_report(args) -> None:
+    from reports import report
+    from reports.aggregate import collect_runs
+    dirs, missing, out = _sweep_run_dirs(args)
     frame, unreadable = collect_runs(dirs)
-    print(format_table(frame) + lid_error_section(dirs))
+    path = report.write(frame, dirs, out / "report.html", title=f"Sweep {args.sweep_id}")
+    if missing or unreadable:
+        print(f"({missing + unreadable} run(s) not finished; the report shows the {len(dirs) - unreadable} that are)")
+    print(f"wrote {path} (self-contained: open it anywhere, no network needed)")
+
+
+def cmd_aggregate(args) -> None:
+    from reports.aggregate import collect_runs, format_pivot, lid_error_section, write_outputs
+    dirs, missing, out = _sweep_run_dirs(args)
+    frame, unreadable = collect_runs(dirs)
+    print(format_pivot(frame) + lid_error_section(dirs))
     if missing or unreadable:
         print(f"({missing + unreadable} run(s) not finished; aggregated the {len(dirs) - unreadable} that are)")
     for p in write_outputs(frame, dirs, out, heatmap=True):
         print(f"wrote {p}")
+    if getattr(args, "wandb", False) or (not args.sweep_id.startswith("local-") and not frame.empty):
+        from reports.aggregate import log_to_wandb
+        print(f"logged the aggregate table to W&B run {log_to_wandb(frame, args.sweep_id, out)}")
 
 
 def cmd_list(args) -> None:
@@ -169,8 +188,12 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", help="GPU index: sets CUDA_VISIBLE_DEVICES")
     p.add_argument("--count", type=int, help="stop after this many runs")
     p.add_argument("--lease", type=float, default=60.0, help="seconds a run stays claimed without a heartbeat")
-    for name in ("status", "aggregate"):
-        sub.add_parser(name).add_argument("sweep_id")
+    for name in ("status", "aggregate", "report"):
+        p = sub.add_parser(name)
+        p.add_argument("sweep_id")
+        if name == "aggregate":
+            p.add_argument("--wandb", action="store_true",
+                           help="also log the table as a wandb.Table (always for W&B sweeps; offline without a login)")
     p = sub.add_parser("rerun", help="re-queue runs (default: all finished and failed ones)")
     p.add_argument("sweep_id")
     p.add_argument("run", nargs="?")
@@ -181,7 +204,7 @@ def main(argv=None) -> int:
         args.gpu = args.gpu if args.gpu is not None else (args.gpu_pos or None)
         args.count = args.count if args.count is not None else args.count_pos
     handlers = {"create": cmd_create, "agent": cmd_agent, "status": cmd_status, "rerun": cmd_rerun,
-                "aggregate": cmd_aggregate, "list": cmd_list}
+                "aggregate": cmd_aggregate, "report": cmd_report, "list": cmd_list}
 
     def job():
         from orchestration.wandb_backend import WandbUnavailable

@@ -95,6 +95,33 @@ class Tracker:
         if self.run is not None:
             self.run.log({key: self._wandb.Table(dataframe=frame)})
 
+    def charts(self, table, max_points: int = 2000, seed: int = 0) -> None:
+        """W&B custom charts as the seeds log them: every score against the log-likelihood
+        (``wandb.plot.scatter``) and the log-likelihood histogram of each split (``wandb.plot.histogram``),
+        on a seeded subsample of at most ``max_points`` rows per split."""
+        if self.run is None or "log_likelihood" not in table:
+            return
+        import numpy as np
+        import pandas as pd
+
+        rng = np.random.default_rng(seed)
+        parts = []
+        for _, g in table.groupby("split", sort=False):
+            parts.append(g.iloc[np.sort(rng.choice(len(g), max_points, replace=False))] if len(g) > max_points else g)
+        sub = pd.concat(parts).replace([np.inf, -np.inf], np.nan)
+        plot = self._wandb.plot
+        charts = {}
+        for split, g in sub.groupby("split", sort=False):
+            t = self._wandb.Table(dataframe=g[["log_likelihood"]].dropna())
+            charts[f"charts/log_likelihood_histogram/{split}"] = plot.histogram(
+                t, "log_likelihood", title=f"log-likelihood (nats), {split}")
+        for column in [c for c in sub.columns if c not in ("split", "dataset", "index", "log_likelihood")]:
+            frame = sub[["split", "log_likelihood", column]].dropna()
+            if len(frame):
+                charts[f"charts/{column}_vs_log_likelihood"] = plot.scatter(
+                    self._wandb.Table(dataframe=frame), "log_likelihood", column, title=f"{column} vs log-likelihood")
+        self.run.log(charts)
+
     def artifact(self, path: Path, name: str, kind: str) -> None:
         if self.run is not None and Path(path).exists():
             art = self._wandb.Artifact(name=name, type=kind)

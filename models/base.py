@@ -37,6 +37,15 @@ class DensityModel(Protocol):
 #   encode(x) -> z            flows: data -> latent
 #   score(x, t) -> s          diffusions: the score of the noised marginal (scaled data space)
 #   sde                       diffusions: the forward SDE (marginal mean scale and std at t)
+#   log_prob_grad(x) -> g     grad_x log p(x) in data space (B, ...): flows by autograd, diffusions by their score
+
+
+def autograd_log_prob_grad(model, x: torch.Tensor) -> torch.Tensor:
+    """grad_x log p(x) by reverse-mode autodiff through ``model.log_prob`` (each sample's log p depends on its x only)."""
+    with torch.enable_grad():
+        x = x.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model.log_prob(x).sum(), x)
+    return g.detach()
 
 
 def nats_to_bits_per_dim(log_prob: torch.Tensor, dim: int) -> torch.Tensor:

@@ -254,6 +254,15 @@ class ScoreDiffusion(nn.Module):
     def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
         return nats_to_bits_per_dim(self.log_prob(x), self.dim)
 
+    def log_prob_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """grad_x log p(x) in data space as the model estimates it: the score at t_eps (the time whose marginal
+        the ODE likelihood is the density of) times dy/dx = 1/data_scale. Not the gradient of the solver's
+        output (that would need the adjoint ODE), but what a well-trained score converges to."""
+        y = self.to_model_space(x)
+        with torch.no_grad():
+            s = self.score(y, torch.full((y.shape[0],), self.t_eps, device=y.device, dtype=y.dtype))
+        return (s / self.data_scale if self.images else s).reshape(x.shape)
+
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """n samples in data space: Euler-Maruyama on the reverse SDE (``sampler: euler_maruyama``) or the

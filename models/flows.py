@@ -25,7 +25,7 @@ with warnings.catch_warnings():
     from nflows.transforms.base import Transform
 
 from data.transforms import logit_forward, logit_inverse
-from models.base import nats_to_bits_per_dim
+from models.base import autograd_log_prob_grad, nats_to_bits_per_dim
 
 # nflows 0.14 emits deprecation warnings on current torch (e.g. torch.triangular_solve, searchsorted
 # on non-contiguous input); they are harmless for RQ-NSF and affine coupling.
@@ -114,6 +114,10 @@ class ImageFlow(nn.Module):
     def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
         return nats_to_bits_per_dim(self.log_prob(x), self.dim)
 
+    def log_prob_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """grad_x log p(x) in data space, exact (autograd through the flow)."""
+        return autograd_log_prob_grad(self, x)
+
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample training objective: bits/dim (the NLL in bits per dimension)."""
         return self.bits_per_dim(x)
@@ -174,6 +178,10 @@ class TabularFlow(nn.Module):
 
     def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
         return nats_to_bits_per_dim(self.log_prob(x), self.dim)
+
+    def log_prob_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """grad_x log p(x) in data space, exact (autograd through the flow)."""
+        return autograd_log_prob_grad(self, x)
 
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample training objective: bits/dim (the NLL in bits per dimension)."""

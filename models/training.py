@@ -190,6 +190,9 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
         callbacks: Optional[List[Callable[[int, float], None]]] = None):
     """Build the configured model for uint8 images (N,H,W,C), train it (resuming), save a sample grid.
 
+    ``train_images`` is the whole training split: ``data.val_fraction`` of it (``data.splits.holdout``)
+    is left out here and becomes the OOD job's ``in_val`` split.
+
     Returns ``(model, TrainResult)``; the model is in eval mode on its training device.
     """
     from models.registry import build_model
@@ -198,7 +201,9 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
     if cfg["run"].get("num_threads"):
         torch.set_num_threads(int(cfg["run"]["num_threads"]))
     seed = int(cfg["run"]["seed"])
-    images = torch.from_numpy(np.ascontiguousarray(train_images))
+    from data.splits import holdout
+    keep_train, _ = holdout(len(train_images), float(cfg["data"].get("val_fraction") or 0.0), seed)  # in_val never trains
+    images = torch.from_numpy(np.ascontiguousarray(train_images[keep_train]))
     if images.dtype == torch.uint8:  # (N,H,W,C) stored images -> (N,C,H,W)
         images = images.permute(0, 3, 1, 2).contiguous()
     n_sub = cfg["data"].get("train_subsample")

@@ -96,3 +96,92 @@ def lid_error_metrics(estimate, truth) -> Dict[str, object]:
             "spearman": rho, "n": int(est.size),
             "mae_by_true_lid": {f"{p:g}": float(err[true == p].mean()) for p in pieces},
             "mean_by_true_lid": {f"{p:g}": float(est[true == p].mean()) for p in pieces}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bootstrap intervals. A stratified bootstrap resamples the in-distribution and the OOD scores separately
+# (each with replacement, to its own size). A resample is a vector of multiplicities, so every metric of a
+# resample is computed on the original sorted scores with weights: one sort, then O(n + m) per resample,
+# exactly the metric of the resampled data (ties included).
+
+METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+
+
+def _multiplicities(rng: np.random.Generator, n: int, b: int) -> np.ndarray:
+    """(b, n) counts of each point in b resamples of size n drawn with replacement."""
+    draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
+    return np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def _weighted_auroc(s_in, s_ood_sorted, lo, hi, w, v) -> np.ndarray:
+    vc = np.concatenate([np.zeros((v.shape[0], 1)), np.cumsum(v, axis=1)], axis=1)
+    below = np.take_along_axis(vc, np.broadcast_to(lo, w.shape), axis=1)
+    upto = np.take_along_axis(vc, np.broadcast_to(hi, w.shape), axis=1)
+    return (w * (below + 0.5 * (upto - below))).sum(axis=1) / (w.sum(axis=1) * v.sum(axis=1))
+
+
+def _weighted_ap(scores_desc, labels, last, z) -> np.ndarray:
+    """Average precision (positives = ``labels`` 1) of every weighted resample ``z`` (b, N) over scores sorted descending."""
+    tp = np.cumsum(z * labels, axis=1)[:, last]
+    fp = np.cumsum(z * (1 - labels), axis=1)[:, last]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+    recall = tp / tp[:, -1:]
+    return np.sum(np.diff(np.concatenate([np.zeros((z.shape[0], 1)), recall], axis=1), axis=1) * precision, axis=1)
+
+
+def bootstrap_metrics(s_in, s_ood, b: int = 1000, seed: int = 0, chunk: int = 64) -> Dict[str, np.ndarray]:
+    """Each metric of :func:`detection_metrics` over ``b`` stratified bootstrap resamples: {key: (b,) array}."""
+    s_in, s_ood = _clean(s_in), _clean(s_ood)
+    n, m = s_in.size, s_ood.size
+    rng = np.random.default_rng([int(seed), 0xB007])
+    o = np.sort(s_ood)
+    lo, hi = np.searchsorted(o, s_in, side="left"), np.searchsorted(o, s_in, side="right")
+    # AUPR: pooled scores sorted descending, one threshold per distinct value
+    pooled = np.concatenate([s_in, s_ood])
+    labels = np.concatenate([np.ones(n), np.zeros(m)])
+    order_in = np.argsort(-pooled, kind="mergesort")
+    sorted_in = pooled[order_in]
+    last_in = np.r_[np.flatnonzero(sorted_in[1:] != sorted_in[:-1]), sorted_in.size - 1]
+    order_out = np.argsort(pooled, kind="mergesort")  # OOD positive, scores negated
+    sorted_out = pooled[order_out]
+    last_out = np.r_[np.flatnonzero(sorted_out[1:] != sorted_out[:-1]), sorted_out.size - 1]
+    # FPR95: in-distribution scores sorted descending
+    order_desc = np.argsort(-s_in, kind="mergesort")
+    in_desc = s_in[order_desc]
+    k = int(math.ceil(0.95 * n))
+    out = {key: [] for key in METRIC_KEYS}
+    for start in range(0, b, chunk):
+        c = min(chunk, b - start)
+        w, v = _multiplicities(rng, n, c), _multiplicities(rng, m, c)
+        v_sorted = v[:, np.argsort(s_ood, kind="mergesort")]
+        out["auroc"].append(_weighted_auroc(s_in, o, lo, hi, w, v_sorted))
+        z = np.concatenate([w, v], axis=1)
+        out["aupr_in"].append(_weighted_ap(sorted_in, labels[order_in], last_in, z[:, order_in]))
+        out["aupr_out"].append(_weighted_ap(-sorted_out, 1 - labels[order_out], last_out, z[:, order_out]))
+        cum = np.cumsum(w[:, order_desc], axis=1)
+        t = in_desc[np.argmax(cum >= k, axis=1)]
+        vc = np.concatenate([np.zeros((c, 1)), np.cumsum(v_sorted, axis=1)], axis=1)
+        pos = np.searchsorted(o, t, side="left")
+        out["fpr95"].append((vc[:, -1] - vc[np.arange(c), pos]) / m)
+    return {key: np.concatenate(vals) for key, vals in out.items()}
+
+
+def percentile_interval(samples, level: float = 0.95) -> list:
+    """[low, high] percentile interval of bootstrap samples (NaNs ignored)."""
+    a = (1.0 - float(level)) / 2.0
+    lo, hi = np.nanquantile(np.asarray(samples, dtype=float), [a, 1.0 - a])
+    return [float(lo), float(hi)]
+
+
+def with_intervals(entry: Dict[str, object], s_in, s_ood, b: int, level: float, seed: int) -> Dict[str, object]:
+    """``entry`` plus ``<metric>_ci`` = [low, high] for every metric it has (``b`` = 0: unchanged)."""
+    if not b:
+        return entry
+    boot = bootstrap_metrics(s_in, s_ood, b, seed)
+    out = dict(entry)
+    for key in METRIC_KEYS:
+        if out.get(key) is not None:
+            out[f"{key}_ci"] = percentile_interval(boot[key], level)
+    out.update(bootstrap=int(b), confidence=float(level))
+    return out

@@ -1,7 +1,9 @@
 """The OOD job: configuration -> run directory (config.yaml, checkpoint.pt, scores.parquet,
 metrics.json, figures/, run.log).
 
-Splits scored: ``in_train`` (a seeded subsample of the training split), ``in_test`` (the
+Splits scored: ``in_train`` (a seeded subsample of the points the model trained on), ``in_val`` (a
+seeded subsample of ``data.val_fraction`` of the training split, held out from training: everything
+fitted or thresholded without OOD labels uses it), ``in_test`` (the
 in-distribution test split), ``ood`` (the OOD dataset's test split, converted to the model's
 shape) and ``generated`` (samples from the model). Models are trained on the train split only.
 """
@@ -68,7 +70,7 @@ def _subsample(n_total: int, n: Optional[int], seed: int, salt: int) -> np.ndarr
 
 def score_images(model, x_all: torch.Tensor, names: List[str], batch_size: int, device: torch.device,
                  desc: str = "score", progress: bool = True, cache: Optional[Path] = None,
-                 digest: Optional[bytes] = None, log=lambda m: None) -> Dict[str, np.ndarray]:
+                 digest: Optional[bytes] = None, log=lambda m: None, cfg: Optional[Dict[str, Any]] = None) -> Dict[str, np.ndarray]:
     """Score float images (N,C,H,W) in data space with every named per-batch score, in batches.
 
     With ``cache`` (a file), finished batches are saved after each batch, keyed by the model, the
@@ -84,10 +86,11 @@ def score_images(model, x_all: torch.Tensor, names: List[str], batch_size: int, 
 
     def compute(x: torch.Tensor, start: int) -> Dict[str, np.ndarray]:
         x = x.to(device)
-        shared: dict = {}
+        shared: dict = {"cfg": cfg or {}}  # per-batch cache shared by the scores; their settings under "cfg"
         with torch.no_grad():  # a score that needs gradients (ODE divergence) enables them itself
             return {score.name: score.fn(model, x, shared).detach().double().cpu().numpy() for score in fns}
-    key = fingerprint(digest, x_all, "batch " + " ".join(names)) if cache is not None else ""
+    settings = runconfig.used_sections(cfg) if cfg else {}
+    key = fingerprint(digest, x_all, "batch " + " ".join(names) + repr(sorted(settings.items()))) if cache is not None else ""
     out = resumable_blocks(compute, x_all, batch_size, cache, None, key,
                            (bar.update if bar is not None else (lambda n: None)), log, label=desc, stage="scores")
     if bar is not None:
@@ -146,10 +149,16 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
     """
     seed = int(cfg["run"]["seed"])
     ocfg = cfg["ood"]
-    names = list(ocfg["scores"])
+    names = score_registry.with_requirements(list(ocfg["scores"]))  # derived scores bring what they need
     from models.registry import model_class
     for n in names:  # a score the family cannot provide fails before anything is trained
         score_registry.check_needs(n, model_class(cfg["model"]["family"]), cfg["model"]["family"])
+    for members in cfg.get("combined", {}).get("sets", []) or []:
+        missing = [str(m) for m in (members if isinstance(members, list) else [members]) if str(m) not in names]
+        if not isinstance(members, list) or missing:
+            raise runconfig.ConfigError(
+                f"combined.sets entry {members!r} must be a list of scores from ood.scores; "
+                f"{', '.join(missing) or 'it'} is not among ood.scores ({', '.join(names)}): add it there or drop it from the set.")
 
     # everything that can fail on bad input is checked before the run directory is made
     in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
@@ -177,16 +186,21 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         for n in names:
             score_registry.check_needs(n, model, cfg["model"]["family"])
 
-        i_tr = _subsample(len(train_set), ocfg["n_in_train"], seed, 1)
+        from data.splits import holdout
+        trained_on, held_out = holdout(len(train_set), float(cfg["data"]["val_fraction"]), seed)
+        i_tr = trained_on[_subsample(trained_on.size, ocfg["n_in_train"], seed, 1)]
+        i_va = held_out[_subsample(held_out.size, ocfg["n_in_val"], seed, 4)]
         i_te = _subsample(len(test_set), ocfg["n_in_test"], seed, 2)
         i_od = _subsample(len(ood_set), ocfg["n_ood"], seed, 3)
         truth = lambda s, i: s.true_lid[i] if s.true_lid is not None else None
         splits = [SplitData("in_train", train_set.name, train_images[i_tr], i_tr, truth(train_set, i_tr)),
+                  SplitData("in_val", train_set.name, train_images[i_va], i_va, truth(train_set, i_va)),
                   SplitData("in_test", test_set.name, match_shape(test_set.images[i_te], shape), i_te, truth(test_set, i_te)),
                   SplitData("ood", ood_set.name, match_shape(ood_set.images[i_od], shape), i_od, truth(ood_set, i_od))]
         import pandas as pd
         batch_names = [n for n in names if score_registry.get(n).per_batch]
-        stage_names = [n for n in names if not score_registry.get(n).per_batch]
+        stage_names = [n for n in names if score_registry.get(n).stage is not None]
+        derived_names = [n for n in names if score_registry.get(n).derived is not None]
         scored = []  # (split, dataset, x in data space, index) for every split, kept for the stages
         t0 = time.perf_counter()
         for sp in splits:
@@ -200,7 +214,7 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         digest = model_digest(model)
         for split, dataset, x, index in scored:
             cols = score_images(model, x, batch_names, int(ocfg["batch_size"]), device, desc=split,
-                                cache=directory / "score_blocks" / f"{split}.npz", digest=digest, log=console)
+                                cache=directory / "score_blocks" / f"{split}.npz", digest=digest, log=console, cfg=cfg)
             frames.append(pd.DataFrame({"split": split, "dataset": dataset, "index": index, **cols}))
         console(f"scored {sum(len(f) for f in frames)} samples in {time.perf_counter() - t0:.1f}s")
         stages: Dict[str, score_registry.StageOutput] = {}
@@ -217,9 +231,21 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
                 rundir.atomic_write(directory / f"{art}.parquet", lambda p, f=frame_: f.to_parquet(p, index=False))
             console(f"{stage_name}: stage finished in {time.perf_counter() - t0:.1f}s")
         table = pd.concat(frames, ignore_index=True)
+        info = {k: v.metric_info for k, v in stages.items()}
+        for derived_name in derived_names:  # from columns already in the table; fitted on in_val rows only
+            result = score_registry.get(derived_name).derived(table, cfg)
+            values, extra = result if isinstance(result, tuple) else (result, {})
+            table[derived_name] = np.asarray(values, dtype=float)
+            info[derived_name] = dict(extra)
         rundir.atomic_write(directory / "scores.parquet", lambda p: table.to_parquet(p, index=False))
 
-        metrics = evaluate(table, names, {k: v.metric_info for k, v in stages.items()}, cfg)
+        detector_values: Dict[str, Any] = {}
+        metrics = evaluate(table, names, info, cfg, detector_values)
+        if detector_values:  # every detector's oriented values on its positive and negative points (ROC curves)
+            dv = pd.concat([pd.DataFrame({"detector": k, "side": side, "value": np.asarray(v, dtype=float)})
+                            for k, (pos, neg) in detector_values.items() for side, v in (("in", pos), ("ood", neg))],
+                           ignore_index=True)
+            rundir.atomic_write(directory / "detector_values.parquet", lambda p: dv.to_parquet(p, index=False))
         for out in stages.values():
             metrics.update(out.metrics)
         rundir.write_json(directory / "metrics.json", metrics)
@@ -228,6 +254,7 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
             _figures(table, names, metrics, cfg, directory, console, stages)
         tracker.summary({f"{k}/{m}": v for k, d in metrics.items() for m, v in d.items()})
         tracker.table("scores", table)
+        tracker.charts(table, seed=seed)
         tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
         for key in names:
             if key in metrics:

@@ -9,11 +9,11 @@ and counted.
 from __future__ import annotations
 
 import argparse
-import html
 import json
+import math
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import pandas as pd
 import yaml
@@ -21,7 +21,10 @@ import yaml
 import runconfig
 import rundir
 
+METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 COLUMNS = ["model", "in_dataset", "ood_dataset", "detector", "auroc", "aupr_in", "aupr_out", "fpr95", "n_in", "n_ood", "run"]
+# numeric interval columns and flags kept in the CSV beside COLUMNS (the text tables show COLUMNS)
+EXTRA_COLUMNS = [f"{m}_{end}" for m in METRICS for end in ("lo", "hi")] + ["label_free", "optimistic", "per_batch", "seed", "group"]
 
 
 def run_dirs_under(roots: List[Path]) -> List[Path]:
@@ -44,6 +47,13 @@ def _describe(cfg: dict) -> Tuple[str, str, str]:
     return "-", "-", "-"  # jobs without a model (the orchestration's sleep job)
 
 
+def config_group(cfg: dict) -> str:
+    """A short hash of the configuration without ``run.*``: runs differing only in their seed share it."""
+    import hashlib
+    rest = {k: v for k, v in cfg.items() if k != "run"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def collect_runs(directories: List[Path]) -> Tuple[pd.DataFrame, int]:
     """Rows for the given run directories (each listed once); also how many lack metrics.json."""
     rows, unfinished, seen = [], 0, set()
@@ -61,10 +71,14 @@ def collect_runs(directories: List[Path]) -> Tuple[pd.DataFrame, int]:
         for detector, values in json.loads(metrics_path.read_text()).items():
             if "auroc" not in values:  # not a detector (e.g. lid_error/<split>: see collect_lid_errors)
                 continue
+            ci = {f"{m}_{end}": (values.get(f"{m}_ci") or [None, None])[i] for m in METRICS
+                  for i, end in enumerate(("lo", "hi"))}
             rows.append({"model": model, "in_dataset": ind, "ood_dataset": ood, "detector": detector,
                          **{k: values.get(k) for k in ("auroc", "aupr_in", "aupr_out", "fpr95", "n_in", "n_ood")},
-                         "run": directory.name})
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+                         "run": directory.name, **ci, "label_free": bool(values.get("label_free", not values.get("optimistic"))),
+                         "optimistic": bool(values.get("optimistic", False)), "per_batch": values.get("per") == "batch",
+                         "seed": (cfg.get("run") or {}).get("seed"), "group": config_group(cfg)})
+    frame = pd.DataFrame(rows, columns=COLUMNS + EXTRA_COLUMNS)
     return frame.sort_values(["model", "in_dataset", "ood_dataset", "detector", "run"], ignore_index=True), unfinished
 
 
@@ -99,11 +113,108 @@ def lid_error_section(directories: List[Path]) -> str:
     return "" if frame.empty else "\nLID estimators against the known dimension:\n" + format_table(frame)
 
 
+def seed_summary(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Across seeds: one row per (model, pair, detector, configuration without run.*) with the mean, standard
+    deviation and a t-interval of each metric over the seeds (n_seeds = 1: the run's own bootstrap interval)."""
+    from scipy.stats import t as student_t
+
+    keys = ["model", "in_dataset", "ood_dataset", "detector", "group"]
+    rows = []
+    for key, g in frame.groupby(keys, sort=True, dropna=False):
+        row = dict(zip(keys, key), n_seeds=int(g["seed"].nunique()), label_free=bool(g["label_free"].all()),
+                   optimistic=bool(g["optimistic"].any()), per_batch=bool(g["per_batch"].any()),
+                   n_in=g["n_in"].iloc[0], n_ood=g["n_ood"].iloc[0])
+        for m in METRICS:
+            vals = pd.to_numeric(g[m], errors="coerce").dropna().to_numpy(dtype=float)
+            row[m] = float(vals.mean()) if vals.size else float("nan")
+            row[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else float("nan")
+            if vals.size > 1:
+                half = student_t.ppf(0.5 + level / 2, vals.size - 1) * row[f"{m}_std"] / math.sqrt(vals.size)
+                row[f"{m}_lo"], row[f"{m}_hi"] = row[m] - half, row[m] + half
+            else:
+                row[f"{m}_lo"] = pd.to_numeric(g[f"{m}_lo"], errors="coerce").iloc[0]
+                row[f"{m}_hi"] = pd.to_numeric(g[f"{m}_hi"], errors="coerce").iloc[0]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cell(value, lo=None, hi=None) -> str:
+    """``0.962 [0.951, 0.971]`` (or ``0.962`` without an interval, ``-`` without a value)."""
+    if value is None or value != value:
+        return "-"
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def short_dataset(name: str) -> str:
+    """A dataset as a table heading: ``npz:/long/path/x.npz`` -> ``x.npz``; registry names as they are."""
+    name = str(name)
+    return Path(name[4:]).name if name.startswith("npz:") else name
+
+
+def pair_label(in_dataset: str, ood_dataset: str) -> str:
+    return f"{short_dataset(in_dataset)}->{short_dataset(ood_dataset)}"
+
+
+def pivots(frame: pd.DataFrame, metric: str = "auroc") -> Dict[str, pd.DataFrame]:
+    """Per model: detectors (rows) x (in -> ood) pairs (columns) of ``metric`` cells with intervals, over the
+    in-distribution-test rows (not generated_vs_ood). The best label-free per-point detector of each pair is
+    marked *; optimistic ones (OOD labels chose something) are marked (opt), tests on batches of points
+    (a different task) (batch)."""
+    summary = seed_summary(frame[~frame["detector"].str.startswith("generated_vs_ood/")])
+    out = {}
+    for model, g in summary.groupby("model", sort=True):
+        g = g.assign(pair=[pair_label(a, b) for a, b in zip(g["in_dataset"], g["ood_dataset"])])
+        best = {}
+        for pair, h in g[g["label_free"] & ~g["optimistic"] & ~g["per_batch"]].groupby("pair"):
+            if h[metric].notna().any():
+                best[pair] = h.loc[h[metric].idxmax() if metric != "fpr95" else h[metric].idxmin(), "detector"]
+        table: Dict[str, Dict[str, str]] = {}
+        for row in g.itertuples(index=False):
+            name = row.detector + (" (opt)" if row.optimistic else "") + (" (batch)" if row.per_batch else "")
+            text = cell(getattr(row, metric), getattr(row, f"{metric}_lo"), getattr(row, f"{metric}_hi"))
+            if row.n_seeds > 1:
+                text += f" ({row.n_seeds} seeds)"
+            if best.get(row.pair) == row.detector:
+                text += " *"
+            table.setdefault(name, {})[row.pair] = text
+        out[model] = pd.DataFrame(table).T.fillna("-").sort_index()
+    return out
+
+
+def format_pivot(frame: pd.DataFrame, metric: str = "auroc", width: int = 100) -> str:
+    """The console view: per model, detectors x pairs with intervals, columns wrapped to ``width`` characters."""
+    if frame.empty:
+        return "(no finished runs)"
+    parts = [f"{metric.upper()} [95% interval]; * = the best label-free per-point detector of the pair;\n"
+             "(opt) = optimistic, OOD labels chose something; (batch) = a test on batches of points"]
+    for model, table in pivots(frame, metric).items():
+        parts.append(f"\n{model}")
+        name_w = max(len(str(i)) for i in table.index) + 2
+        cols = list(table.columns)
+        while cols:
+            chunk, used = [], name_w
+            for c in cols:
+                w = max(len(c), table[c].str.len().max()) + 2
+                if chunk and used + w > width:
+                    break
+                chunk.append(c)
+                used += w
+            cols = cols[len(chunk):]
+            widths = [max(len(c), table[c].str.len().max()) + 2 for c in chunk]
+            lines = ["".ljust(name_w) + "".join(c.ljust(w) for c, w in zip(chunk, widths))]
+            for name, row in table[chunk].iterrows():
+                lines.append(str(name).ljust(name_w) + "".join(str(v).ljust(w) for v, w in zip(row, widths)))
+            parts.append("\n".join(line.rstrip() for line in lines))
+    return "\n".join(parts)
+
+
 def format_table(frame: pd.DataFrame) -> str:
     """A fixed-width text table for the terminal."""
     if frame.empty:
         return "(no finished runs)"
-    shown = frame.drop(columns=["run"]).copy()
+    shown = frame[[c for c in frame.columns if c != "run" and c not in EXTRA_COLUMNS]].copy()
     for col in ("auroc", "aupr_in", "aupr_out", "fpr95", "mae", "within_1", "spearman"):
         if col in shown:
             shown[col] = shown[col].map(lambda v: f"{v:.4f}" if isinstance(v, float) else str(v))
@@ -115,53 +226,6 @@ def to_markdown(frame: pd.DataFrame, columns: List[str] = COLUMNS) -> str:
     body = "".join("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |\n"
                    for row in frame[columns].itertuples(index=False))
     return head + body
-
-
-def to_html(frame: pd.DataFrame, run_dirs: List[Path], out: Path, lid_errors: pd.DataFrame = None) -> str:
-    """A self-contained report: the table, then each run's figures (linked relative to ``out``)."""
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>OOD report</title>",
-             "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f0f0f0}"
-             "img{max-width:540px;margin:4px;border:1px solid #eee}.bad{color:#c0392b;font-weight:bold}</style></head><body>",
-             "<h1>Likelihood-based OOD detection</h1>",
-             "<p>In-distribution test samples are the positive class; every score is oriented so that higher means "
-             "more in-distribution. An AUROC below 0.5 for the likelihood is the paradox, reported as is.</p><table><tr>"]
-    parts += [f"<th>{html.escape(c)}</th>" for c in COLUMNS] + ["</tr>"]
-    for row in frame[COLUMNS].itertuples(index=False):
-        cells = []
-        for col, v in zip(COLUMNS, row):
-            text = f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
-            cls = " class='bad'" if col == "auroc" and isinstance(v, float) and v < 0.5 else ""
-            cells.append(f"<td{cls}>{text}</td>")
-        parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</table>")
-    if lid_errors is not None and not lid_errors.empty:
-        parts.append("<h2>LID estimators against the known dimension</h2><table><tr>"
-                     + "".join(f"<th>{html.escape(c)}</th>" for c in LID_COLUMNS) + "</tr>")
-        for row in lid_errors[LID_COLUMNS].itertuples(index=False):
-            parts.append("<tr>" + "".join(f"<td>{v:.4f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>"
-                                          for v in row) + "</tr>")
-        parts.append("</table>")
-    by_name = {Path(d).name: Path(d) for d in run_dirs}
-    for run in sorted(set(frame["run"])):
-        directory = by_name.get(run)
-        if directory is None:
-            continue
-        parts.append(f"<h2>{html.escape(run)}</h2>")
-        for fig in ("likelihood_histogram", "roc", "lid_vs_likelihood", "lid_curves", "samples"):
-            png = directory / "figures" / f"{fig}.png"
-            page = directory / "figures" / f"{fig}.html"
-            if png.exists():
-                rel = Path(_relative(png, out))
-                link = _relative(page, out) if page.exists() else str(rel)
-                parts.append(f"<a href='{html.escape(link)}'><img src='{html.escape(str(rel))}' alt='{fig}'></a>")
-    parts.append("</body></html>")
-    return "".join(parts)
-
-
-def _relative(path: Path, start: Path) -> str:
-    import os
-    return os.path.relpath(path, start)
 
 
 def auroc_heatmap(frame: pd.DataFrame):
@@ -191,8 +255,13 @@ def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap:
     paths = [out / "aggregate.csv", out / "aggregate.md", out / "report.html"]
     lid_errors = collect_lid_errors(run_dirs)
     rundir.atomic_write(paths[0], lambda p: frame.to_csv(p, index=False))
+    if not frame.empty:  # across seeds: mean, standard deviation and t-interval per configuration
+        paths.append(out / "aggregate_seeds.csv")
+        summary = seed_summary(frame)
+        rundir.atomic_write(paths[-1], lambda p: summary.to_csv(p, index=False))
     rundir.write_text(paths[1], to_markdown(frame))
-    rundir.write_text(paths[2], to_html(frame, run_dirs, out, lid_errors))
+    from reports import report
+    report.write(frame, run_dirs, paths[2])  # one self-contained page (plotly.js and images embedded)
     if not lid_errors.empty:
         paths.append(out / "lid_error.csv")
         rundir.atomic_write(paths[-1], lambda p: lid_errors.to_csv(p, index=False))
@@ -201,6 +270,31 @@ def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap:
         paths += write_figures({"auroc_heatmap": auroc_heatmap(frame[frame["in_dataset"] != "-"])}, out, png=True,
                                warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     return paths
+
+
+def log_to_wandb(frame: pd.DataFrame, sweep_id: str, out: Path, project: str = "likelihood-paradox",
+                 entity: str = None) -> str:
+    """Log the sweep's aggregate table (and its seed summary) as ``wandb.Table``s into one W&B run of job
+    type ``aggregate`` (online when logged in, else offline under ``out``). Returns the run's id."""
+    import os
+    import warnings
+
+    import tracking
+    if sweep_id.count("/") == 2:  # a W&B sweep: entity/project/id
+        entity, project, _ = sweep_id.split("/")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import wandb
+    mode = os.environ.get("WANDB_MODE") or ("online" if tracking.has_login() else "offline")
+    run = wandb.init(project=project, entity=entity, name=f"aggregate-{sweep_id.replace('/', '_')}", job_type="aggregate",
+                     group=sweep_id.replace("/", "_"), dir=str(out), mode=mode, reinit="finish_previous")
+    try:
+        clean = frame.astype({c: "float64" for c in ("auroc", "aupr_in", "aupr_out", "fpr95")})
+        run.log({"aggregate": wandb.Table(dataframe=clean), "aggregate_seeds": wandb.Table(dataframe=seed_summary(frame))})
+        return run.id
+    finally:
+        run.finish()
 
 
 def main(argv=None) -> int:
@@ -215,7 +309,7 @@ def main(argv=None) -> int:
         return 2
     dirs = run_dirs_under(args.roots)
     frame, unfinished = collect_runs(dirs)
-    print(format_table(frame) + lid_error_section(dirs))
+    print(format_pivot(frame) + lid_error_section(dirs))
     if unfinished:
         print(f"({unfinished} run(s) without metrics.json skipped: unfinished or failed)")
     for p in write_outputs(frame, dirs, args.out or args.roots[0], heatmap=True):

@@ -19,7 +19,7 @@ def test_fmnist_flow_scores_mnist_higher(tmp_path, monkeypatch):
     cfg = runconfig.load(
         "configurations/ood_fmnist_vs_mnist_rq_nsf_tiny.yaml",
         [f"run.runs_root={tmp_path}", "training.steps=80", "training.batch_size=32", "training.progress=false",
-         "training.checkpoint_every=40", "ood.n_in_train=200", "ood.n_in_test=400", "ood.n_ood=400",
+         "training.checkpoint_every=40", "ood.n_in_train=200", "ood.n_in_val=200", "ood.n_in_test=400", "ood.n_ood=400",
          "ood.n_generated=100", "ood.png=false", "tracking.wandb=true", "tracking.mode=offline"])
     directory = run_ood(cfg, echo=False)
 
@@ -35,7 +35,7 @@ def test_fmnist_flow_scores_mnist_higher(tmp_path, monkeypatch):
     table = pd.read_parquet(directory / "scores.parquet")
     assert list(table.columns[:3]) == ["split", "dataset", "index"]
     counts = table["split"].value_counts().to_dict()
-    assert counts == {"in_train": 200, "in_test": 400, "ood": 400, "generated": 100}
+    assert counts == {"in_train": 200, "in_val": 200, "in_test": 400, "ood": 400, "generated": 100}
     assert set(table.loc[table.split == "ood", "dataset"]) == {"mnist"}
     assert set(table.loc[table.split == "in_test", "dataset"]) == {"fmnist"}
     ll = table["log_likelihood"].to_numpy()
@@ -44,7 +44,12 @@ def test_fmnist_flow_scores_mnist_higher(tmp_path, monkeypatch):
     metrics = json.loads((directory / "metrics.json").read_text())
     s_in = table.loc[table.split == "in_test", "log_likelihood"]
     s_ood = table.loc[table.split == "ood", "log_likelihood"]
-    assert metrics["log_likelihood"] == M.detection_metrics(s_in, s_ood)
+    entry = metrics["log_likelihood"]
+    assert {k: entry[k] for k in M.detection_metrics(s_in, s_ood)} == M.detection_metrics(s_in, s_ood)
+    assert entry["label_free"] and entry["bootstrap"] == 1000 and entry["confidence"] == 0.95
+    for key in M.METRIC_KEYS:  # intervals from the same points, seeded: they bracket the point estimate
+        assert entry[f"{key}_ci"][0] <= entry[key] <= entry[f"{key}_ci"][1], key
+    assert entry["auroc_ci"] == M.percentile_interval(M.bootstrap_metrics(s_in, s_ood, 1000, seed=cfg["run"]["seed"])["auroc"], 0.95)
     assert metrics["bits_per_dim"]["auroc"] == pytest.approx(metrics["log_likelihood"]["auroc"])
     assert metrics["log_likelihood"]["auroc"] < 0.5, "the likelihood paradox: MNIST should score higher"
     assert "generated_vs_ood/log_likelihood" in metrics
@@ -85,7 +90,7 @@ def test_lid_stage_writes_curves_dual_metrics_and_figures(tmp_path):
     from tests.conftest import TINY_MODEL
     cfg = runconfig.resolve({
         "run": {"runs_root": str(tmp_path / "runs")},
-        "data": {"in_distribution": f"npz:{tmp_path / 'in.npz'}", "ood": f"npz:{tmp_path / 'ood.npz'}"},
+        "data": {"in_distribution": f"npz:{tmp_path / 'in.npz'}", "ood": f"npz:{tmp_path / 'ood.npz'}", "val_fraction": 0.1},
         "model": dict(TINY_MODEL), "tracking": {"wandb": False},
         "training": {"steps": 30, "batch_size": 16, "progress": False, "sample_grid": 0},
         "ood": {"scores": ["log_likelihood", "lid"], "n_generated": 6, "png": False},
@@ -93,10 +98,10 @@ def test_lid_stage_writes_curves_dual_metrics_and_figures(tmp_path):
     directory = run_ood(cfg, echo=False)
     table = pd.read_parquet(directory / "scores.parquet")
     has = table.dropna(subset=["lid"])
-    assert has.groupby("split").size().to_dict() == {"in_train": 5, "in_test": 5, "ood": 5, "generated": 5}
+    assert has.groupby("split").size().to_dict() == {"in_train": 5, "in_val": 5, "in_test": 5, "ood": 5, "generated": 5}
     assert has["lid"].between(0, 64).all() and (has["lid"] == has["lid"].round()).all()
     curves = pd.read_parquet(directory / "lid_curves.parquet")
-    assert len(curves) == 20 * 11 and set(curves.columns) == {"split", "dataset", "index", "log_tau", "lid"}
+    assert len(curves) == 25 * 11 and set(curves.columns) == {"split", "dataset", "index", "log_tau", "lid"}
     # LID is non-increasing in tau for every point
     for _, c in curves.groupby(["split", "index"]):
         assert (np.diff(c.sort_values("log_tau")["lid"].to_numpy()) <= 0).all()
@@ -116,8 +121,8 @@ def test_lid_stage_writes_curves_dual_metrics_and_figures(tmp_path):
     assert {"log_likelihood", "lid", "dual_threshold", "dual_threshold_fixed"} <= set(frame.detector)
     # the spectra stay as an artifact, and the same run again reuses them instead of new Jacobians
     assert sorted(p.name for p in (directory / "lid_spectra").iterdir()) == [
-        "generated.npz", "in_test.npz", "in_train.npz", "ood.npz"]
+        "generated.npz", "in_test.npz", "in_train.npz", "in_val.npz", "ood.npz"]
     assert run_ood(cfg, echo=False) == directory
     log = (directory / "run.log").read_text()
-    assert all(f"resuming {s} from 5/5 points" in log for s in ("in_train", "in_test", "ood", "generated"))
+    assert all(f"resuming {s} from 5/5 points" in log for s in ("in_train", "in_val", "in_test", "ood", "generated"))
     assert json.loads((directory / "metrics.json").read_text()) == metrics

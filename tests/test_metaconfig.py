@@ -125,6 +125,8 @@ SHIPPED = {  # file -> (job, runs)
     "ood/diffusion_likelihood.yaml": ("ood", 8),
     "ood/manifold_lid_estimators.yaml": ("ood", 9),
     "training/diffusions.yaml": ("train", 36),
+    "ood/grayscale_baselines.yaml": ("ood", 4),
+    "ood/rgb_baselines.yaml": ("ood", 4),
 }
 
 

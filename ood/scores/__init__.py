@@ -5,10 +5,14 @@ owns configuration keys; nothing else changes.
 Two kinds:
 
 * per batch: ``fn(model, x, cache) -> Tensor[B]`` over one batch ``x`` (B,C,H,W) in data space
-  [0,256); ``cache`` is a per-batch dict so scores can share work (log_prob once per batch). The
+  [0,256); ``cache`` is a per-batch dict so scores can share work (log_prob once per batch), holding the
+  run configuration under ``cache["cfg"]`` (a score's own section, e.g. ``cfg["complexity"]``). The
   runner saves finished batches, so a killed run resumes mid-split (expensive likelihoods).
 * stage: ``stage(ctx) -> StageOutput`` over whole splits (a seeded subset, cached and resumable:
   Jacobian LID, FLIPD); see :class:`StageContext`.
+* derived: ``fn(table, cfg) -> values`` or ``(values, info)``, a column computed from other columns of
+  the scores table once they exist (``requires``), with anything it fits taken from the ``in_val``
+  rows only (typicality's entropy). ``requires`` are computed even when not listed in ``ood.scores``.
 
 ``higher_is_in`` says how to orient the stored column for detection: metrics use ``column`` if True
 and ``-column`` if False. ``needs`` lists alternatives of model capabilities (method or attribute
@@ -64,10 +68,12 @@ class Score:
     description: str
     stage: Optional[Callable[[StageContext], StageOutput]] = None
     needs: Tuple[Tuple[str, ...], ...] = ()
+    derived: Optional[Callable[[Any, Dict[str, Any]], Any]] = None
+    requires: Tuple[str, ...] = ()
 
     @property
     def per_batch(self) -> bool:
-        return self.stage is None
+        return self.stage is None and self.derived is None
 
 
 REGISTRY: Dict[str, Score] = {}
@@ -95,6 +101,32 @@ def register_stage(name: str, higher_is_in: bool, unit: str, description: str, n
         REGISTRY[name] = Score(name, None, higher_is_in, unit, description, stage=fn, needs=_alternatives(needs))
         return fn
     return wrap
+
+
+def register_derived(name: str, higher_is_in: bool, unit: str, description: str, requires=(), needs=()):
+    """Decorator registering a derived score ``(table, cfg) -> values | (values, info)`` over the whole table."""
+    def wrap(fn):
+        REGISTRY[name] = Score(name, None, higher_is_in, unit, description, needs=_alternatives(needs), derived=fn,
+                               requires=tuple(requires))
+        return fn
+    return wrap
+
+
+def with_requirements(names) -> list:
+    """``names`` plus every score they require (recursively), each required score before its users."""
+    out: list = []
+
+    def add(name, chain=()):
+        if name in chain:
+            raise ValueError(f"scores require each other in a cycle: {' -> '.join(chain + (name,))}")
+        if name in out:
+            return
+        for req in get(name).requires:
+            add(req, chain + (name,))
+        out.append(name)
+    for n in names:
+        add(n)
+    return out
 
 
 def get(name: str) -> Score:

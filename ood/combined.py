@@ -1,0 +1,142 @@
+"""Label-free combined detectors: several scores of one model, fitted on held-out in-distribution data only.
+
+For each score set in ``combined.sets`` (a list of lists of score names; each set becomes entries named
+after its members):
+
+* ``density:<a>+<b>+...`` (DoSE-style, Morningstar et al. 2021; with ``score_norms`` columns it is MSMA):
+  the scores, oriented so higher = in-distribution and standardised with in_val's mean and standard
+  deviation, get a density fitted on the ``in_val`` rows: a Gaussian mixture whose number of components
+  (1..``combined.max_components``) maximises the 2-fold held-out log-likelihood on in_val, or a Gaussian
+  KDE whose bandwidth does (``combined.density``). The detector is the fitted log density.
+* ``fisher:<a>+<b>+...``: Fisher's combination of per-score p-values. Each score's left-tail p-value
+  against in_val, p = (1 + #{in_val <= s}) / (n_val + 1) (low oriented scores are unusual), combined as
+  T = -2 sum log p; the detector is -T.
+* ``minp:<a>+<b>+...``: Tippett's combination of the same p-values: the detector is log min_i p_i, so one
+  score far in its tail is enough (where Fisher dilutes it with the others).
+
+Nothing here sees test or OOD rows when fitting: :func:`fit_density` and :func:`fit_pvalues` get the
+in_val matrix only (tests check this). Rows missing any score of a set (e.g. points without an LID)
+are left out of that set's entries.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List
+
+import numpy as np
+
+from ood.detectors import TaskView, register_detector, scored
+
+
+def oriented_matrix(frame, names: List[str]) -> np.ndarray:
+    from ood import scores as score_registry
+
+    return np.column_stack([score_registry.oriented(n, frame[n].to_numpy(dtype=float)) for n in names])
+
+
+def _complete(frame, names: List[str]):
+    return frame.dropna(subset=names)
+
+
+def _gmm_candidates(max_components: int, n: int) -> List[int]:
+    return [k for k in range(1, int(max_components) + 1) if k * 5 <= n] or [1]
+
+
+def fit_density(x_val: np.ndarray, method: str = "gmm", max_components: int = 8, seed: int = 0) -> Dict[str, Any]:
+    """A density fitted to the in_val matrix ``x_val`` (n, k): returns {"log_density": fn(x) -> (m,), ...details}."""
+    from sklearn.mixture import GaussianMixture
+    from sklearn.neighbors import KernelDensity
+
+    mu, sd = x_val.mean(axis=0), x_val.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    z = (x_val - mu) / sd
+    n = z.shape[0]
+    halves = np.array_split(np.random.default_rng([int(seed), 0xD05E]).permutation(n), 2)
+
+    def heldout(make: Callable[[], Any]) -> float:
+        total = 0.0
+        for i in range(2):
+            fit_rows, test_rows = halves[i], halves[1 - i]
+            total += float(make().fit(z[fit_rows]).score_samples(z[test_rows]).sum())
+        return total / n
+
+    if method == "gmm":
+        make = lambda k: GaussianMixture(k, covariance_type="full", reg_covar=1e-4, n_init=2, random_state=int(seed))
+        candidates = _gmm_candidates(max_components, n // 2)
+        scores = {k: heldout(lambda k=k: make(k)) for k in candidates}
+        best = max(scores, key=scores.get)
+        model = make(best).fit(z)
+        detail = {"components": int(best), "heldout_loglik": {str(k): v for k, v in scores.items()}}
+    elif method == "kde":
+        scott = n ** (-1.0 / (z.shape[1] + 4))
+        grid = scott * np.array([0.25, 0.5, 1.0, 2.0, 4.0])
+        make = lambda b: KernelDensity(bandwidth=float(b))
+        scores = {float(b): heldout(lambda b=b: make(b)) for b in grid}
+        best = max(scores, key=scores.get)
+        model = make(best).fit(z)
+        detail = {"bandwidth": float(best), "heldout_loglik": {f"{k:.4g}": v for k, v in scores.items()}}
+    else:
+        raise ValueError(f"combined.density must be gmm or kde, got {method!r}.")
+    detail["log_density"] = lambda x: model.score_samples((np.asarray(x, dtype=float) - mu) / sd)
+    return detail
+
+
+def fit_pvalues(x_val: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Fisher's statistic, negated, against the in_val matrix: fn(x (m, k)) -> (m,)."""
+    ref = np.sort(x_val, axis=0)
+    n = ref.shape[0]
+
+    def score(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        below = np.column_stack([np.searchsorted(ref[:, j], x[:, j], side="right") for j in range(x.shape[1])])
+        p = (1.0 + below) / (n + 1.0)
+        return 2.0 * np.log(p).sum(axis=1)  # -T, T = -2 sum log p
+    return score
+
+
+def fit_min_p(x_val: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Tippett's combination against the in_val matrix: fn(x (m, k)) -> log of the smallest per-score p-value."""
+    ref = np.sort(x_val, axis=0)
+    n = ref.shape[0]
+
+    def score(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        below = np.column_stack([np.searchsorted(ref[:, j], x[:, j], side="right") for j in range(x.shape[1])])
+        return np.log((1.0 + below) / (n + 1.0)).min(axis=1)
+    return score
+
+
+def set_label(names: List[str]) -> str:
+    return "+".join(names)
+
+
+@register_detector("combined", optimistic=False,
+                   description="label-free combinations of scores fitted on in_val: a density (GMM or KDE) over the "
+                               "oriented scores, and Fisher's combination of per-score p-values")
+def combined(view: TaskView) -> Dict[str, Dict[str, Any]]:
+    ccfg = view.cfg.get("combined", {})
+    seed = int(view.cfg.get("run", {}).get("seed", 0))
+    out = {}
+    for members in ccfg.get("sets", []) or []:
+        names = [str(n) for n in members]
+        if not set(names) <= set(view.names):
+            continue
+        val = _complete(view.in_val, names)
+        pos, neg = _complete(view.positive, names), _complete(view.negative, names)
+        if len(val) < 4 or not len(pos) or not len(neg):
+            continue
+        x_val = oriented_matrix(val, names)
+        x_pos, x_neg = oriented_matrix(pos, names), oriented_matrix(neg, names)
+        label = set_label(names)
+        fitted = fit_density(x_val, str(ccfg.get("density", "gmm")), int(ccfg.get("max_components", 8)), seed)
+        density = fitted.pop("log_density")
+        out[f"density:{label}"] = dict(scored(view, density(x_pos), density(x_neg)), scores=names, fitted_on="in_val",
+                                       n_fit=int(len(val)), density=str(ccfg.get("density", "gmm")), **fitted)
+        if ccfg.get("fisher", True):
+            fisher = fit_pvalues(x_val)
+            out[f"fisher:{label}"] = dict(scored(view, fisher(x_pos), fisher(x_neg)), scores=names, fitted_on="in_val",
+                                          n_fit=int(len(val)))
+        if ccfg.get("min_p", True):
+            min_p = fit_min_p(x_val)
+            out[f"minp:{label}"] = dict(scored(view, min_p(x_pos), min_p(x_neg)), scores=names, fitted_on="in_val",
+                                        n_fit=int(len(val)))
+    return out
