@@ -41,6 +41,7 @@ bench: setup data
 	$(PY) benchmarks/bench_sweeps.py
 	$(PY) benchmarks/bench_lid.py
 	$(PY) benchmarks/bench_diffusion.py
+	$(PY) benchmarks/bench_scores.py
 
 clean-runs:
 	rm -rf runs/demo

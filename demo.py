@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 META = "meta_configurations/ood/demo_tiny.yaml"
-PROGRESS = re.compile(r"(train|in_train|in_val|in_test|ood|generated|lid \(exact\)|lid \(fast\)):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+PROGRESS = re.compile(r"(train|in_train|in_val|in_test|ood|generated|background|lid \(exact\)|lid \(fast\)):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 
 
 def _status(log: Path) -> str:

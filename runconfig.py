@@ -56,6 +56,8 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "lr_schedule": "cosine",  # cosine | constant
         "warmup_steps": 50,
         "weight_decay": 0.0,
+        "mutation_rate": 0.0,     # Ren et al.'s background models: replace each pixel with another value at this rate
+        "l2_penalty": 0.0,        # Ren et al.'s L2 weight lambda (on the per-image NLL in nats; 0 = none)
         "grad_clip": 5.0,
         "checkpoint_every": 100,
         "sample_grid": 64,        # images in the sample grid PNG (0: none)
@@ -92,6 +94,8 @@ CORE_CHOICES = {
 # numeric keys with bounds: (lowest allowed, highest allowed, inclusive low?) -- None means unbounded
 CORE_RANGES: Dict[str, tuple] = {
     "data.val_fraction": (0.0, 0.9, True),
+    "training.mutation_rate": (0.0, 1.0, True),
+    "training.l2_penalty": (0.0, None, True),
     "ood.n_in_val": (1, None, True),
     "ood.bootstrap": (0, None, True),
     "ood.confidence": (0.0, 1.0, False),

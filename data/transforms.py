@@ -92,3 +92,14 @@ def logit_inverse(z: torch.Tensor, alpha: float) -> Tuple[torch.Tensor, torch.Te
     # d x / d z = 256/(1-2a) * y (1 - y)
     per_dim = math.log(256.0) - math.log(1.0 - 2.0 * alpha) + F.logsigmoid(z) + F.logsigmoid(-z)
     return x, per_dim.flatten(1).sum(1)
+
+
+def mutate(x_int: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Ren et al.'s input perturbation for background models: each value of the integer-valued batch is
+    replaced, with probability ``rate``, by a uniformly drawn *different* value in 0..255."""
+    if rate <= 0:
+        return x_int
+    hit = torch.rand(x_int.shape, generator=generator) < rate
+    shift = torch.randint(1, 256, x_int.shape, generator=generator, dtype=torch.int64)
+    other = (x_int.long() + shift) % 256  # never the original value
+    return torch.where(hit, other.to(x_int.dtype), x_int)

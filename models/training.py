@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import runconfig
-from data.transforms import dequantize_uniform
+from data.transforms import dequantize_uniform, mutate
 from rundir import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
@@ -135,6 +135,11 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
     loss_name = getattr(model, "loss_name", "loss")
     every = max(1, int(tcfg["checkpoint_every"]))
     clip = float(tcfg["grad_clip"]) if tcfg["grad_clip"] else None
+    mutation = float(tcfg.get("mutation_rate") or 0.0)
+    l2 = float(tcfg.get("l2_penalty") or 0.0)
+    dim = int(np.prod(images.shape[1:]))
+    if mutation and images.dtype != torch.uint8:
+        raise ValueError("training.mutation_rate perturbs 8-bit images; this dataset holds real-valued vectors: set it to 0.")
     extra = {"shape": list(images.shape[1:]), "config": cfg}
     last_good = start
     ema = None
@@ -150,10 +155,14 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
             gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
             batch = images[idx]
             # stored 8-bit data is dequantized; real-valued data (synthetic manifolds) is used as is
+            if mutation:  # background models (likelihood ratio): Ren et al.'s perturbed inputs
+                batch = mutate(batch, mutation, gen)
             x = (dequantize_uniform(batch.float(), gen) if batch.dtype == torch.uint8 else batch).to(device)
             # randomness inside training_loss (diffusion times and noise) is a pure function of (seed, step) too
             torch.manual_seed((seed * 1_000_003 + step) % (2 ** 63) + 7)
             loss = model.training_loss(x).mean()
+            if l2:  # Ren et al.'s L2 penalty, lambda * |theta|^2 / 2 per image in nats, in the loss's per-dimension bits
+                loss = loss + l2 * 0.5 * sum(p.pow(2).sum() for p in model.parameters()) / (dim * math.log(2.0))
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingDiverged(

@@ -3,7 +3,7 @@
 For each score set in ``combined.sets`` (a list of lists of score names; each set becomes entries named
 after its members):
 
-* ``density:<a>+<b>+...`` (DoSE-style, Morningstar et al. 2021; with ``score_norms`` columns it is MSMA):
+* ``density:<a>+<b>+...`` (DoSE-style, Morningstar et al. 2021; over the ``score_norms`` vector it is MSMA):
   the scores, oriented so higher = in-distribution and standardised with in_val's mean and standard
   deviation, get a density fitted on the ``in_val`` rows: a Gaussian mixture whose number of components
   (1..``combined.max_components``) maximises the 2-fold held-out log-likelihood on in_val, or a Gaussian
@@ -80,29 +80,29 @@ def fit_density(x_val: np.ndarray, method: str = "gmm", max_components: int = 8,
     return detail
 
 
-def fit_pvalues(x_val: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """Fisher's statistic, negated, against the in_val matrix: fn(x (m, k)) -> (m,)."""
+def fit_log_pvalues(x_val: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Per-score left-tail log p-values against the in_val matrix: fn(x (m, k)) -> (m, k) of
+    log((1 + #{in_val <= x_j}) / (n_val + 1)) for each score j."""
     ref = np.sort(x_val, axis=0)
     n = ref.shape[0]
 
-    def score(x: np.ndarray) -> np.ndarray:
+    def log_p(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=float)
         below = np.column_stack([np.searchsorted(ref[:, j], x[:, j], side="right") for j in range(x.shape[1])])
-        p = (1.0 + below) / (n + 1.0)
-        return 2.0 * np.log(p).sum(axis=1)  # -T, T = -2 sum log p
-    return score
+        return np.log((1.0 + below) / (n + 1.0))
+    return log_p
+
+
+def fit_pvalues(x_val: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Fisher's statistic, negated, against the in_val matrix: fn(x (m, k)) -> 2 sum_j log p_j = -T."""
+    log_p = fit_log_pvalues(x_val)
+    return lambda x: 2.0 * log_p(x).sum(axis=1)
 
 
 def fit_min_p(x_val: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """Tippett's combination against the in_val matrix: fn(x (m, k)) -> log of the smallest per-score p-value."""
-    ref = np.sort(x_val, axis=0)
-    n = ref.shape[0]
-
-    def score(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=float)
-        below = np.column_stack([np.searchsorted(ref[:, j], x[:, j], side="right") for j in range(x.shape[1])])
-        return np.log((1.0 + below) / (n + 1.0)).min(axis=1)
-    return score
+    log_p = fit_log_pvalues(x_val)
+    return lambda x: log_p(x).min(axis=1)
 
 
 def set_label(names: List[str]) -> str:
@@ -117,8 +117,10 @@ def combined(view: TaskView) -> Dict[str, Dict[str, Any]]:
     seed = int(view.cfg.get("run", {}).get("seed", 0))
     out = {}
     for members in ccfg.get("sets", []) or []:
-        names = [str(n) for n in members]
-        if not set(names) <= set(view.names):
+        # a vector score (e.g. score_norms) stands for all its components <name>@<label>
+        names = [c for n in members for c in ([str(n)] if str(n) in view.names
+                                              else [v for v in view.names if v.startswith(f"{n}@")])]
+        if not names or len(names) < len(members) or not set(names) <= set(view.names):
             continue
         val = _complete(view.in_val, names)
         pos, neg = _complete(view.positive, names), _complete(view.negative, names)
@@ -126,7 +128,7 @@ def combined(view: TaskView) -> Dict[str, Dict[str, Any]]:
             continue
         x_val = oriented_matrix(val, names)
         x_pos, x_neg = oriented_matrix(pos, names), oriented_matrix(neg, names)
-        label = set_label(names)
+        label = set_label([str(m) for m in members])
         fitted = fit_density(x_val, str(ccfg.get("density", "gmm")), int(ccfg.get("max_components", 8)), seed)
         density = fitted.pop("log_density")
         out[f"density:{label}"] = dict(scored(view, density(x_pos), density(x_neg)), scores=names, fitted_on="in_val",

@@ -82,7 +82,8 @@ def evaluate(table, names: List[str], info: Dict[str, Dict[str, Any]], cfg: Dict
                 if det.optimistic:
                     entry = dict(entry, optimistic=True)
                 # label_free: only in-distribution data (in_train / in_val) chose anything; optimistic: OOD labels did
-                entry = dict(entry, label_free=not entry.get("optimistic", False), detector=det.name)
+                entry = dict(entry, label_free=bool(entry.get("label_free", True)) and not entry.get("optimistic", False),
+                             detector=det.name)
                 pair = entry.pop("_values", None)
                 if values is not None and pair is not None:
                     values[f"{prefix}{key}"] = pair

@@ -77,8 +77,9 @@ def score_images(model, x_all: torch.Tensor, names: List[str], batch_size: int, 
     points and the score names, so a killed run resumes mid-split (diffusion likelihoods take
     seconds per image on a CPU)."""
     fns = [score_registry.get(n) for n in names]
+    columns = {f.name: f.column_names(cfg or {}) for f in fns}
     if not fns or x_all.shape[0] == 0:
-        return {n: np.zeros(0) for n in names}
+        return {c: np.zeros(0) for n in names for c in columns[n]}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -88,14 +89,21 @@ def score_images(model, x_all: torch.Tensor, names: List[str], batch_size: int, 
         x = x.to(device)
         shared: dict = {"cfg": cfg or {}}  # per-batch cache shared by the scores; their settings under "cfg"
         with torch.no_grad():  # a score that needs gradients (ODE divergence) enables them itself
-            return {score.name: score.fn(model, x, shared).detach().double().cpu().numpy() for score in fns}
+            out = {}
+            for score in fns:
+                values = score.fn(model, x, shared).detach().double().cpu().numpy()
+                if score.columns:  # a vector score: (B, K) -> one column per component
+                    out.update({c: values[:, i] for i, c in enumerate(columns[score.name])})
+                else:
+                    out[score.name] = values
+            return out
     settings = runconfig.used_sections(cfg) if cfg else {}
     key = fingerprint(digest, x_all, "batch " + " ".join(names) + repr(sorted(settings.items()))) if cache is not None else ""
     out = resumable_blocks(compute, x_all, batch_size, cache, None, key,
                            (bar.update if bar is not None else (lambda n: None)), log, label=desc, stage="scores")
     if bar is not None:
         bar.close()
-    return {n: out[n] for n in names}
+    return {c: out[c] for n in names for c in columns[n]}
 
 
 def load_checkpoint_path(value: str) -> Path:
@@ -233,14 +241,15 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         table = pd.concat(frames, ignore_index=True)
         info = {k: v.metric_info for k, v in stages.items()}
         for derived_name in derived_names:  # from columns already in the table; fitted on in_val rows only
-            result = score_registry.get(derived_name).derived(table, cfg)
+            result = score_registry.get(derived_name).derived(table, cfg, info)
             values, extra = result if isinstance(result, tuple) else (result, {})
             table[derived_name] = np.asarray(values, dtype=float)
             info[derived_name] = dict(extra)
         rundir.atomic_write(directory / "scores.parquet", lambda p: table.to_parquet(p, index=False))
 
         detector_values: Dict[str, Any] = {}
-        metrics = evaluate(table, names, info, cfg, detector_values)
+        columns = score_registry.expand_columns(names, cfg)  # vector scores as their components
+        metrics = evaluate(table, columns, info, cfg, detector_values)
         if detector_values:  # every detector's oriented values on its positive and negative points (ROC curves)
             dv = pd.concat([pd.DataFrame({"detector": k, "side": side, "value": np.asarray(v, dtype=float)})
                             for k, (pos, neg) in detector_values.items() for side, v in (("in", pos), ("ood", neg))],
@@ -251,12 +260,12 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         rundir.write_json(directory / "metrics.json", metrics)
         rundir.write_json(directory / "provenance.json", rundir.provenance(checksums))
         if ocfg["figures"]:
-            _figures(table, names, metrics, cfg, directory, console, stages)
+            _figures(table, columns, metrics, cfg, directory, console, stages)
         tracker.summary({f"{k}/{m}": v for k, d in metrics.items() for m, v in d.items()})
         tracker.table("scores", table)
         tracker.charts(table, seed=seed)
         tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
-        for key in names:
+        for key in columns:
             if key in metrics:
                 console(f"{key}: AUROC {metrics[key]['auroc']:.4f} ({in_name} in-distribution vs {ood_name} OOD)")
     finally:

@@ -297,17 +297,26 @@ def log_to_wandb(frame: pd.DataFrame, sweep_id: str, out: Path, project: str = "
         run.finish()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reports.aggregate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_roots(prog: str, doc: str, out_help: str, argv=None):
+    """``(args, run directories)`` of a command taking folders of runs and ``--out``; None after a clear
+    error when a folder does not exist."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", type=Path, help="folders holding run directories")
-    parser.add_argument("--out", type=Path, help="where to write aggregate.csv/.md and report.html (default: first root)")
+    parser.add_argument("--out", type=Path, help=out_help)
     args = parser.parse_args(argv)
     missing = [r for r in args.roots if not r.exists()]
     if missing:
         print(f"error: {missing[0]} does not exist; give a folder holding run directories (e.g. runs/demo).", file=sys.stderr)
+        return None
+    return args, run_dirs_under(args.roots)
+
+
+def main(argv=None) -> int:
+    parsed = parse_roots("python -m reports.aggregate", __doc__,
+                         "where to write aggregate.csv/.md and report.html (default: first root)", argv)
+    if parsed is None:
         return 2
-    dirs = run_dirs_under(args.roots)
+    args, dirs = parsed
     frame, unfinished = collect_runs(dirs)
     print(format_pivot(frame) + lid_error_section(dirs))
     if unfinished:

@@ -11,7 +11,6 @@ dual-threshold envelope, and the sample grid. plotly.js and the images are embed
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 import rundir
-from reports.aggregate import collect_lid_errors, collect_runs, pair_label, pivots, run_dirs_under, seed_summary
+from reports.aggregate import collect_lid_errors, collect_runs, pair_label, pivots, seed_summary
 
 SPLIT_STYLE = {"in_train": ("in-distribution train", "#1f4e9c"), "in_val": ("in-distribution val", "#6a3d9a"),
                "in_test": ("in-distribution test", "#8fb8de"), "ood": ("OOD", "#d1495b"),
@@ -256,16 +255,11 @@ def write(frame: pd.DataFrame, run_dirs: List[Path], path: Path, title: Optional
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reports.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="+", type=Path, help="folders holding run directories")
-    parser.add_argument("--out", type=Path, help="the HTML file (default: <first root>/report.html)")
-    args = parser.parse_args(argv)
-    missing = [r for r in args.roots if not r.exists()]
-    if missing:
-        print(f"error: {missing[0]} does not exist; give a folder holding run directories (e.g. runs/demo).", file=sys.stderr)
+    from reports.aggregate import parse_roots
+    parsed = parse_roots("python -m reports.report", __doc__, "the HTML file (default: <first root>/report.html)", argv)
+    if parsed is None:
         return 2
-    dirs = run_dirs_under(args.roots)
+    args, dirs = parsed
     frame, _ = collect_runs(dirs)
     print(f"wrote {write(frame, dirs, args.out or args.roots[0] / 'report.html')}")
     return 0

@@ -284,3 +284,170 @@ def test_models_never_train_on_in_val(tiny_cfg, monkeypatch):
     trained_on = set(seen["images"][:, 0, 0, 0].tolist())
     _, val = holdout(40, 0.25, 0)
     assert len(trained_on) == 30 and not trained_on & set(val.tolist())
+
+
+# --- likelihood ratios (Ren et al.) -------------------------------------------------------------------
+
+def test_likelihood_ratio_of_two_known_gaussians():
+    x = np.linspace(-3, 3, 13)
+    s = 2.0
+    table = _table({"in_val": {"log_likelihood": norm.logpdf(x), "background_log_likelihood": norm.logpdf(x, scale=s)}})
+    info = {"background_log_likelihood": {"selection": "none", "mutation_rate": 0.2}}
+    ratio, got_info = score_registry.get("likelihood_ratio").derived(table, {}, info)
+    assert np.allclose(ratio, -0.5 * x ** 2 * (1 - 1 / s ** 2) + math.log(s))
+    assert got_info["selection"] == "none"
+
+
+def test_mutation_replaces_the_given_share_of_pixels_with_other_values():
+    from data.transforms import mutate
+    x = torch.randint(0, 256, (64, 1, 28, 28), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    y = mutate(x, 0.2, torch.Generator().manual_seed(1))
+    changed = (y != x).float().mean().item()
+    assert y.dtype == torch.uint8 and abs(changed - 0.2) < 0.01
+    assert torch.equal(y, mutate(x, 0.2, torch.Generator().manual_seed(1)))  # seeded
+    assert torch.equal(mutate(x, 0.0, torch.Generator()), x)
+    # the replacement value is uniform over the 255 others: the mean shift of changed pixels is ~0 mod 256
+    d = ((y.long() - x.long()) % 256)[y != x]
+    assert d.min() >= 1 and abs(d.float().mean().item() - 128) < 3
+
+
+def test_l2_penalty_is_rens_weight_penalty_in_bits_per_dim_and_shrinks_the_weights(tiny_cfg, tmp_path):
+    from models import training
+    from models.registry import build_model
+    images = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 1)).astype(np.uint8)
+    first, norms = {}, {}
+    for lam in (0.0, 1000.0):
+        cfg = dict(tiny_cfg, training=dict(tiny_cfg["training"], steps=40, l2_penalty=lam, sample_grid=0),
+                   data=dict(tiny_cfg["data"], val_fraction=0.0), model=dict(tiny_cfg["model"], actnorm=False))
+        model, _ = training.fit(cfg, tmp_path / f"l2_{lam}", images, log=lambda m: None,
+                                callbacks=[lambda step, v, lam=lam: first.setdefault(lam, v)])
+        norms[lam] = sum(float(p.detach().pow(2).sum()) for p in model.parameters())
+    torch.manual_seed(0)
+    plain = build_model((1, 8, 8), dict(tiny_cfg["model"], actnorm=False))  # no data-dependent initialisation
+    theta0 = sum(float(p.detach().pow(2).sum()) for p in plain.parameters())
+    # the first step's objective differs by exactly lambda * |theta_0|^2 / 2 / (D ln 2)
+    assert first[1000.0] - first[0.0] == pytest.approx(1000.0 * 0.5 * theta0 / (64 * math.log(2)), rel=1e-4)
+    assert norms[1000.0] < norms[0.0]
+
+
+@pytest.fixture
+def npz_pair(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "in.npz", images=rng.integers(0, 120, size=(120, 8, 8), dtype=np.uint8))
+    np.savez(tmp_path / "ood.npz", images=(60 + rng.integers(0, 3, size=(60, 8, 8))).astype(np.uint8))
+    np.savez(tmp_path / "val_ood.npz", images=(200 + rng.integers(0, 40, size=(60, 8, 8))).astype(np.uint8))
+    return tmp_path
+
+
+def _ratio_cfg(tmp, **lr):
+    from tests.conftest import TINY_MODEL
+    return runconfig.resolve({
+        "run": {"runs_root": str(tmp / "runs")},
+        "data": {"in_distribution": f"npz:{tmp / 'in.npz'}", "ood": f"npz:{tmp / 'ood.npz'}", "val_fraction": 0.2},
+        "model": dict(TINY_MODEL), "tracking": {"wandb": False},
+        "training": {"steps": 12, "batch_size": 16, "progress": False, "sample_grid": 0},
+        "ood": {"scores": ["log_likelihood", "likelihood_ratio"], "n_generated": 0, "png": False, "bootstrap": 50},
+        "likelihood_ratio": dict({"steps": 8}, **lr)})
+
+
+def test_background_model_is_trained_on_demand_then_found(npz_pair):
+    import json
+    from ood.runner import run_ood
+    import pandas as pd
+    directory = run_ood(_ratio_cfg(npz_pair), echo=False)
+    metrics = json.loads((directory / "metrics.json").read_text())
+    entry = metrics["likelihood_ratio"]
+    assert entry["selection"] == "none" and entry["mutation_rate"] == 0.2 and entry["label_free"]
+    (bg,) = list((npz_pair / "runs" / "background").glob("*/checkpoint.pt"))
+    state = torch.load(bg, weights_only=False)
+    assert state["finished"] and state["config"]["training"]["mutation_rate"] == 0.2 and state["step"] == 8
+    table = pd.read_parquet(directory / "scores.parquet")
+    assert np.allclose(table["likelihood_ratio"], table["log_likelihood"] - table["background_log_likelihood"])
+    # another OOD run with the same foreground configuration finds the background model instead of training it
+    cfg2 = _ratio_cfg(npz_pair)
+    cfg2["data"]["ood"] = f"npz:{npz_pair / 'val_ood.npz'}"
+    run2 = run_ood(cfg2, echo=False)
+    assert "background model" in (run2 / "run.log").read_text() and "found in" in (run2 / "run.log").read_text()
+    assert len(list((npz_pair / "runs" / "background").glob("*/checkpoint.pt"))) == 1
+
+
+def test_selection_on_a_validation_ood_set_is_labelled_and_never_the_test_set(npz_pair):
+    import json
+    from ood.runner import run_ood
+    cfg = _ratio_cfg(npz_pair, selection="validation_ood", grid=[[0.1, 0.0], [0.3, 0.0]],
+                     validation_ood=f"npz:{npz_pair / 'val_ood.npz'}")
+    directory = run_ood(cfg, echo=False)
+    entry = json.loads((directory / "metrics.json").read_text())["likelihood_ratio"]
+    assert entry["selection"].startswith("validation_ood:") and entry["label_free"] is False
+    assert set(entry["validation_auroc"]) == {"mu=0.1,lambda=0", "mu=0.3,lambda=0"}
+    best = max(entry["validation_auroc"], key=entry["validation_auroc"].get)
+    assert best == f"mu={entry['mutation_rate']:g},lambda=0"
+    bad = _ratio_cfg(npz_pair, selection="validation_ood", validation_ood=f"npz:{npz_pair / 'ood.npz'}")
+    with pytest.raises(runconfig.ConfigError, match="the test OOD set itself"):
+        run_ood(bad, echo=False)
+
+
+# --- score norms (MSMA) -----------------------------------------------------------------------------------
+
+def test_score_norms_match_the_closed_form_score_of_a_gaussian():
+    from models.diffusion import VPSDE
+    from ood.scores.score_norms import levels
+    from tests.test_diffusion import GaussianScoreModel, _random_cov
+
+    class Scaled(GaussianScoreModel):
+        def to_model_space(self, x):
+            return x
+
+    g = Scaled(VPSDE(0.1, 20.0), _random_cov(4, 0))
+    cfg = {"score_norms": {"levels": 3, "t_min": 0.01, "t_max": 0.5}}
+    y = torch.randn(6, 4, dtype=torch.float64)
+    got = score_registry.get("score_norms").fn(g, y, {"cfg": cfg})
+    assert got.shape == (6, 3)
+    for k, t in enumerate(levels(cfg)):
+        cov = g.marginal_cov(float(t))
+        want = torch.linalg.solve(cov, y.T).T.norm(dim=1)  # |grad log N(y; 0, cov)| = |cov^-1 y|
+        assert torch.allclose(got[:, k], want, rtol=1e-6)
+    assert score_registry.get("score_norms").column_names(cfg) == ["score_norms@t=0.01", "score_norms@t=0.0707",
+                                                                   "score_norms@t=0.5"]
+    assert score_registry.get("score_norms@t=0.5").higher_is_in is False  # components share the orientation
+
+
+def test_msma_density_over_the_score_norm_vector_is_one_combined_entry():
+    rng = np.random.default_rng(6)
+    cols = [f"score_norms@t={t}" for t in ("0.01", "0.1", "1")]
+    parts = {s: rng.normal(0, 1, (200, 3)) for s in ("in_train", "in_val", "in_test")}
+    parts["ood"] = rng.normal(0, 1, (200, 3)) + np.array([3.0, 0.0, -3.0])  # off the in-distribution cloud
+    table = pd.concat([pd.DataFrame({"split": s, "dataset": "d", "index": np.arange(200),
+                                     "log_likelihood": np.zeros(200), **{c: v[:, i] for i, c in enumerate(cols)}})
+                       for s, v in parts.items()], ignore_index=True)
+    cfg = {"combined": {"sets": [["score_norms"]], "density": "gmm", "max_components": 3, "fisher": False, "min_p": False},
+           "ood": {"bootstrap": 0}, "run": {"seed": 0}}
+    m = evaluate(table, cols, {}, cfg)
+    assert m["density:score_norms"]["scores"] == cols and m["density:score_norms"]["auroc"] > 0.95
+
+
+def test_a_diffusion_run_scores_every_baseline_it_provides(tmp_path):
+    """End to end through the runner with a tiny diffusion: vector score columns, MSMA, derivative norm, complexity."""
+    import json
+    from ood.runner import run_ood
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "in.npz", images=rng.integers(0, 120, size=(80, 8, 8), dtype=np.uint8))
+    np.savez(tmp_path / "ood.npz", images=(60 + rng.integers(0, 3, size=(40, 8, 8))).astype(np.uint8))
+    cfg = runconfig.resolve({
+        "run": {"runs_root": str(tmp_path / "runs")},
+        "data": {"in_distribution": f"npz:{tmp_path / 'in.npz'}", "ood": f"npz:{tmp_path / 'ood.npz'}", "val_fraction": 0.2},
+        "model": {"family": "diffusion", "channels": [8, 8], "norm_groups": 4}, "tracking": {"wandb": False},
+        "training": {"steps": 10, "batch_size": 16, "progress": False, "sample_grid": 0},
+        "ood": {"scores": ["log_likelihood", "score_norms", "derivative_norm", "complexity", "typicality"],
+                "n_generated": 0, "png": False, "bootstrap": 20},
+        "ode": {"rtol": 1e-3, "atol": 1e-3},
+        "score_norms": {"levels": 3},
+        "combined": {"sets": [["score_norms"], ["log_likelihood", "complexity"]], "max_components": 2}})
+    directory = run_ood(cfg, echo=False)
+    metrics = json.loads((directory / "metrics.json").read_text())
+    norms = [k for k in metrics if k.startswith("score_norms@")]
+    assert len(norms) == 3 and "density:score_norms" in metrics and metrics["density:score_norms"]["label_free"]
+    for key in ("derivative_norm", "complexity", "typicality", "minp:log_likelihood+complexity"):
+        assert 0.0 <= metrics[key]["auroc"] <= 1.0 and "auroc_ci" in metrics[key], key
+    table = pd.read_parquet(directory / "scores.parquet")
+    assert set(norms) <= set(table.columns) and table.loc[:, norms].notna().all().all()

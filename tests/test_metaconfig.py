@@ -127,6 +127,7 @@ SHIPPED = {  # file -> (job, runs)
     "training/diffusions.yaml": ("train", 36),
     "ood/grayscale_baselines.yaml": ("ood", 4),
     "ood/rgb_baselines.yaml": ("ood", 4),
+    "training/background_grayscale.yaml": ("train", 36),
 }
 
 

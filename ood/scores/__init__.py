@@ -10,9 +10,10 @@ Two kinds:
   runner saves finished batches, so a killed run resumes mid-split (expensive likelihoods).
 * stage: ``stage(ctx) -> StageOutput`` over whole splits (a seeded subset, cached and resumable:
   Jacobian LID, FLIPD); see :class:`StageContext`.
-* derived: ``fn(table, cfg) -> values`` or ``(values, info)``, a column computed from other columns of
+* derived: ``fn(table, cfg, info) -> values`` or ``(values, info)``, a column computed from other columns of
   the scores table once they exist (``requires``), with anything it fits taken from the ``in_val``
-  rows only (typicality's entropy). ``requires`` are computed even when not listed in ``ood.scores``.
+  rows only (typicality's entropy); ``info`` holds the metric info of the scores computed so far (e.g. which
+  background model a ratio used). ``requires`` are computed even when not listed in ``ood.scores``.
 
 ``higher_is_in`` says how to orient the stored column for detection: metrics use ``column`` if True
 and ``-column`` if False. ``needs`` lists alternatives of model capabilities (method or attribute
@@ -70,6 +71,11 @@ class Score:
     needs: Tuple[Tuple[str, ...], ...] = ()
     derived: Optional[Callable[[Any, Dict[str, Any]], Any]] = None
     requires: Tuple[str, ...] = ()
+    columns: Optional[Callable[[Dict[str, Any]], List[str]]] = None  # vector scores: cfg -> column labels
+
+    def column_names(self, cfg: Dict[str, Any]) -> List[str]:
+        """The table columns this score fills: its name, or ``<name>@<label>`` per component of a vector score."""
+        return [f"{self.name}@{label}" for label in self.columns(cfg)] if self.columns else [self.name]
 
     @property
     def per_batch(self) -> bool:
@@ -87,12 +93,20 @@ def _alternatives(needs) -> Tuple[Tuple[str, ...], ...]:
     return tuple(tuple(n) for n in needs)
 
 
-def register(name: str, higher_is_in: bool, unit: str, description: str, needs=()):
-    """Decorator registering a per-batch score function ``(model, x, cache) -> Tensor[B]``."""
+def register(name: str, higher_is_in: bool, unit: str, description: str, needs=(), columns=None):
+    """Decorator registering a per-batch score function ``(model, x, cache) -> Tensor[B]``; with ``columns``
+    (``cfg -> labels``) a vector score ``-> Tensor[B, K]`` whose components become the columns
+    ``<name>@<label>``, each oriented and reported like a score of its own (combined sets may name the
+    whole vector by ``<name>``)."""
     def wrap(fn):
-        REGISTRY[name] = Score(name, fn, higher_is_in, unit, description, needs=_alternatives(needs))
+        REGISTRY[name] = Score(name, fn, higher_is_in, unit, description, needs=_alternatives(needs), columns=columns)
         return fn
     return wrap
+
+
+def expand_columns(names, cfg: Dict[str, Any]) -> List[str]:
+    """Score names -> table column names (vector scores become their components)."""
+    return [c for n in names for c in get(n).column_names(cfg)]
 
 
 def register_stage(name: str, higher_is_in: bool, unit: str, description: str, needs=()):
@@ -104,7 +118,7 @@ def register_stage(name: str, higher_is_in: bool, unit: str, description: str, n
 
 
 def register_derived(name: str, higher_is_in: bool, unit: str, description: str, requires=(), needs=()):
-    """Decorator registering a derived score ``(table, cfg) -> values | (values, info)`` over the whole table."""
+    """Decorator registering a derived score ``(table, cfg, info) -> values | (values, info)`` over the whole table."""
     def wrap(fn):
         REGISTRY[name] = Score(name, None, higher_is_in, unit, description, needs=_alternatives(needs), derived=fn,
                                requires=tuple(requires))
@@ -130,6 +144,8 @@ def with_requirements(names) -> list:
 
 
 def get(name: str) -> Score:
+    if "@" in name and name not in REGISTRY and name.split("@", 1)[0] in REGISTRY:
+        return REGISTRY[name.split("@", 1)[0]]  # a component of a vector score
     if name not in REGISTRY:
         raise KeyError(f"Unknown OOD score '{name}' in ood.scores: use one of {', '.join(sorted(REGISTRY))}.")
     return REGISTRY[name]

@@ -27,7 +27,7 @@ def entropy_estimate(table) -> float:
 @register_derived("typicality", higher_is_in=True, unit="nats",
                   description="-| -log p(x) - H |, H the mean NLL of in_val (Nalisnick et al.); higher = more typical",
                   requires=("log_likelihood",))
-def typicality(table, cfg: Dict[str, Any]):
+def typicality(table, cfg: Dict[str, Any], info: Dict[str, Any] = None):
     h = entropy_estimate(table)
     nll = -table["log_likelihood"].to_numpy(dtype=float)
     return -np.abs(nll - h), {"entropy_nats": h, "n_fit": int((table["split"] == "in_val").sum()), "fitted_on": "in_val"}
