@@ -229,7 +229,8 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         for stage_name in stage_names:
             t0 = time.perf_counter()
             ctx = score_registry.StageContext(model, scored, cfg, seed, console, directory, rundir.runs_root(cfg),
-                                              truth={sp.name: sp.true_lid for sp in splits if sp.true_lid is not None})
+                                              truth={sp.name: sp.true_lid for sp in splits if sp.true_lid is not None},
+                                              table=pd.concat(frames, ignore_index=True))
             out = stages[stage_name] = score_registry.get(stage_name).stage(ctx)
             for frame, (split, _, _, _) in zip(frames, scored):
                 column = np.full(len(frame), np.nan)

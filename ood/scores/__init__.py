@@ -46,6 +46,7 @@ class StageContext:
     run_dir: Optional[Path]        # the run directory (per-run caches, artifacts); None in unit tests
     runs_root: Optional[Path]      # for caches shared between runs
     truth: Dict[str, np.ndarray] = field(default_factory=dict)  # split -> known LID of every row (synthetic manifolds)
+    table: Any = None              # the per-batch scores so far (DataFrame, rows in split order), when the runner has them
 
 
 @dataclass

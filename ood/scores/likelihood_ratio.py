@@ -166,16 +166,21 @@ def background_stage(ctx: StageContext) -> StageOutput:
         x_val = _validation_points(ctx)
         x_in = next(x for split, _, x, _ in ctx.splits if split == "in_val")
         dev = next(ctx.model.parameters()).device
-        with torch.no_grad():
-            fg_in = torch.cat([ctx.model.log_prob(x_in[s:s + batch].to(dev)).cpu() for s in range(0, len(x_in), batch)])
-            fg_val = torch.cat([ctx.model.log_prob(x_val[s:s + batch].to(dev)).cpu() for s in range(0, len(x_val), batch)])
+
+        def foreground(x):
+            with torch.no_grad():
+                return torch.cat([ctx.model.log_prob(x[s:s + batch].to(dev)).cpu() for s in range(0, len(x), batch)])
+        have = ctx.table is not None and "log_likelihood" in ctx.table
+        # in_val's foreground likelihoods are in the table already (diffusions: ODE solves, not worth repeating)
+        fg_in = (ctx.table.loc[ctx.table["split"] == "in_val", "log_likelihood"].to_numpy(dtype=float)
+                 if have else foreground(x_in).double().numpy())
+        fg_val = foreground(x_val).double().numpy()
         table = {}
         for mu, lam in candidates:
             bg, _ = find_or_train(background_config(ctx.cfg, mu, lam), runs_root, ctx.log)
             tag = f"mu{mu:g}_l2{lam:g}"
-            r_in = fg_in.double().numpy() - _log_likelihoods(bg, x_in, batch, cache(tag, "in_val"), ctx.log, "in_val")
-            r_val = fg_val.double().numpy() - _log_likelihoods(bg, x_val, batch, cache(tag, "validation_ood"), ctx.log,
-                                                               "validation_ood")
+            r_in = fg_in - _log_likelihoods(bg, x_in, batch, cache(tag, "in_val"), ctx.log, "in_val")
+            r_val = fg_val - _log_likelihoods(bg, x_val, batch, cache(tag, "validation_ood"), ctx.log, "validation_ood")
             table[(mu, lam)] = auroc(r_in, r_val)
             ctx.log(f"likelihood_ratio: mu={mu:g}, lambda={lam:g}: AUROC {table[(mu, lam)]:.4f} on in_val vs "
                     f"{lcfg['validation_ood']} (validation OOD)")
