@@ -160,6 +160,8 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
             x = (dequantize_uniform(batch.float(), gen) if batch.dtype == torch.uint8 else batch).to(device)
             # randomness inside training_loss (diffusion times and noise) is a pure function of (seed, step) too
             torch.manual_seed((seed * 1_000_003 + step) % (2 ** 63) + 7)
+            if hasattr(model, "set_training_step"):  # schedules inside the objective (VAEs: KL warm-up, free bits)
+                model.set_training_step(step, total)
             loss = model.training_loss(x).mean()
             if l2:  # Ren et al.'s L2 penalty, lambda * |theta|^2 / 2 per image in nats, in the loss's per-dimension bits
                 loss = loss + l2 * 0.5 * sum(p.pow(2).sum() for p in model.parameters()) / (dim * math.log(2.0))

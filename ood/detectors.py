@@ -215,3 +215,4 @@ def dual_threshold(view: TaskView) -> Dict[str, Dict[str, Any]]:
 
 
 from ood import combined  # noqa: E402,F401  (registers the label-free combined detectors)
+from ood import best_component  # noqa: E402,F401  (registers the optimistic best-of-a-vector detector)

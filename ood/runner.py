@@ -241,6 +241,8 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
             console(f"{stage_name}: stage finished in {time.perf_counter() - t0:.1f}s")
         table = pd.concat(frames, ignore_index=True)
         info = {k: v.metric_info for k, v in stages.items()}
+        for key, extra in (model.metric_info() if hasattr(model, "metric_info") else {}).items():
+            info.setdefault(key, {}).update(extra)  # how the model computed a score (e.g. an HVAE bound's S, its unit)
         for derived_name in derived_names:  # from columns already in the table; fitted on in_val rows only
             result = score_registry.get(derived_name).derived(table, cfg, info)
             values, extra = result if isinstance(result, tuple) else (result, {})
