@@ -32,6 +32,10 @@ def guarded(job: Callable[[], None]) -> int:
     """Run ``job``; print known user-facing errors as one line (no traceback) and return an exit code."""
     try:
         job()
+    except BrokenPipeError:  # the reader went away (`sweep.py status | head`): not an error of ours
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second complaint at exit
+        return 0
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint.", file=sys.stderr)
         return 130

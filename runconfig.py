@@ -338,12 +338,17 @@ def load_yaml(path: str | Path) -> Dict[str, Any]:
     return data
 
 
-def _preset(name: str) -> Dict[str, Any]:
+def _preset(name: str, chain: tuple = ()) -> Dict[str, Any]:
+    """A preset's keys; a preset may build on another (``preset: <base>`` inside it), its own keys on top."""
     preset_path = PRESET_DIR / f"{name}.yaml"
     if not preset_path.exists():
         known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
         raise ConfigError(f"Unknown preset '{name}' (no {preset_path}); known presets: {known}.")
-    return load_yaml(preset_path)
+    if name in chain:
+        raise ConfigError(f"Presets build on each other in a cycle: {' -> '.join(chain + (name,))}; fix 'preset:' in {preset_path}.")
+    data = load_yaml(preset_path)
+    base = data.pop("preset", None)
+    return deep_merge(_preset(str(base), chain + (name,)), data) if base else data
 
 
 def resolve(user: Dict[str, Any], overrides: Iterable[str] = ()) -> Dict[str, Any]:

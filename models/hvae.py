@@ -194,6 +194,7 @@ class HierarchicalVAE(nn.Module):
         self._step = None  # set by the training loop (KL warm-up, free bits)
         self.bound_cfg: Dict[str, Any] = {"samples": 1, "seed": 0, "chunk": 256}
         self.llr_prior = "mode"
+        self.llr_samples = 1
         self.log_prob_unit = ("nats of the dynamically binarized image {0,1}^D (not a density on [0,256)^D)"
                               if self.lik == "bernoulli" else
                               "nats of the data in [0,256)^D" if self.images else "nats of the vector data")
@@ -203,6 +204,7 @@ class HierarchicalVAE(nn.Module):
         """Evaluation settings of a run: ``bound.*`` (importance samples S, seed) and ``llr.prior``."""
         self.bound_cfg = dict(cfg.get("bound") or self.bound_cfg)
         self.llr_prior = (cfg.get("llr") or {}).get("prior", "mode")
+        self.llr_samples = (cfg.get("llr") or {}).get("samples") or self.bound_cfg["samples"]
 
     def set_training_step(self, step: int, total: int) -> None:
         self._step = int(step)
@@ -210,7 +212,8 @@ class HierarchicalVAE(nn.Module):
     def metric_info(self) -> Dict[str, Dict[str, Any]]:
         """What metrics entries of the likelihood scores should say about how they were computed."""
         info = {"likelihood": self.lik, "unit": self.log_prob_unit, "iw_samples": int(self.bound_cfg["samples"])}
-        return {"log_likelihood": dict(info), "bits_per_dim": dict(info)}
+        llr = dict(info, iw_samples=int(getattr(self, "llr_samples", info["iw_samples"])), llr_prior=self.llr_prior)
+        return {"log_likelihood": dict(info), "bits_per_dim": dict(info), "llr": llr}
 
     # --- data ---------------------------------------------------------------------------------
     def _targets(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -114,7 +114,7 @@ def single_score(view: TaskView) -> Dict[str, Dict[str, Any]]:
         pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
         if pos.size and neg.size:
             out[name] = scored(view, score_registry.oriented(name, pos), score_registry.oriented(name, neg))
-            out[name].update(view.info.get(name, {}))
+            out[name].update(view.info.get(name, view.info.get(name.split("@", 1)[0], {})))  # a vector's info covers its components
     return out
 
 

@@ -128,6 +128,11 @@ SHIPPED = {  # file -> (job, runs)
     "ood/grayscale_baselines.yaml": ("ood", 4),
     "ood/rgb_baselines.yaml": ("ood", 4),
     "training/background_grayscale.yaml": ("train", 36),
+    "ood/hvae_pixelcnn_tiny.yaml": ("ood", 4),
+    "ood/hvae_llr_paper.yaml": ("ood", 4),
+    "ood/pixelcnn_ratio_paper.yaml": ("ood", 4),
+    "ood/rgb_hvae_pixelcnn.yaml": ("ood", 4),
+    "training/background_pixelcnn.yaml": ("train", 20),
 }
 
 
