@@ -7,7 +7,7 @@ STAMP := $(VENV)/.requirements-$(shell cat requirements.txt | sha1sum | cut -c1-
 
 .PHONY: setup data demo test bench clean-runs
 
-setup: $(STAMP) chromium
+setup: $(STAMP) chromium postgresql
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ chromium:
 	  else echo "setup: no chromium and no root apt-get; figures will be HTML only and the report test will fail"; fi; }
 .PHONY: chromium
 
+# the PostgreSQL sweep store's tests start a throwaway server from Debian's postgresql package
+postgresql:
+	@{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "setup: installing Debian postgresql (the PostgreSQL sweep store's tests; ~1 minute)"; \
+	    (apt-get install -y -q postgresql >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1)) \
+	      || echo "setup: postgresql could not be installed; the PostgreSQL store tests will fail"; \
+	  else echo "setup: no postgresql and no root apt-get; the PostgreSQL store tests will fail"; fi; }
+.PHONY: postgresql
+
 data: $(STAMP)
 	$(PY) -m data mirror
 
@@ -42,6 +52,7 @@ bench: setup data
 	$(PY) benchmarks/bench_lid.py
 	$(PY) benchmarks/bench_diffusion.py
 	$(PY) benchmarks/bench_scores.py
+	$(PY) benchmarks/bench_families.py
 
 clean-runs:
 	rm -rf runs/demo

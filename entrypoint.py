@@ -19,6 +19,9 @@ def _known_errors() -> tuple:
     from runconfig import ConfigError
 
     known = [UserError, ConfigError, DatasetNotFoundError, UnknownDatasetError, FormatError, MirrorError]
+    for module, name in (("orchestration.hostcheck", "SingleHostError"), ("orchestration.store_postgres", "StoreUnreachable")):
+        if module in sys.modules:
+            known.append(getattr(sys.modules[module], name))
     training = sys.modules.get("models.training")  # not imported eagerly: torch takes seconds to load
     if training is not None:
         known += [training.CheckpointError, training.TrainingDiverged]

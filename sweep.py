@@ -5,8 +5,11 @@
     python sweep.py agent <sweep-id> [--gpu IDX] [--count N]       (./meta_run_*.sh wrap this)
     python sweep.py status <sweep-id>
     python sweep.py rerun <sweep-id> [--failed | RUN_NAME]
-    python sweep.py aggregate <sweep-id>      (pivot with intervals, CSV/Markdown, report.html, heatmap)
-    python sweep.py report <sweep-id>         (only the self-contained report.html)
+    python sweep.py aggregate <sweep-id> [<sweep-id> ...]   (pivot with intervals, CSV/Markdown, report.html, heatmap)
+    python sweep.py report <sweep-id> [<sweep-id> ...]      (only the self-contained report.html)
+
+Several sweep ids put their runs in one table (e.g. one sweep per model family, compared side by side);
+the outputs then go to <runs_root>/<id1>+<id2>+....
     python sweep.py list
 
 `create` prints the sweep id as its last line; it is the drop-in for `dysweep_create --config X`.
@@ -33,15 +36,17 @@ def _runs_root(arg) -> Path:
     return path if path.is_absolute() else (ROOT / path)
 
 
-def _open_store(runs_root: Path):
-    from orchestration.store import Store, store_path
-    return Store(store_path(runs_root))
+def _open_store(runs_root: Path, store: str = None):
+    """The sweep store: ``--store`` / ``$OOD_SWEEP_STORE`` (a postgresql:// URL, for many hosts) or <runs_root>/sweeps.sqlite."""
+    from orchestration.store import open_store, store_locator
+    return open_store(store_locator(runs_root, store), runs_root=runs_root)
 
 
 def _local_sweep(store, sweep_id: str):
     sweep = store.sweep(sweep_id)
     if sweep is None:
-        raise KeyError(f"Sweep '{sweep_id}' is not in {store.path}; check the id, or --runs-root / OOD_RUNS_ROOT.")
+        raise KeyError(f"Sweep '{sweep_id}' is not in {store.describe()}; check the id, or --runs-root / OOD_RUNS_ROOT "
+                       f"and --store / OOD_SWEEP_STORE.")
     return sweep
 
 
@@ -64,7 +69,7 @@ def cmd_create(args) -> None:
         print(wandb_backend.create(meta, rel))
         return
     from orchestration.store import new_sweep_id
-    store = _open_store(runs_root)
+    store = _open_store(runs_root, args.store)
     sweep_id = new_sweep_id()
     rows = []
     for spec in specs if meta.method == "grid" else []:  # random/bayes: proposed one at a time as agents ask
@@ -76,7 +81,7 @@ def cmd_create(args) -> None:
         source=str(args.config), meta=meta.raw, project=meta.project, entity=meta.entity,
         max_attempts=meta.max_attempts, run_cap=meta.raw.get("run_cap"), runs=rows, force=args.force)
     what = f"{queued} queued, {reused} reused from finished runs" if meta.method == "grid" else f"{meta.method} search, runs proposed on demand"
-    print(f"sweep {sweep_id}: {len(specs)} grid points; {what}; store {store.path}", file=sys.stderr)
+    print(f"sweep {sweep_id}: {len(specs)} grid points; {what}; store {store.describe()}", file=sys.stderr)
     print(f"start agents: ./meta_run_{'train' if meta.job == 'train' else 'ood'}.sh {sweep_id} [gpu-index] [count]", file=sys.stderr)
     print(sweep_id)
 
@@ -90,7 +95,7 @@ def cmd_agent(args) -> None:
         wandb_backend.run_agent(args.sweep_id, ROOT, runs_root, args.count)
         return
     from orchestration.agent import run_agent
-    from orchestration.store import store_path
+    from orchestration.store import store_locator
     log_dir = runs_root / args.sweep_id / "agents"
     log_dir.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"agent.{os.getpid()}")
@@ -101,12 +106,13 @@ def cmd_agent(args) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("agent: %(message)s"))
     logger.addHandler(console)
-    done = run_agent(store_path(runs_root), args.sweep_id, gpu=args.gpu, count=args.count, lease=args.lease, log=logger)
+    done = run_agent(store_locator(runs_root, args.store), args.sweep_id, gpu=args.gpu, count=args.count, lease=args.lease,
+                     log=logger, runs_root=runs_root)
     logger.info(f"agent stops: {done}")
 
 
 def cmd_status(args) -> None:
-    store = _open_store(_runs_root(args.runs_root))
+    store = _open_store(_runs_root(args.runs_root), args.store)
     sweep = _local_sweep(store, args.sweep_id)
     counts = store.counts(args.sweep_id)
     print(f"sweep {sweep['id']} ({sweep['name']}, job {sweep['job']}, {sweep['method']}): "
@@ -121,24 +127,35 @@ def cmd_status(args) -> None:
 
 
 def cmd_rerun(args) -> None:
-    store = _open_store(_runs_root(args.runs_root))
+    store = _open_store(_runs_root(args.runs_root), args.store)
     _local_sweep(store, args.sweep_id)
     n = store.requeue(args.sweep_id, name=args.run, failed_only=args.failed)
     print(f"re-queued {n} run(s) of {args.sweep_id}")
 
 
-def _sweep_run_dirs(args):
-    """(finished run directories, how many runs are not finished, the sweep's output folder)."""
-    runs_root = _runs_root(args.runs_root)
-    out = runs_root / args.sweep_id.replace("/", "_")
-    if args.sweep_id.startswith("local-"):
-        store = _open_store(runs_root)
-        _local_sweep(store, args.sweep_id)
-        runs = store.runs(args.sweep_id)
+def _one_sweep_run_dirs(runs_root: Path, sweep_id: str, store_arg=None):
+    out = runs_root / sweep_id.replace("/", "_")
+    if sweep_id.startswith("local-"):
+        store = _open_store(runs_root, store_arg)
+        _local_sweep(store, sweep_id)
+        runs = store.runs(sweep_id)
         return ([Path(r["run_dir"]) for r in runs if r["status"] == "finished" and r["run_dir"]],
                 sum(r["status"] != "finished" for r in runs), out)
     from orchestration import wandb_backend
-    return wandb_backend.download_runs(args.sweep_id, out), 0, out
+    return wandb_backend.download_runs(sweep_id, out), 0, out
+
+
+def _sweep_run_dirs(args):
+    """(finished run directories, how many runs are not finished, the output folder) of one or several sweeps."""
+    runs_root = _runs_root(args.runs_root)
+    dirs, missing, outs = [], 0, []
+    for sweep_id in args.sweep_ids:
+        d, m, o = _one_sweep_run_dirs(runs_root, sweep_id, args.store)
+        dirs += d
+        missing += m
+        outs.append(o)
+    out = outs[0] if len(outs) == 1 else runs_root / "+".join(s.replace("/", "_") for s in args.sweep_ids)
+    return dirs, missing, out
 
 
 def cmd_report(args) -> None:
@@ -146,7 +163,7 @@ def cmd_report(args) -> None:
     from reports.aggregate import collect_runs
     dirs, missing, out = _sweep_run_dirs(args)
     frame, unreadable = collect_runs(dirs)
-    path = report.write(frame, dirs, out / "report.html", title=f"Sweep {args.sweep_id}")
+    path = report.write(frame, dirs, out / "report.html", title=f"Sweep {' + '.join(args.sweep_ids)}")
     if missing or unreadable:
         print(f"({missing + unreadable} run(s) not finished; the report shows the {len(dirs) - unreadable} that are)")
     print(f"wrote {path} (self-contained: open it anywhere, no network needed)")
@@ -161,13 +178,13 @@ def cmd_aggregate(args) -> None:
         print(f"({missing + unreadable} run(s) not finished; aggregated the {len(dirs) - unreadable} that are)")
     for p in write_outputs(frame, dirs, out, heatmap=True):
         print(f"wrote {p}")
-    if getattr(args, "wandb", False) or (not args.sweep_id.startswith("local-") and not frame.empty):
+    if getattr(args, "wandb", False) or (any(not s.startswith("local-") for s in args.sweep_ids) and not frame.empty):
         from reports.aggregate import log_to_wandb
-        print(f"logged the aggregate table to W&B run {log_to_wandb(frame, args.sweep_id, out)}")
+        print(f"logged the aggregate table to W&B run {log_to_wandb(frame, '+'.join(args.sweep_ids), out)}")
 
 
 def cmd_list(args) -> None:
-    store = _open_store(_runs_root(args.runs_root))
+    store = _open_store(_runs_root(args.runs_root), args.store)
     for s in store.sweeps():
         counts = store.counts(s["id"])
         print(f"{s['id']}  {s['name']:30s} {s['job']:5s} " + ", ".join(f"{v} {k}" for k, v in counts.items()))
@@ -176,6 +193,8 @@ def cmd_list(args) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs-root", help="runs root holding sweeps.sqlite (default: $OOD_RUNS_ROOT or ./runs)")
+    parser.add_argument("--store", help="the sweep store: a postgresql:// URL for agents on several machines "
+                                        "(default: $OOD_SWEEP_STORE, else <runs-root>/sweeps.sqlite, one machine only)")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("create", help="expand a meta-configuration and create a sweep")
     p.add_argument("--config", required=True)
@@ -188,9 +207,11 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", help="GPU index: sets CUDA_VISIBLE_DEVICES")
     p.add_argument("--count", type=int, help="stop after this many runs")
     p.add_argument("--lease", type=float, default=60.0, help="seconds a run stays claimed without a heartbeat")
-    for name in ("status", "aggregate", "report"):
+    p = sub.add_parser("status")
+    p.add_argument("sweep_id")
+    for name in ("aggregate", "report"):
         p = sub.add_parser(name)
-        p.add_argument("sweep_id")
+        p.add_argument("sweep_ids", nargs="+", metavar="sweep-id", help="one or more sweeps, aggregated together")
         if name == "aggregate":
             p.add_argument("--wandb", action="store_true",
                            help="also log the table as a wandb.Table (always for W&B sweeps; offline without a login)")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from orchestration.jobs import JOBS
-from orchestration.store import Store
+from orchestration.store import Store, open_store
 
 
 class Terminated(BaseException):
@@ -52,15 +52,15 @@ def agent_name(gpu: Optional[str]) -> str:
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, db_path: Path, sweep_id: str, name: str, agent: str, lease: float, every: float):
+    def __init__(self, locator: str, sweep_id: str, name: str, agent: str, lease: float, every: float):
         super().__init__(daemon=True)
         self.args = (sweep_id, name, agent, lease)
-        self.db_path, self.every = db_path, every
+        self.locator, self.every = locator, every
         self.stop_event = threading.Event()
         self.lost = False
 
     def run(self) -> None:
-        store = Store(self.db_path)
+        store = open_store(self.locator)
         try:
             while not self.stop_event.wait(self.every):
                 if not store.heartbeat(*self.args):
@@ -76,24 +76,34 @@ def _propose(store: Store, sweep: Dict[str, Any]) -> bool:
     from orchestration.proposals import propose_next
 
     meta = metaconfig.parse(sweep["meta"], sweep["source"])
-    run = propose_next(meta, dict(sweep, runs_root=str(store.path.parent)), store.runs(sweep["id"]))
+    run = propose_next(meta, dict(sweep, runs_root=str(store.runs_root)), store.runs(sweep["id"]))
     if run is None:
         return False
     store.add_run(sweep["id"], run)
     return True
 
 
-def run_agent(db_path: Path, sweep_id: str, gpu: Optional[str] = None, count: Optional[int] = None,
+def run_agent(db_path, sweep_id: str, gpu: Optional[str] = None, count: Optional[int] = None,
               lease: float = 60.0, poll: float = 2.0, log: Optional[logging.Logger] = None,
-              on_start: Optional[Callable[[str], None]] = None) -> Dict[str, int]:
-    """Work on a local sweep until it is drained or ``count`` runs were done. Returns counters."""
+              on_start: Optional[Callable[[str], None]] = None, runs_root: Optional[Path] = None) -> Dict[str, int]:
+    """Work on a local sweep until it is drained or ``count`` runs were done. Returns counters.
+    ``db_path``: the store's locator (a SQLite file or a ``postgresql://`` URL)."""
+    from orchestration.hostcheck import check_single_host
+
     log = log or logging.getLogger("agent")
-    store = Store(db_path)
+    store = open_store(db_path, runs_root=runs_root)
     sweep = store.sweep(sweep_id)
     if sweep is None:
-        raise KeyError(f"Sweep '{sweep_id}' not found in {db_path}; create it with `python sweep.py create --config <meta.yaml>`.")
+        store.close()
+        raise KeyError(f"Sweep '{sweep_id}' not found in {store.describe()}; create it with "
+                       f"`python sweep.py create --config <meta.yaml>` (with the same --store).")
     job = JOBS[sweep["job"]]
     me = agent_name(gpu)
+    try:
+        check_single_host(store, sweep_id, me, socket.gethostname())
+    except BaseException:
+        store.close()
+        raise
     done = {"finished": 0, "failed": 0, "requeued": 0, "released": 0, "stopped": 0}
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
@@ -115,7 +125,7 @@ def run_agent(db_path: Path, sweep_id: str, gpu: Optional[str] = None, count: Op
             log.info(f"claimed {claim.name}{' (resuming)' if claim.resumed else ''}")
             if on_start:
                 on_start(claim.name)
-            beat = _Heartbeat(Path(db_path), sweep_id, claim.name, me, lease, max(0.05, lease / 4))
+            beat = _Heartbeat(store.locator, sweep_id, claim.name, me, lease, max(0.05, lease / 4))
             beat.start()
             t0 = time.perf_counter()
             try:

@@ -44,3 +44,15 @@ def real_data_available() -> bool:
 
 
 needs_real_data = pytest.mark.skipif(not real_data_available(), reason="offline mirror missing: run `make data`")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (see tests/pgserver.py); fails, never skips, when it cannot start."""
+    from tests.pgserver import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

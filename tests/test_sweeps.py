@@ -1,4 +1,5 @@
-"""The local sweep backend with real SQLite and real agent processes."""
+"""The local sweep backend with real agent processes, on both store implementations: SQLite and a real
+PostgreSQL server (started by the test setup). Every test runs once per store."""
 import json
 import os
 import signal
@@ -12,8 +13,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestration.store import Store, store_path
+from orchestration.store import STORE_ENV, open_store, store_locator
 from tests.conftest import ROOT, TINY_MODEL
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
+def store_backend(request, monkeypatch):
+    """Run each test against the SQLite file (default) and a fresh PostgreSQL database ($OOD_SWEEP_STORE,
+    which every CLI call and agent process inherits)."""
+    if request.param == "postgresql":
+        monkeypatch.setenv(STORE_ENV, request.getfixturevalue("postgres_server").new_database())
+    else:
+        monkeypatch.delenv(STORE_ENV, raising=False)
+    return request.param
 
 
 def sweep_cli(root, *args, check=True, env=None):
@@ -37,7 +49,7 @@ def agent(root, sweep_id, *extra, env_extra=None):
 
 
 def runs(root, sweep_id):
-    store = Store(store_path(root))
+    store = open_store(store_locator(root), runs_root=root)
     try:
         return store.runs(sweep_id)
     finally:
