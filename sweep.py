@@ -3,6 +3,8 @@
 
     python sweep.py create --config meta_configurations/ood/<x>.yaml [--backend local|wandb] [--force]
     python sweep.py agent <sweep-id> [--gpu IDX] [--count N]       (./meta_run_*.sh wrap this)
+    python sweep.py launch <sweep-id> --slurm --agents N [--gpus-per-agent 1] [--partition P] [--time MIN] [--mem GB]
+    python sweep.py launch <sweep-id> --local --agents N [--wait]   (the same job array on this machine)
     python sweep.py status <sweep-id>
     python sweep.py rerun <sweep-id> [--failed | RUN_NAME]
     python sweep.py aggregate <sweep-id> [<sweep-id> ...]   (pivot with intervals, CSV/Markdown, report.html, heatmap)
@@ -183,6 +185,27 @@ def cmd_aggregate(args) -> None:
         print(f"logged the aggregate table to W&B run {log_to_wandb(frame, '+'.join(args.sweep_ids), out)}")
 
 
+def cmd_launch(args) -> None:
+    from orchestration.launch import launch
+    from orchestration.store import store_locator
+    runs_root = _runs_root(args.runs_root)
+    locator = store_locator(runs_root, args.store)
+    store = _open_store(runs_root, args.store)
+    try:
+        _local_sweep(store, args.sweep_id)
+    finally:
+        store.close()
+    jobs = launch(args.sweep_id, locator, runs_root, args.agents, slurm=args.slurm, gpus_per_agent=args.gpus_per_agent,
+                  partition=args.partition, time_min=args.time, mem_gb=args.mem, cpus_per_agent=args.cpus_per_agent,
+                  lease=args.lease, count=args.count)
+    where = "Slurm" if args.slurm else "this machine (submitit's local executor)"
+    print(f"submitted {len(jobs)} agent task(s) of {args.sweep_id} on {where}: job ids {', '.join(str(j.job_id) for j in jobs)}; "
+          f"logs in {runs_root / args.sweep_id / 'slurm'}", file=sys.stderr)
+    if args.wait:
+        for job in jobs:
+            print(f"task {job.job_id}: {job.result()}", file=sys.stderr)
+
+
 def cmd_list(args) -> None:
     store = _open_store(_runs_root(args.runs_root), args.store)
     for s in store.sweeps():
@@ -207,6 +230,20 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", help="GPU index: sets CUDA_VISIBLE_DEVICES")
     p.add_argument("--count", type=int, help="stop after this many runs")
     p.add_argument("--lease", type=float, default=60.0, help="seconds a run stays claimed without a heartbeat")
+    p = sub.add_parser("launch", help="start N agents as one Slurm job array (or the same array locally) through submitit")
+    p.add_argument("sweep_id")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--slurm", action="store_true", help="submit to Slurm")
+    where.add_argument("--local", action="store_true", help="run the array on this machine")
+    p.add_argument("--agents", type=int, required=True, help="array tasks (one agent each)")
+    p.add_argument("--gpus-per-agent", type=int, default=0)
+    p.add_argument("--partition")
+    p.add_argument("--time", type=int, help="minutes per task (Slurm's time limit)")
+    p.add_argument("--mem", type=float, help="GB of memory per task")
+    p.add_argument("--cpus-per-agent", type=int)
+    p.add_argument("--lease", type=float, default=60.0, help="seconds a run stays claimed without a heartbeat")
+    p.add_argument("--count", type=int, help="each agent stops after this many runs")
+    p.add_argument("--wait", action="store_true", help="wait for every task and print its counters")
     p = sub.add_parser("status")
     p.add_argument("sweep_id")
     for name in ("aggregate", "report"):
@@ -225,7 +262,7 @@ def main(argv=None) -> int:
         args.gpu = args.gpu if args.gpu is not None else (args.gpu_pos or None)
         args.count = args.count if args.count is not None else args.count_pos
     handlers = {"create": cmd_create, "agent": cmd_agent, "status": cmd_status, "rerun": cmd_rerun,
-                "aggregate": cmd_aggregate, "report": cmd_report, "list": cmd_list}
+                "aggregate": cmd_aggregate, "report": cmd_report, "list": cmd_list, "launch": cmd_launch}
 
     def job():
         from orchestration.wandb_backend import WandbUnavailable

@@ -1,0 +1,82 @@
+"""Agents as a submitit job array, run through submitit's local executor (the same code path as Slurm's)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from orchestration.launch import launch
+from orchestration.store import open_store, store_locator
+from tests.conftest import ROOT, TINY_MODEL
+
+
+def _create(root, meta, tmp_path):
+    path = tmp_path / "meta.yaml"
+    path.write_text(yaml.safe_dump(meta))
+    out = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "--runs-root", str(root), "create", "--config", str(path),
+                          "--backend", "local"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def _runs(root, sid):
+    store = open_store(store_locator(root), runs_root=root)
+    try:
+        return store.runs(sid)
+    finally:
+        store.close()
+
+
+def test_a_local_array_of_agents_runs_every_run_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = tmp_path / "runs"
+    sid = _create(root, {"job": "sleep", "method": "grid", "base_config": {"sleep": 0.05},
+                         "sweep_configuration": {"value": {"sweep": True, "values": list(range(12))}}}, tmp_path)
+    out = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "--runs-root", str(root), "launch", sid, "--local",
+                          "--agents", "3", "--wait"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "submitted 3 agent task(s)" in out.stderr and out.stderr.count("'finished'") == 3
+    rows = _runs(root, sid)
+    assert [r["status"] for r in rows] == ["finished"] * 12 and all(r["claims"] == 1 for r in rows)
+    assert len({r["agent"] for r in rows}) > 1
+    logs = list((root / sid / "slurm").rglob("*_log.err"))
+    assert len(logs) == 3 and any("claimed" in p.read_text() for p in logs)
+
+
+def test_a_preempted_array_task_hands_its_run_back_and_the_requeued_task_resumes_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = tmp_path / "runs"
+    images = np.random.default_rng(0).integers(0, 256, size=(64, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images)
+    np.savez(tmp_path / "b.npz", images=255 - images)
+    sid = _create(root, {"job": "ood", "method": "grid", "base_config": {
+        "model": dict(TINY_MODEL), "tracking": {"wandb": False},
+        "data": {"in_distribution": f"npz:{tmp_path / 'a.npz'}", "ood": f"npz:{tmp_path / 'b.npz'}"},
+        "training": {"steps": 400, "batch_size": 8, "checkpoint_every": 10, "progress": False, "sample_grid": 0},
+        "ood": {"n_generated": 8, "png": False, "figures": False}},
+        "sweep_configuration": {"run": {"seed": {"sweep": True, "values": [0]}}}}, tmp_path)
+    (name,) = [r["name"] for r in _runs(root, sid)]
+    ckpt = root / sid / name / "checkpoint.pt"
+    (job,) = launch(sid, store_locator(root), root, agents=1, slurm=False, lease=60.0)
+    deadline = time.time() + 180
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), job.stderr()
+    # what Slurm does before pre-empting a task or at its time limit: USR2 to the task's process (the agent)
+    (row,) = _runs(root, sid)
+    pid = int(row["agent"].rsplit("-pid", 1)[1])
+    os.kill(pid, signal.SIGUSR2)
+    result = job.result()  # the requeued task (a fresh agent in the same array slot) drains the sweep
+    assert result["finished"] == 1, job.stderr()
+    (row,) = _runs(root, sid)
+    assert row["status"] == "finished" and row["claims"] == 2  # handed back at once: no lease had to expire
+    assert int(row["agent"].rsplit("-pid", 1)[1]) != pid
+    log = (root / sid / name / "run.log").read_text()
+    assert "resuming from step" in log
+    assert "Requeued job" in "".join(p.read_text() for p in (root / sid / "slurm").rglob("*_log.*"))
