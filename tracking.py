@@ -15,12 +15,15 @@ from typing import Any, Callable, Dict, Optional
 
 
 def has_login() -> bool:
-    """True when W&B credentials are configured on this machine."""
+    """True when W&B credentials are configured on this machine: WANDB_API_KEY, or a netrc entry (from
+    ``wandb login``) for W&B or for the self-hosted server named by WANDB_BASE_URL."""
     if os.environ.get("WANDB_API_KEY"):
         return True
+    from urllib.parse import urlparse
+    server = urlparse(os.environ.get("WANDB_BASE_URL") or "").hostname
     try:
         auth = netrc.netrc(os.path.expanduser("~/.netrc"))
-        return any(host for host in auth.hosts if "wandb" in host)
+        return any(host for host in auth.hosts if "wandb" in host or (server and host.split(":")[0] == server))
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
 
@@ -36,6 +39,19 @@ def resolve_mode(cfg: Dict[str, Any]) -> Optional[str]:
     if tcfg["mode"] == "auto":
         return "online" if has_login() else "offline"
     return tcfg["mode"]
+
+
+def artifact_name(name: str, limit: int = 128) -> str:
+    """A W&B artifact name for ``name``: letters, digits, '-', '_' and '.' only, at most ``limit`` characters
+    (long run names, e.g. of npz datasets with paths, keep their head and a hash of the whole)."""
+    import hashlib
+    import re
+
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    if len(clean) <= limit:
+        return clean
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{clean[:limit - 11]}-{digest}"
 
 
 class Tracker:
@@ -124,7 +140,7 @@ class Tracker:
 
     def artifact(self, path: Path, name: str, kind: str) -> None:
         if self.run is not None and Path(path).exists():
-            art = self._wandb.Artifact(name=name, type=kind)
+            art = self._wandb.Artifact(name=artifact_name(name), type=kind)
             art.add_file(str(path))
             self.run.log_artifact(art)
 

@@ -18,7 +18,20 @@ from orchestration import metaconfig
 from runconfig import ConfigError
 
 META_PARAM, DIGEST_PARAM = "_meta_configuration", "_meta_digest"
-WANDB_HOST = ("api.wandb.ai", 443)
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+
+def wandb_host() -> tuple:
+    """(host, port) of the W&B server this machine talks to: ``$WANDB_BASE_URL`` (a lab's self-hosted server,
+    which the wandb library itself also uses for every call) or W&B's public API."""
+    import os
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+    if not url.hostname:
+        raise WandbUnavailable(f"WANDB_BASE_URL={os.environ.get('WANDB_BASE_URL')!r} is not a URL; "
+                               "set it like https://wandb.example.org or unset it for W&B's public server.")
+    return url.hostname, url.port or (80 if url.scheme == "http" else 443)
 
 
 class WandbUnavailable(RuntimeError):
@@ -54,9 +67,10 @@ def config_from_wandb(params: Dict[str, Any], root: Path) -> tuple[metaconfig.Me
 
 
 def reachable(timeout: float = 3.0) -> bool:
-    """Whether the W&B API host answers a TCP connection (only asked when a login exists)."""
+    """Whether the W&B server (``$WANDB_BASE_URL`` or the public API) answers a TCP connection (only asked
+    when a login exists)."""
     try:
-        with socket.create_connection(WANDB_HOST, timeout=timeout):
+        with socket.create_connection(wandb_host(), timeout=timeout):
             return True
     except OSError:
         return False
@@ -69,8 +83,10 @@ def require_wandb() -> None:
         raise WandbUnavailable("The W&B backend needs a login: run `wandb login` (or set WANDB_API_KEY), "
                                "or use `--backend local`.")
     if not reachable():
-        raise WandbUnavailable(f"W&B is not reachable ({WANDB_HOST[0]}:{WANDB_HOST[1]} did not answer); "
-                               "use `--backend local`, or retry when online.")
+        host, port = wandb_host()
+        raise WandbUnavailable(f"W&B is not reachable ({host}:{port} did not answer"
+                               f"{'; from WANDB_BASE_URL' if host != 'api.wandb.ai' else ''}); "
+                               "use `--backend local`, or retry when the server is reachable.")
 
 
 def create(meta: metaconfig.MetaConfig, meta_path: str) -> str:
