@@ -9,6 +9,7 @@
     python sweep.py rerun <sweep-id> [--failed | RUN_NAME]
     python sweep.py aggregate <sweep-id> [<sweep-id> ...]   (pivot with intervals, CSV/Markdown, report.html, heatmap)
     python sweep.py report <sweep-id> [<sweep-id> ...]      (only the self-contained report.html)
+    python sweep.py report <sweep-id> --wandb                (a W&B Report of the sweep instead)
 
 Several sweep ids put their runs in one table (e.g. one sweep per model family, compared side by side);
 the outputs then go to <runs_root>/<id1>+<id2>+....
@@ -165,6 +166,14 @@ def cmd_report(args) -> None:
     from reports.aggregate import collect_runs
     dirs, missing, out = _sweep_run_dirs(args)
     frame, unreadable = collect_runs(dirs)
+    if getattr(args, "wandb", False):
+        from reports import wandb_report
+        if len(args.sweep_ids) == 1 and args.sweep_ids[0].count("/") == 2:
+            entity, project = args.sweep_ids[0].split("/")[:2]
+        else:
+            entity, project = args.entity, args.project
+        print(f"saved the W&B report: {wandb_report.save(frame, ' + '.join(args.sweep_ids), entity, project)}")
+        return
     path = report.write(frame, dirs, out / "report.html", title=f"Sweep {' + '.join(args.sweep_ids)}")
     if missing or unreadable:
         print(f"({missing + unreadable} run(s) not finished; the report shows the {len(dirs) - unreadable} that are)")
@@ -252,6 +261,11 @@ def main(argv=None) -> int:
         if name == "aggregate":
             p.add_argument("--wandb", action="store_true",
                            help="also log the table as a wandb.Table (always for W&B sweeps; offline without a login)")
+        else:
+            p.add_argument("--wandb", action="store_true", help="build and save a W&B Report instead of report.html "
+                           "(needs a login; W&B sweeps name their entity/project, local ones take --entity/--project)")
+            p.add_argument("--entity", help="W&B entity of the report (default: your default entity)")
+            p.add_argument("--project", default="likelihood-paradox", help="W&B project of the report")
     p = sub.add_parser("rerun", help="re-queue runs (default: all finished and failed ones)")
     p.add_argument("sweep_id")
     p.add_argument("run", nargs="?")
