@@ -7,7 +7,7 @@ STAMP := $(VENV)/.requirements-$(shell cat requirements.txt | sha1sum | cut -c1-
 
 .PHONY: setup data demo test bench clean-runs
 
-setup: $(STAMP) chromium postgresql
+setup: $(STAMP) chromium postgresql slurm
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ postgresql:
 	      || echo "setup: postgresql could not be installed; the PostgreSQL store tests will fail"; \
 	  else echo "setup: no postgresql and no root apt-get; the PostgreSQL store tests will fail"; fi; }
 .PHONY: postgresql
+
+# the launcher test starts a real single-node Slurm cluster (Debian's slurm-wlm and munge)
+slurm:
+	@{ command -v slurmctld >/dev/null 2>&1 && { command -v munged >/dev/null 2>&1 || test -x /usr/sbin/munged; }; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "setup: installing Debian slurm-wlm + munge (the Slurm launcher test; ~1 minute)"; \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null 2>&1)) \
+	      || echo "setup: slurm-wlm could not be installed; the Slurm launcher test will fail"; \
+	  else echo "setup: no slurm-wlm and no root apt-get; the Slurm launcher test will fail"; fi; }
+.PHONY: slurm
 
 data: $(STAMP)
 	$(PY) -m data mirror

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from orchestration.launch import launch
@@ -80,3 +81,50 @@ def test_a_preempted_array_task_hands_its_run_back_and_the_requeued_task_resumes
     log = (root / sid / name / "run.log").read_text()
     assert "resuming from step" in log
     assert "Requeued job" in "".join(p.read_text() for p in (root / sid / "slurm").rglob("*_log.*"))
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    from tests.slurmcluster import SlurmCluster
+
+    cluster = SlurmCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_a_real_slurm_array_runs_the_sweep_and_a_preempted_task_is_resumed(tmp_path, monkeypatch, slurm):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = tmp_path / "runs"
+    images = np.random.default_rng(1).integers(0, 256, size=(64, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images)
+    np.savez(tmp_path / "b.npz", images=255 - images)
+    sid = _create(root, {"job": "ood", "method": "grid", "base_config": {
+        "model": dict(TINY_MODEL), "tracking": {"wandb": False},
+        "data": {"in_distribution": f"npz:{tmp_path / 'a.npz'}", "ood": f"npz:{tmp_path / 'b.npz'}"},
+        "training": {"steps": 400, "batch_size": 8, "checkpoint_every": 10, "progress": False, "sample_grid": 0},
+        "ood": {"n_generated": 8, "png": False, "figures": False}},
+        "sweep_configuration": {"run": {"seed": {"sweep": True, "values": [0]}}}}, tmp_path)
+    (name,) = [r["name"] for r in _runs(root, sid)]
+    ckpt = root / sid / name / "checkpoint.pt"
+    (job,) = launch(sid, store_locator(root), root, agents=1, slurm=True, time_min=10, mem_gb=1)
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), job.stderr()
+    # Slurm's warning before pre-emption or the time limit (sbatch --signal=USR2@...): USR2 to the job's steps
+    subprocess.run(["scancel", "--signal=USR2", str(job.job_id)], check=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and _runs(root, sid)[0]["status"] != "queued":
+        time.sleep(0.1)
+    (row,) = _runs(root, sid)
+    assert row["status"] == "queued" and row["claims"] == 1, job.stderr()  # handed back at once, no lease to wait for
+    out = "".join(p.read_text() for p in (root / sid / "slurm").rglob("*_log.out"))
+    assert "Calling checkpoint method" in out and "Requeued job" in out  # submitit asked Slurm to requeue the task
+    subprocess.run(["scancel", str(job.job_id).split("_")[0]], check=True)  # do not wait for Slurm's requeue delay
+    (second,) = launch(sid, store_locator(root), root, agents=1, slurm=True, time_min=10, mem_gb=1)
+    assert second.result()["finished"] == 1, second.stderr()
+    (row,) = _runs(root, sid)
+    assert row["status"] == "finished" and row["claims"] == 2
+    assert "resuming from step" in (root / sid / name / "run.log").read_text()
