@@ -25,16 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
 
-def _images(n: int) -> torch.Tensor:
-    from data.registry import load_split
-    x = load_split("fmnist", "train").images[:n]
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
+from benchmarks.bench_diffusion import _images  # noqa: E402  (the same real Fashion-MNIST inputs)
 
 
 def _model(preset: str, overrides=()):

@@ -56,3 +56,25 @@ def postgres_server():
         yield server
     finally:
         server.stop()
+
+
+def assert_training_resumes_to_the_same_weights(cfg, images, tmp_path, stop_at: int = 4) -> None:
+    """Train once uninterrupted and once killed at ``stop_at`` then resumed: the final weights must be equal."""
+    import torch
+
+    from models import training
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, loss):
+        if step == stop_at:
+            raise Stop()
+    training.fit(cfg, tmp_path / "full", images, log=lambda m: None)
+    with pytest.raises(Stop):
+        training.fit(cfg, tmp_path / "cut", images, log=lambda m: None, callbacks=[stop])
+    torch.manual_seed(123)  # whatever the global generator holds, the resumed steps draw the same noise
+    _, result = training.fit(cfg, tmp_path / "cut", images, log=lambda m: None)
+    assert result.resumed_from == stop_at
+    a, b = training.load_checkpoint(tmp_path / "full")["model"], training.load_checkpoint(tmp_path / "cut")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import runconfig
+from tests.conftest import assert_training_resumes_to_the_same_weights
 from models import training
 from models.diffusion import VESDE, VPSDE, ScoreDiffusion, ode_log_likelihood, value_and_divergence
 from models.registry import build_model
@@ -149,21 +150,7 @@ def test_killed_diffusion_training_resumes_to_the_same_weights(tmp_path):
                              "training": {"steps": 6, "batch_size": 4, "checkpoint_every": 2, "warmup_steps": 1,
                                           "progress": False, "sample_grid": 0}, "tracking": {"wandb": False}})
     images = np.random.default_rng(0).integers(0, 256, size=(16, 6, 6, 1), dtype=np.uint8)
-
-    class Stop(Exception):
-        pass
-
-    def stop(step, loss):
-        if step == 4:
-            raise Stop()
-    training.fit(cfg, tmp_path / "full", images, log=lambda m: None)
-    with pytest.raises(Stop):
-        training.fit(cfg, tmp_path / "cut", images, log=lambda m: None, callbacks=[stop])
-    torch.manual_seed(123)  # whatever the global generator holds, the resumed steps draw the same noise
-    _, result = training.fit(cfg, tmp_path / "cut", images, log=lambda m: None)
-    assert result.resumed_from == 4
-    a, b = training.load_checkpoint(tmp_path / "full")["model"], training.load_checkpoint(tmp_path / "cut")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_training_resumes_to_the_same_weights(cfg, images, tmp_path)
 
 
 def test_unet_pads_odd_sizes_and_log_prob_is_in_nats_of_the_stored_data():

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import runconfig
-from models import dlml, training
+from tests.conftest import assert_training_resumes_to_the_same_weights
+from models import dlml
 from models.registry import build_model
 
 
@@ -224,18 +225,4 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, family, model):
                              "training": {"steps": 6, "batch_size": 4, "checkpoint_every": 2, "warmup_steps": 1,
                                           "progress": False, "sample_grid": 0}, "tracking": {"wandb": False}})
     images = np.random.default_rng(0).integers(0, 256, size=(16, 6, 6, 1), dtype=np.uint8)
-
-    class Stop(Exception):
-        pass
-
-    def stop(step, loss):
-        if step == 4:
-            raise Stop()
-    training.fit(cfg, tmp_path / "full", images, log=lambda m: None)
-    with pytest.raises(Stop):
-        training.fit(cfg, tmp_path / "cut", images, log=lambda m: None, callbacks=[stop])
-    torch.manual_seed(123)
-    _, result = training.fit(cfg, tmp_path / "cut", images, log=lambda m: None)
-    assert result.resumed_from == 4
-    a, b = training.load_checkpoint(tmp_path / "full")["model"], training.load_checkpoint(tmp_path / "cut")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_training_resumes_to_the_same_weights(cfg, images, tmp_path)
