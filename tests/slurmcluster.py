@@ -1,6 +1,6 @@
 """A real single-node Slurm cluster for the launcher tests (Debian's ``slurm-wlm`` and ``munge``).
 
-Writes a slurm.conf for this host into a temporary folder (state, spool, logs inside it; ports 16817/16818),
+Writes a slurm.conf for this host into a temporary folder (state, spool, logs inside it; two free ports),
 starts ``munged`` (as the munge user) if it is not running, then ``slurmctld`` and ``slurmd`` with that file,
 and waits until the node is idle. Jobs run as the submitting user; ``SLURM_CONF`` points every client
 (sbatch, squeue, scancel, submitit) at this cluster. Needs root (slurmd runs jobs for any user).
@@ -27,6 +27,18 @@ class SlurmCluster:
         self.root = Path(tempfile.mkdtemp(prefix="ood-slurm-"))
         self.conf = self.root / "slurm.conf"
         self.host = socket.gethostname()
+        self.ports = self._free_ports(2)  # never talk to a controller left over from another session
+
+    @staticmethod
+    def _free_ports(n: int) -> list:
+        socks = [socket.socket() for _ in range(n)]
+        try:
+            for s in socks:
+                s.bind(("127.0.0.1", 0))
+            return [s.getsockname()[1] for s in socks]
+        finally:
+            for s in socks:
+                s.close()
 
     def start(self) -> "SlurmCluster":
         for sub in ("state", "spool", "log"):
@@ -40,7 +52,7 @@ class SlurmCluster:
             f"SlurmctldLogFile={r}/log/slurmctld.log", f"SlurmdLogFile={r}/log/slurmd.log",
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core", "ReturnToService=2", "MpiDefault=none", "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none", "SlurmctldPort=16817", "SlurmdPort=16818",
+            "AccountingStorageType=accounting_storage/none", f"SlurmctldPort={self.ports[0]}", f"SlurmdPort={self.ports[1]}",
             f"NodeName={self.host} CPUs={cpus} RealMemory=4000 State=UNKNOWN",
             f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP", ""]))
         os.environ["SLURM_CONF"] = str(self.conf)
@@ -65,15 +77,25 @@ class SlurmCluster:
         raise RuntimeError(f"the Slurm node did not become idle (state {state!r}); see {self.root / 'log'}")
 
     def stop(self) -> None:
+        import signal as _signal
+
+        # end every job first, so no job step outlives the daemons it reports to
+        subprocess.run(["scancel", "--full", "--state=PENDING,RUNNING,SUSPENDED,REQUEUED"], capture_output=True, timeout=60)
+        subprocess.run(["scancel", "--full", "-u", str(os.getuid())], capture_output=True, timeout=60)
+        deadline = time.time() + 30
+        while time.time() < deadline and subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip():
+            time.sleep(0.2)
         subprocess.run(["scontrol", "shutdown"], capture_output=True, timeout=60)
         for pidfile in ("slurmctld.pid", "slurmd.pid"):
             path = self.root / pidfile
-            for _ in range(50):
-                if not path.exists():
-                    break
+            try:
+                pid = int(path.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            for attempt in range(100):  # wait for the daemon to exit; insist after 5 s
                 try:
-                    os.kill(int(path.read_text().strip()), 0)
-                except (OSError, ValueError):
+                    os.kill(pid, _signal.SIGKILL if attempt == 50 else 0 if attempt else _signal.SIGTERM)
+                except OSError:
                     break
                 time.sleep(0.1)
         os.environ.pop("SLURM_CONF", None)

@@ -110,9 +110,17 @@ def test_a_real_slurm_array_runs_the_sweep_and_a_preempted_task_is_resumed(tmp_p
     # submitit called our checkpoint() and asked Slurm to requeue the task (Slurm's SIGTERM to the requeued step may
     # cut submitit's own "Requeued job" line short; Slurm's line says it)
     assert "Calling checkpoint method" in logs and ("Requeued job" in logs or "DUE TO JOB REQUEUE" in logs), logs
-    subprocess.run(["scancel", str(job.job_id).split("_")[0]], check=True)  # do not wait for Slurm's requeue delay
+    # the requeued task would start after Slurm's requeue delay (minutes); clear the queue and let the next agent array
+    # resume the run instead
+    import getpass
+    subprocess.run(["scancel", "-u", getpass.getuser()], check=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip():
+        time.sleep(0.2)
     (second,) = launch(sid, store_locator(root), root, agents=1, slurm=True, time_min=10, mem_gb=1)
-    assert second.result()["finished"] == 1, second.stderr()
+    deadline = time.time() + 240
+    while time.time() < deadline and _runs(root, sid)[0]["status"] != "finished":
+        time.sleep(0.2)
     (row,) = _runs(root, sid)
-    assert row["status"] == "finished" and row["claims"] == 2
+    assert row["status"] == "finished" and row["claims"] == 2, second.stderr()
     assert "resuming from step" in (root / sid / name / "run.log").read_text()
