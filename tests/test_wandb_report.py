@@ -19,7 +19,7 @@ def _frame():
             for det, auroc, lf, opt in (("log_likelihood", 0.1, True, False), ("complexity", 0.9, True, False),
                                         ("dual_threshold", 0.99, False, True)):
                 rows.append({"model": model, "in_dataset": ind, "ood_dataset": ood, "detector": det, "auroc": auroc,
-                             "aupr_in": auroc, "aupr_out": auroc, "fpr95": 1 - auroc, "n_in": 100, "n_ood": 100,
+                             "aupr_in": auroc, "aupr_out": auroc, "fpr95": 0.5, "n_in": 100, "n_ood": 100,
                              "run": f"{fam}-{ind}", "auroc_lo": auroc - 0.01, "auroc_hi": auroc + 0.01,
                              "label_free": lf, "optimistic": opt, "per_batch": False, "seed": 0, "group": f"{fam}{ind}"})
     return pd.DataFrame(rows, columns=COLUMNS + EXTRA_COLUMNS)
