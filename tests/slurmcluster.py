@@ -56,7 +56,8 @@ class SlurmCluster:
             f"NodeName={self.host} CPUs={cpus} RealMemory=4000 State=UNKNOWN",
             f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP", ""]))
         os.environ["SLURM_CONF"] = str(self.conf)
-        if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
+        working = subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0
+        if not working:  # munged is not running (or is a zombie): start it
             key = Path("/etc/munge/munge.key")
             if not key.exists():
                 subprocess.run(["mungekey", "-c"], check=True, capture_output=True)
