@@ -75,7 +75,6 @@ class _Layer(nn.Module):
                  latent: int, kind: str):
         super().__init__()
         self.conv, self.kind, self.latent = conv, kind, latent
-        self.in_shape = in_shape
         if conv:
             c, h, w = in_shape
             self.up_in = nn.Conv2d(c, width, kernel, padding=kernel // 2)
@@ -212,7 +211,7 @@ class HierarchicalVAE(nn.Module):
     def metric_info(self) -> Dict[str, Dict[str, Any]]:
         """What metrics entries of the likelihood scores should say about how they were computed."""
         info = {"likelihood": self.lik, "unit": self.log_prob_unit, "iw_samples": int(self.bound_cfg["samples"])}
-        llr = dict(info, iw_samples=int(getattr(self, "llr_samples", info["iw_samples"])), llr_prior=self.llr_prior)
+        llr = dict(info, iw_samples=int(self.llr_samples), llr_prior=self.llr_prior)
         return {"log_likelihood": dict(info), "bits_per_dim": dict(info), "llr": llr}
 
     # --- data ---------------------------------------------------------------------------------

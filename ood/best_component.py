@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import numpy as np
-
-from ood.detectors import TaskView, register_detector, scored
+from ood.detectors import TaskView, present, register_detector, scored
 
 
 @register_detector("best_component", optimistic=True,
@@ -31,9 +29,7 @@ def best_component(view: TaskView) -> Dict[str, Dict[str, Any]]:
             continue
         best = None
         for col in members:
-            pos = view.positive[col].to_numpy(dtype=float)
-            neg = view.negative[col].to_numpy(dtype=float)
-            pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
+            pos, neg = present(view, col)
             if not (pos.size and neg.size):
                 continue
             entry = scored(view, score_registry.oriented(col, pos), score_registry.oriented(col, neg))

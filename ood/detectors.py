@@ -91,6 +91,13 @@ def evaluate(table, names: List[str], info: Dict[str, Dict[str, Any]], cfg: Dict
     return out
 
 
+def present(view: TaskView, column: str):
+    """A column's values on the positive and the OOD split, rows without a value left out."""
+    pos = view.positive[column].to_numpy(dtype=float)
+    neg = view.negative[column].to_numpy(dtype=float)
+    return pos[~np.isnan(pos)], neg[~np.isnan(neg)]
+
+
 def scored(view: TaskView, s_in, s_ood) -> Dict[str, Any]:
     """:func:`detection_metrics` of oriented scores plus their bootstrap intervals (``ood.bootstrap`` resamples,
     ``ood.confidence``, seeded by ``run.seed``): what every detector should return per entry."""
@@ -109,9 +116,7 @@ def single_score(view: TaskView) -> Dict[str, Dict[str, Any]]:
 
     out = {}
     for name in view.names:
-        pos = view.positive[name].to_numpy(dtype=float)
-        neg = view.negative[name].to_numpy(dtype=float)
-        pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
+        pos, neg = present(view, name)
         if pos.size and neg.size:
             out[name] = scored(view, score_registry.oriented(name, pos), score_registry.oriented(name, neg))
             out[name].update(view.info.get(name, view.info.get(name.split("@", 1)[0], {})))  # a vector's info covers its components

@@ -36,13 +36,11 @@ def llr(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
     lcfg = cfg.get("llr", {}) or {}
     ks = _ks(cfg)
     samples = lcfg.get("samples") or None
-    if samples is None or int(samples) == int(model.bound_cfg["samples"]):
-        # the same S and noise as log_prob: L is the log-likelihood column's value (computed once per batch)
-        if "log_prob" not in cache:
-            cache["log_prob"] = model.log_prob(x)
-        full = cache["log_prob"]
-        skipped = model.bounds(x, ks)
-    else:
-        both = model.bounds(x, [0] + ks, samples=int(samples))
-        full, skipped = both[:, 0], both[:, 1:]
-    return full[:, None] - skipped
+    same = samples is None or int(samples) == int(model.bound_cfg["samples"])
+    if same and "log_prob" in cache:
+        # the same S and noise as log_prob: L is the log-likelihood column's value, already computed for this batch
+        return cache["log_prob"][:, None] - model.bounds(x, ks)
+    both = model.bounds(x, [0] + ks, samples=None if same else int(samples))  # one encoder pass for L and every L>k
+    if same:
+        cache["log_prob"] = both[:, 0]  # equal to model.log_prob(x): the likelihood scores reuse it
+    return both[:, :1] - both[:, 1:]
