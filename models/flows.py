@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -110,6 +110,31 @@ class ImageFlow(nn.Module):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         z, logabsdet = self.transform(x)
         return self.base.log_prob(z) + logabsdet
+
+    @staticmethod
+    def likelihood_term_labels(model_cfg: Dict[str, Any]) -> List[str]:
+        """Names of the additive terms of ``log_prob_terms`` for a flow built from ``model_cfg``."""
+        levels = int(model_cfg["levels"])
+        return ["preprocess"] + [f"level{i}_{kind}" for i in range(levels) for kind in ("logdet", "latent")]
+
+    def log_prob_terms(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """log p(x) split into its additive terms (B,) each, in nats, summing to ``log_prob(x)``:
+        ``preprocess`` the log-Jacobian of [0,256) -> logit space (a fixed function of the pixel values),
+        per level i ``level{i}_logdet`` the log-Jacobian of the level's steps and ``level{i}_latent`` the standard
+        normal log-density of the channels that level factors out (the last level: all that remain)."""
+        pre, multiscale = self.transform._transforms
+        h, ld = pre(x)
+        terms = {"preprocess": ld}
+        b = x.shape[0]
+        steps = list(multiscale._transforms)
+        for i, step in enumerate(steps):
+            out, ld = step(h)
+            if i < len(steps) - 1:  # as MultiscaleCompositeTransform: the first half of the channels leaves here
+                out, h = torch.chunk(out, 2, dim=1)
+            flat = out.reshape(b, -1)
+            terms[f"level{i}_logdet"] = ld
+            terms[f"level{i}_latent"] = -0.5 * (flat ** 2).sum(1) - 0.5 * flat.shape[1] * math.log(2 * math.pi)
+        return terms
 
     def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
         return nats_to_bits_per_dim(self.log_prob(x), self.dim)

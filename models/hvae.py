@@ -334,6 +334,28 @@ class HierarchicalVAE(nn.Module):
     def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
         return nats_to_bits_per_dim(self.log_prob(x), self.dim)
 
+    @staticmethod
+    def likelihood_term_labels(model_cfg: Dict[str, Any]) -> List[str]:
+        """Names of the additive terms of ``log_prob_terms`` for an HVAE built from ``model_cfg``."""
+        return ["reconstruction"] + [f"kl{i + 1}" for i in range(len(model_cfg["latents"]))]
+
+    def log_prob_terms(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The single-sample ELBO split into its terms (B,) each, in nats: ``reconstruction`` log p(x | z_1..z_L)
+        at one posterior sample (noise seeded per image, as the bound's first sample) and ``kl<i>`` = -KL(q(z_i|.) ||
+        p(z_i|z_>i)) per stochastic layer, lowest first (analytic). They sum to the S = 1 bound (DoSE's VAE statistics);
+        with ``bound.samples`` > 1 the log-likelihood column is the tighter importance-weighted bound."""
+        gens = self._generators(x, 0)
+        t = torch.stack([self._targets(x[j:j + 1], g)[0] for j, g in enumerate(gens)]) if self.lik == "bernoulli" \
+            else self._targets(x)
+        posts = self._posteriors(self._encoder_input(t))
+        noise = [torch.cat([torch.randn((1, *mu.shape[1:]), generator=gens[j]) for j in range(x.shape[0])]).to(x.device)
+                 for mu, _ in posts]
+        params, _, _, kls = self._top_down(posts, noise)
+        terms = {"reconstruction": self._log_lik(params, t)}
+        for i, kl in enumerate(kls):
+            terms[f"kl{i + 1}"] = -kl
+        return terms
+
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Ancestral samples in data space: z_L ~ N(0, I), each z_i from its conditional prior, then x."""

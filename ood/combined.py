@@ -10,7 +10,8 @@ after its members):
   KDE whose bandwidth does (``combined.density``). The detector is the fitted log density.
 * ``fisher:<a>+<b>+...``: Fisher's combination of per-score p-values. Each score's left-tail p-value
   against in_val, p = (1 + #{in_val <= s}) / (n_val + 1) (low oriented scores are unusual), combined as
-  T = -2 sum log p; the detector is -T.
+  T = -2 sum log p; the detector is -T. A score registered with ``tails: both`` (a likelihood's terms,
+  which have no direction) gets the two-sided p = min(1, 2 min(p_left, p_right)) instead.
 * ``minp:<a>+<b>+...``: Tippett's combination of the same p-values: the detector is log min_i p_i, so one
   score far in its tail is enough (where Fisher dilutes it with the others).
 
@@ -24,12 +25,11 @@ from typing import Any, Callable, Dict, List
 
 import numpy as np
 
+from ood import scores as score_registry
 from ood.detectors import TaskView, register_detector, scored
 
 
 def oriented_matrix(frame, names: List[str]) -> np.ndarray:
-    from ood import scores as score_registry
-
     return np.column_stack([score_registry.oriented(n, frame[n].to_numpy(dtype=float)) for n in names])
 
 
@@ -80,28 +80,37 @@ def fit_density(x_val: np.ndarray, method: str = "gmm", max_components: int = 8,
     return detail
 
 
-def fit_log_pvalues(x_val: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """Per-score left-tail log p-values against the in_val matrix: fn(x (m, k)) -> (m, k) of
-    log((1 + #{in_val <= x_j}) / (n_val + 1)) for each score j."""
+def fit_log_pvalues(x_val: np.ndarray, two_sided=None) -> Callable[[np.ndarray], np.ndarray]:
+    """Per-score log p-values against the in_val matrix: fn(x (m, k)) -> (m, k). Score j's left-tail p-value is
+    (1 + #{in_val <= x_j}) / (n_val + 1); where ``two_sided[j]`` it is min(1, 2 min(left, right)), the right tail
+    (1 + #{in_val >= x_j}) / (n_val + 1)."""
     ref = np.sort(x_val, axis=0)
-    n = ref.shape[0]
+    n, k = ref.shape
+    both = np.zeros(k, dtype=bool) if two_sided is None else np.asarray(two_sided, dtype=bool)
+    if both.shape != (k,):
+        raise ValueError(f"two_sided has {both.size} entries for {k} scores")
 
     def log_p(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=float)
-        below = np.column_stack([np.searchsorted(ref[:, j], x[:, j], side="right") for j in range(x.shape[1])])
-        return np.log((1.0 + below) / (n + 1.0))
+        below = np.column_stack([np.searchsorted(ref[:, j], x[:, j], side="right") for j in range(k)])
+        left = np.log((1.0 + below) / (n + 1.0))
+        if not both.any():
+            return left
+        above = np.column_stack([n - np.searchsorted(ref[:, j], x[:, j], side="left") for j in range(k)])
+        right = np.log((1.0 + above) / (n + 1.0))
+        return np.where(both, np.minimum(0.0, np.log(2.0) + np.minimum(left, right)), left)
     return log_p
 
 
-def fit_pvalues(x_val: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+def fit_pvalues(x_val: np.ndarray, two_sided=None) -> Callable[[np.ndarray], np.ndarray]:
     """Fisher's statistic, negated, against the in_val matrix: fn(x (m, k)) -> 2 sum_j log p_j = -T."""
-    log_p = fit_log_pvalues(x_val)
+    log_p = fit_log_pvalues(x_val, two_sided)
     return lambda x: 2.0 * log_p(x).sum(axis=1)
 
 
-def fit_min_p(x_val: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+def fit_min_p(x_val: np.ndarray, two_sided=None) -> Callable[[np.ndarray], np.ndarray]:
     """Tippett's combination against the in_val matrix: fn(x (m, k)) -> log of the smallest per-score p-value."""
-    log_p = fit_log_pvalues(x_val)
+    log_p = fit_log_pvalues(x_val, two_sided)
     return lambda x: log_p(x).min(axis=1)
 
 
@@ -133,12 +142,14 @@ def combined(view: TaskView) -> Dict[str, Dict[str, Any]]:
         density = fitted.pop("log_density")
         out[f"density:{label}"] = dict(scored(view, density(x_pos), density(x_neg)), scores=names, fitted_on="in_val",
                                        n_fit=int(len(val)), density=str(ccfg.get("density", "gmm")), **fitted)
+        both = [score_registry.two_sided(n) for n in names]
+        tails = {"two_sided": [n for n, b in zip(names, both) if b]} if any(both) else {}
         if ccfg.get("fisher", True):
-            fisher = fit_pvalues(x_val)
+            fisher = fit_pvalues(x_val, both)
             out[f"fisher:{label}"] = dict(scored(view, fisher(x_pos), fisher(x_neg)), scores=names, fitted_on="in_val",
-                                          n_fit=int(len(val)))
+                                          n_fit=int(len(val)), **tails)
         if ccfg.get("min_p", True):
-            min_p = fit_min_p(x_val)
+            min_p = fit_min_p(x_val, both)
             out[f"minp:{label}"] = dict(scored(view, min_p(x_pos), min_p(x_neg)), scores=names, fitted_on="in_val",
-                                        n_fit=int(len(val)))
+                                        n_fit=int(len(val)), **tails)
     return out

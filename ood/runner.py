@@ -162,7 +162,8 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
     for n in names:  # a score the family cannot provide fails before anything is trained
         score_registry.check_needs(n, model_class(cfg["model"]["family"]), cfg["model"]["family"])
     for members in cfg.get("combined", {}).get("sets", []) or []:
-        missing = [str(m) for m in (members if isinstance(members, list) else [members]) if str(m) not in names]
+        missing = [str(m) for m in (members if isinstance(members, list) else [members])
+                   if str(m) not in names and str(m).split("@", 1)[0] not in names]  # a vector score or one component
         if not isinstance(members, list) or missing:
             raise runconfig.ConfigError(
                 f"combined.sets entry {members!r} must be a list of scores from ood.scores; "

@@ -169,14 +169,14 @@ def test_combined_density_recovers_a_known_separation_and_fits_on_in_val_only(de
         seen.append(np.array(x_val))
         return real_fit(x_val, *a, **k)
 
-    def spy_p(x_val):
+    def spy_p(x_val, *a):
         seen.append(np.array(x_val))
-        return real_p(x_val)
+        return real_p(x_val, *a)
     real_min = combined_mod.fit_min_p
 
-    def spy_min(x_val):
+    def spy_min(x_val, *a):
         seen.append(np.array(x_val))
-        return real_min(x_val)
+        return real_min(x_val, *a)
     monkeypatch.setattr(combined_mod, "fit_density", spy_fit)
     monkeypatch.setattr(combined_mod, "fit_pvalues", spy_p)
     monkeypatch.setattr(combined_mod, "fit_min_p", spy_min)

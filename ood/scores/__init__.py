@@ -16,7 +16,9 @@ Two kinds:
   background model a ratio used). ``requires`` are computed even when not listed in ``ood.scores``.
 
 ``higher_is_in`` says how to orient the stored column for detection: metrics use ``column`` if True
-and ``-column`` if False. ``needs`` lists alternatives of model capabilities (method or attribute
+and ``-column`` if False. ``tails`` says which tail of in_val's distribution is unusual when a
+combination turns the score into a p-value: ``"lower"`` (the oriented score is low: the default) or
+``"both"`` for statistics with no meaningful direction (a likelihood's terms: either tail is unusual). ``needs`` lists alternatives of model capabilities (method or attribute
 names, see :mod:`models.base`): the score runs if the model has every name of at least one alternative.
 """
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Score:
     derived: Optional[Callable[[Any, Dict[str, Any]], Any]] = None
     requires: Tuple[str, ...] = ()
     columns: Optional[Callable[[Dict[str, Any]], List[str]]] = None  # vector scores: cfg -> column labels
+    tails: str = "lower"  # which tail of in_val is unusual for p-value combinations: lower | both
 
     def column_names(self, cfg: Dict[str, Any]) -> List[str]:
         """The table columns this score fills: its name, or ``<name>@<label>`` per component of a vector score."""
@@ -94,13 +97,17 @@ def _alternatives(needs) -> Tuple[Tuple[str, ...], ...]:
     return tuple(tuple(n) for n in needs)
 
 
-def register(name: str, higher_is_in: bool, unit: str, description: str, needs=(), columns=None):
+def register(name: str, higher_is_in: bool, unit: str, description: str, needs=(), columns=None, tails: str = "lower"):
     """Decorator registering a per-batch score function ``(model, x, cache) -> Tensor[B]``; with ``columns``
     (``cfg -> labels``) a vector score ``-> Tensor[B, K]`` whose components become the columns
     ``<name>@<label>``, each oriented and reported like a score of its own (combined sets may name the
-    whole vector by ``<name>``)."""
+    whole vector by ``<name>`` or one component by ``<name>@<label>``). ``tails``: see the module docstring."""
+    if tails not in ("lower", "both"):
+        raise ValueError(f"score {name!r}: tails must be 'lower' or 'both', got {tails!r}")
+
     def wrap(fn):
-        REGISTRY[name] = Score(name, fn, higher_is_in, unit, description, needs=_alternatives(needs), columns=columns)
+        REGISTRY[name] = Score(name, fn, higher_is_in, unit, description, needs=_alternatives(needs), columns=columns,
+                               tails=tails)
         return fn
     return wrap
 
@@ -163,6 +170,11 @@ def check_needs(name: str, model, family: str) -> None:
         want = " or ".join("+".join(alt) for alt in score.needs)
         raise ScoreUnavailable(f"Score '{name}' (ood.scores) needs a model with {want}; model.family '{family}' "
                                f"has none of these: drop '{name}' from ood.scores or use a family that provides it.")
+
+
+def two_sided(name: str) -> bool:
+    """Whether a p-value of score (or component) ``name`` counts both tails of in_val as unusual."""
+    return get(name).tails == "both"
 
 
 def oriented(name: str, column):
