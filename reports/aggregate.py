@@ -12,8 +12,9 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pandas as pd
 import yaml
@@ -183,12 +184,43 @@ def pivots(frame: pd.DataFrame, metric: str = "auroc") -> Dict[str, pd.DataFrame
     return out
 
 
+def best_over_pairs(frame: pd.DataFrame, metric: str = "auroc") -> Dict[str, Dict[str, Any]]:
+    """Per model with two or more (in -> ood) pairs: the label-free per-point detector whose worst pair is best
+    (the question "which one detector works in every direction?"), as {"detector", "worst", "pairs": {pair: value}}.
+    Only detectors present in every pair compete. This ranks by test AUROCs, so it is a reading aid for the
+    table (like its *), not a detector of its own."""
+    summary = seed_summary(frame[~frame["detector"].str.startswith("generated_vs_ood/")])
+    out: Dict[str, Dict[str, Any]] = {}
+    lower = metric == "fpr95"
+    for model, g in summary.groupby("model", sort=True):
+        g = g.assign(pair=[pair_label(a, b) for a, b in zip(g["in_dataset"], g["ood_dataset"])])
+        pairs = sorted(g["pair"].unique())
+        g = g[g["label_free"] & ~g["optimistic"] & ~g["per_batch"] & g[metric].notna()]
+        if len(pairs) < 2 or g.empty:
+            continue
+        table = g.pivot_table(index="detector", columns="pair", values=metric, aggfunc="mean").reindex(columns=pairs)
+        table = table.dropna()
+        if table.empty:
+            continue
+        worst = table.max(axis=1) if lower else table.min(axis=1)
+        name = worst.idxmin() if lower else worst.idxmax()
+        out[model] = {"detector": name, "worst": float(worst[name]), "pairs": {p: float(table.loc[name, p]) for p in pairs}}
+    return out
+
+
+def best_over_pairs_line(best: Dict[str, Any], metric: str = "auroc") -> str:
+    pairs = ", ".join(f"{p} {v:.3f}" for p, v in best["pairs"].items())
+    return (f"best label-free detector over every pair (by its worst pair's {metric.upper()}): "
+            f"{best['detector']}  ({pairs})")
+
+
 def format_pivot(frame: pd.DataFrame, metric: str = "auroc", width: int = 100) -> str:
     """The console view: per model, detectors x pairs with intervals, columns wrapped to ``width`` characters."""
     if frame.empty:
         return "(no finished runs)"
     parts = [f"{metric.upper()} [95% interval]; * = the best label-free per-point detector of the pair;\n"
              "(opt) = optimistic, OOD labels chose something; (batch) = a test on batches of points"]
+    over = best_over_pairs(frame, metric)
     for model, table in pivots(frame, metric).items():
         parts.append(f"\n{model}")
         name_w = max(len(str(i)) for i in table.index) + 2
@@ -207,6 +239,8 @@ def format_pivot(frame: pd.DataFrame, metric: str = "auroc", width: int = 100) -
             for name, row in table[chunk].iterrows():
                 lines.append(str(name).ljust(name_w) + "".join(str(v).ljust(w) for v, w in zip(row, widths)))
             parts.append("\n".join(line.rstrip() for line in lines))
+        if model in over:
+            parts.append(textwrap.fill(best_over_pairs_line(over[model], metric), width, subsequent_indent="  "))
     return "\n".join(parts)
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 import rundir
-from reports.aggregate import collect_lid_errors, collect_runs, pair_label, pivots, seed_summary
+from reports.aggregate import (best_over_pairs, best_over_pairs_line, collect_lid_errors, collect_runs, pair_label, pivots,
+                               seed_summary)
 
 SPLIT_STYLE = {"in_train": ("in-distribution train", "#1f4e9c"), "in_val": ("in-distribution val", "#6a3d9a"),
                "in_test": ("in-distribution test", "#8fb8de"), "ood": ("OOD", "#d1495b"),
@@ -67,6 +68,7 @@ class Page:
 
 
 def _pivot_html(frame: pd.DataFrame, page: Page) -> None:
+    over = best_over_pairs(frame)
     for model, table in pivots(frame).items():
         page.add(f"<h3>{html.escape(model)}</h3><table><tr><th>detector</th>"
                  + "".join(f"<th>{html.escape(c)}</th>" for c in table.columns) + "</tr>")
@@ -81,6 +83,8 @@ def _pivot_html(frame: pd.DataFrame, page: Page) -> None:
                 cells.append(f"<td class='{cls}'>{text}{' &#9733;' if best else ''}</td>")
             page.add(f"<tr class='{'opt' if opt else ''}'><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
         page.add("</table>")
+        if model in over:
+            page.add(f"<p>{html.escape(best_over_pairs_line(over[model]))}</p>")
 
 
 def _heatmap(frame: pd.DataFrame, page: Page) -> None:

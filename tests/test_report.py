@@ -108,6 +108,13 @@ def test_console_pivot_has_intervals_marks_and_fits_100_columns(two_runs):
     assert {"label_free", "optimistic", "auroc_lo", "auroc_hi"} <= set(frame.columns)
     assert frame.loc[frame.detector == "dual_threshold", "optimistic"].all()
     assert not frame.loc[frame.detector.str.startswith("density:"), "optimistic"].any()
+    # the one label-free detector with the best worst pair, against a direct computation over the summary
+    from reports.aggregate import best_over_pairs
+    (best,) = best_over_pairs(frame).values()
+    ok = frame[frame.label_free & ~frame.optimistic & ~frame.per_batch & ~frame.detector.str.startswith("generated_vs_ood/")]
+    worst = ok.groupby("detector").filter(lambda g: len(g) == 2).groupby("detector")["auroc"].min()  # one run per pair
+    assert best["detector"] == worst.idxmax() and best["worst"] == pytest.approx(worst.max())
+    assert best["worst"] == min(best["pairs"].values()) and "best label-free detector over every pair" in text
 
 
 def test_aggregate_table_goes_to_wandb_as_a_table_offline(two_runs, tmp_path, monkeypatch):
