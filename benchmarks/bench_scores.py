@@ -81,7 +81,7 @@ def main(argv=None) -> int:
                "log_prob_ms_per_image": 1000 * base / n, "scores": {}}
     print(f"log_prob: {1000 * base / n:.3f} ms per image (tiny RQ-NSF flow, {n} images, batch {bs})")
     print(f"{'score':22s} {'alone / log_prob':>17s} {'added to a run with log_prob':>30s}")
-    for name in ("bits_per_dim", "complexity", "codec_bits_per_dim", "derivative_norm"):
+    for name in ("bits_per_dim", "complexity", "codec_bits_per_dim", "derivative_norm", "likelihood_terms"):
         alone = _timed(lambda: run([name]), args.repeats)
         both = _timed(lambda: run(["log_likelihood", name]), args.repeats)
         results["scores"][name] = {"alone_ratio": alone / base, "added_ratio": max(both - base, 0.0) / base}
