@@ -38,6 +38,8 @@ class DensityModel(Protocol):
 #   score(x, t) -> s          diffusions: the score of the noised marginal (scaled data space)
 #   sde                       diffusions: the forward SDE (marginal mean scale and std at t)
 #   log_prob_grad(x) -> g     grad_x log p(x) in data space (B, ...): flows by autograd, diffusions by their score
+#   log_prob_terms(x) -> {label: (B,)}   log p(x) (or the ELBO) split into additive terms, with the class method
+#                             likelihood_term_labels(model_cfg) naming them (flows, HVAEs; ood/scores/likelihood_terms.py)
 
 
 def autograd_log_prob_grad(model, x: torch.Tensor) -> torch.Tensor:
