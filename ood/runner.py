@@ -161,13 +161,15 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
     from models.registry import model_class
     for n in names:  # a score the family cannot provide fails before anything is trained
         score_registry.check_needs(n, model_class(cfg["model"]["family"]), cfg["model"]["family"])
+    columns = score_registry.expand_columns(names, cfg)  # a vector score's components <name>@<label>
     for members in cfg.get("combined", {}).get("sets", []) or []:
         missing = [str(m) for m in (members if isinstance(members, list) else [members])
-                   if str(m) not in names and str(m).split("@", 1)[0] not in names]  # a vector score or one component
+                   if str(m) not in names and str(m) not in columns]  # a score, a whole vector score, or one component
         if not isinstance(members, list) or missing:
             raise runconfig.ConfigError(
-                f"combined.sets entry {members!r} must be a list of scores from ood.scores; "
-                f"{', '.join(missing) or 'it'} is not among ood.scores ({', '.join(names)}): add it there or drop it from the set.")
+                f"combined.sets entry {members!r} must be a list of scores from ood.scores or components of vector "
+                f"scores; {', '.join(missing) or 'it'} is not among ood.scores ({', '.join(names)}) or their columns: "
+                "add it there or drop it from the set.")
 
     # everything that can fail on bad input is checked before the run directory is made
     in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
@@ -252,7 +254,6 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         rundir.atomic_write(directory / "scores.parquet", lambda p: table.to_parquet(p, index=False))
 
         detector_values: Dict[str, Any] = {}
-        columns = score_registry.expand_columns(names, cfg)  # vector scores as their components
         metrics = evaluate(table, columns, info, cfg, detector_values)
         if detector_values:  # every detector's oriented values on its positive and negative points (ROC curves)
             dv = pd.concat([pd.DataFrame({"detector": k, "side": side, "value": np.asarray(v, dtype=float)})

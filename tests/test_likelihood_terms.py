@@ -156,6 +156,7 @@ def test_a_run_combines_terms_by_name_and_by_component(tiny_cfg):
     assert entry["two_sided"] == ["likelihood_terms@preprocess"] and entry["fitted_on"] == "in_val"
     assert entry["scores"] == ["log_likelihood", "likelihood_terms@preprocess"]
     assert metrics["minp:likelihood_terms"]["two_sided"] == terms and "density:likelihood_terms" in metrics
-    bad = dict(cfg, combined=dict(cfg["combined"], sets=[["log_likelihood", "complexity@x"]]))
-    with pytest.raises(runconfig.ConfigError, match="complexity@x is not among ood.scores"):
-        run_ood(bad, echo=False)
+    for wrong in ("complexity@x", "likelihood_terms@level7_latent"):  # not computed; not a component of this flow
+        bad = dict(cfg, combined=dict(cfg["combined"], sets=[["log_likelihood", wrong]]))
+        with pytest.raises(runconfig.ConfigError, match=f"{wrong} is not among ood.scores"):
+            run_ood(bad, echo=False)
