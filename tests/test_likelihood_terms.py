@@ -107,9 +107,52 @@ def test_the_score_is_a_vector_of_terms_and_refuses_families_without_them():
     assert score.column_names(cfg) == [f"likelihood_terms@{k}" for k in
                                       ("preprocess", "level0_logdet", "level0_latent", "level1_logdet", "level1_latent")]
     assert score_registry.two_sided("likelihood_terms@preprocess") and not score_registry.two_sided("log_likelihood")
-    diffusion = runconfig.resolve({"model": {"family": "diffusion"}, "tracking": {"wandb": False}})
+    pixelcnn = runconfig.resolve({"model": {"family": "pixelcnn"}, "tracking": {"wandb": False}})
     with pytest.raises(ScoreUnavailable, match="splits its log-likelihood into terms"):
-        score.column_names(diffusion)
+        score.column_names(pixelcnn)
+
+
+@pytest.mark.parametrize("sde", ["vp", "ve"])
+def test_diffusion_terms_match_the_closed_form_ode_map_of_a_gaussian(sde):
+    """Data N(0, C) with the exact score: the probability-flow ODE maps y to y_1 = (S_1 S_eps^-1)^(1/2) y, S_t the
+    marginal covariance, so the prior term is the prior's density at that y_1 and the divergence integral is
+    (1/2) log det(S_1 S_eps^-1)."""
+    from models.diffusion import VESDE, VPSDE, ode_log_likelihood_terms
+    from tests.test_diffusion import GaussianScoreModel, _random_cov
+
+    model = GaussianScoreModel(VPSDE(0.1, 20.0) if sde == "vp" else VESDE(0.01, 50.0), _random_cov(4, 0))
+    y = torch.distributions.MultivariateNormal(torch.zeros(4, dtype=torch.float64), model.cov).sample((16,))
+    prior, flow, nfe = ode_log_likelihood_terms(model, y, rtol=1e-7, atol=1e-7, divergence="exact")
+    lam, vec = torch.linalg.eigh(model.cov)
+    var = lambda t: model.sde.marginal(torch.tensor(t, dtype=torch.float64))
+    (p1, s1), (pe, se) = var(1.0), var(model.t_eps)
+    ratio = (p1 ** 2 * lam + s1 ** 2) / (pe ** 2 * lam + se ** 2)
+    y1 = (y @ vec) * ratio.sqrt() @ vec.T
+    np.testing.assert_allclose(prior.numpy(), model.prior_log_prob(y1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(flow.numpy(), np.full(16, 0.5 * float(torch.log(ratio).sum())), atol=1e-4)
+
+
+def test_diffusion_log_prob_and_its_terms_share_one_ode_solve(monkeypatch):
+    from models import diffusion as diffusion_mod
+
+    cfg = runconfig.resolve({"model": {"family": "diffusion", "channels": [8, 8, 8], "norm_groups": 4},
+                             "tracking": {"wandb": False}})
+    model = build_model((1, 6, 6), cfg["model"]).eval()
+    model.configure(dict(cfg, ode=dict(cfg["ode"], rtol=1e-3, atol=1e-3)))
+    calls = []
+    real = diffusion_mod.ode_log_likelihood_terms
+    monkeypatch.setattr(diffusion_mod, "ode_log_likelihood_terms", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.rand(3, 1, 6, 6) * 256
+    with torch.no_grad():
+        lp = model.log_prob(x)
+        terms = model.log_prob_terms(x)
+        assert len(calls) == 1 and list(terms) == ["prior", "flow"]
+        np.testing.assert_allclose((terms["prior"] + terms["flow"] - 36 * math.log(128.0)).numpy(), lp.numpy(), rtol=1e-6)
+        model.log_prob_terms(x.clone())  # another tensor: solved again
+        assert len(calls) == 2
+        x.add_(1.0)  # changed in place: solved again
+        model.log_prob(x)
+        assert len(calls) == 3
 
 
 def test_two_sided_p_values_match_their_definition():
