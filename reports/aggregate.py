@@ -131,7 +131,8 @@ def seed_summary(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             row[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else float("nan")
             if vals.size > 1:
                 half = student_t.ppf(0.5 + level / 2, vals.size - 1) * row[f"{m}_std"] / math.sqrt(vals.size)
-                row[f"{m}_lo"], row[f"{m}_hi"] = row[m] - half, row[m] + half
+                # every metric here is a rate in [0, 1]: the t-interval is clipped to it
+                row[f"{m}_lo"], row[f"{m}_hi"] = max(0.0, row[m] - half), min(1.0, row[m] + half)
             else:
                 row[f"{m}_lo"] = pd.to_numeric(g[f"{m}_lo"], errors="coerce").iloc[0]
                 row[f"{m}_hi"] = pd.to_numeric(g[f"{m}_hi"], errors="coerce").iloc[0]

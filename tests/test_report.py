@@ -4,6 +4,7 @@ import re
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import runconfig
@@ -129,3 +130,20 @@ def test_aggregate_table_goes_to_wandb_as_a_table_offline(two_runs, tmp_path, mo
     import json
     data = json.loads(sorted(tables)[0].read_text())
     assert "auroc" in data["columns"] and len(data["data"]) == len(frame)
+
+
+def test_seed_summary_is_a_t_interval_clipped_to_the_unit_range():
+    from scipy.stats import t as student_t
+
+    from reports.aggregate import seed_summary
+    vals = [0.90, 0.99, 1.0]
+    frame = pd.DataFrame({"model": "m", "in_dataset": "a", "ood_dataset": "b", "detector": "d", "group": "g",
+                          "seed": [0, 1, 2], "label_free": True, "optimistic": False, "per_batch": False,
+                          "n_in": 10, "n_ood": 10, "auroc": vals, "aupr_in": vals, "aupr_out": vals,
+                          "fpr95": [0.0, 0.01, 0.3],
+                          **{f"{m}_{e}": 0.5 for m in ("auroc", "aupr_in", "aupr_out", "fpr95") for e in ("lo", "hi")}})
+    (row,) = seed_summary(frame).to_dict("records")
+    half = student_t.ppf(0.975, 2) * np.std(vals, ddof=1) / np.sqrt(3)
+    assert row["n_seeds"] == 3 and row["auroc"] == pytest.approx(np.mean(vals))
+    assert row["auroc_lo"] == pytest.approx(np.mean(vals) - half) and row["auroc_hi"] == 1.0  # not mean + half > 1
+    assert row["fpr95_lo"] == 0.0 and row["fpr95_hi"] < 1.0
