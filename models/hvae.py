@@ -291,12 +291,22 @@ class HierarchicalVAE(nn.Module):
         return [torch.Generator().manual_seed(zlib.crc32(row.detach().float().cpu().numpy().tobytes()) * 1000 + seed * 7 + salt)
                 for row in x]
 
+    def _seeded_targets(self, x: torch.Tensor, gens: List[torch.Generator]) -> torch.Tensor:
+        """What the likelihood scores, binarized (bernoulli) with each image's own generator."""
+        if self.lik != "bernoulli":
+            return self._targets(x)
+        return torch.stack([self._targets(x[j:j + 1], g)[0] for j, g in enumerate(gens)])
+
+    @staticmethod
+    def _seeded_noise(posts, gens: List[torch.Generator], r: int) -> List[torch.Tensor]:
+        """Per layer, ``r`` standard normal draws per image from that image's generator (batch-independent)."""
+        return [torch.cat([torch.randn((r, *mu.shape[1:]), generator=g) for g in gens]).to(mu.device) for mu, _ in posts]
+
     def _iw(self, x: torch.Tensor, ks: Sequence[int], samples: int, prior: str) -> torch.Tensor:
         """(B, len(ks)) importance-weighted L>k with ``samples`` posterior samples, noise seeded per image."""
         b = x.shape[0]
         gens = self._generators(x, 0)
-        t = torch.stack([self._targets(x[j:j + 1], g)[0] for j, g in enumerate(gens)]) if self.lik == "bernoulli" \
-            else self._targets(x)
+        t = self._seeded_targets(x, gens)
         posts = self._posteriors(self._encoder_input(t))
         out = torch.empty(b, len(ks), samples, device=x.device)
         chunk = max(1, int(self.bound_cfg.get("chunk", 256)) // max(b, 1))
@@ -306,10 +316,8 @@ class HierarchicalVAE(nn.Module):
             rep = lambda v: v.repeat_interleave(r, 0)
             posts_r = [(rep(mu), rep(lsd)) for mu, lsd in posts]
             # per image, per sample: posterior and prior noise from the image's own generator (batch-independent)
-            noise = [torch.cat([torch.randn((r, *mu.shape[1:]), generator=gens[j]) for j in range(b)]).to(x.device)
-                     for mu, _ in posts]
-            pnoise = [torch.cat([torch.randn((r, *mu.shape[1:]), generator=gens[j]) for j in range(b)]).to(x.device)
-                      for mu, _ in posts] if prior == "sample" else None
+            noise = self._seeded_noise(posts, gens, r)
+            pnoise = self._seeded_noise(posts, gens, r) if prior == "sample" else None
             tr = rep(t)
             for col, k in enumerate(ks):
                 params, logq, logp, _ = self._top_down(posts_r, noise, int(k), prior, pnoise)
@@ -345,12 +353,9 @@ class HierarchicalVAE(nn.Module):
         p(z_i|z_>i)) per stochastic layer, lowest first (analytic). They sum to the S = 1 bound (DoSE's VAE statistics);
         with ``bound.samples`` > 1 the log-likelihood column is the tighter importance-weighted bound."""
         gens = self._generators(x, 0)
-        t = torch.stack([self._targets(x[j:j + 1], g)[0] for j, g in enumerate(gens)]) if self.lik == "bernoulli" \
-            else self._targets(x)
+        t = self._seeded_targets(x, gens)
         posts = self._posteriors(self._encoder_input(t))
-        noise = [torch.cat([torch.randn((1, *mu.shape[1:]), generator=gens[j]) for j in range(x.shape[0])]).to(x.device)
-                 for mu, _ in posts]
-        params, _, _, kls = self._top_down(posts, noise)
+        params, _, _, kls = self._top_down(posts, self._seeded_noise(posts, gens, 1))
         terms = {"reconstruction": self._log_lik(params, t)}
         for i, kl in enumerate(kls):
             terms[f"kl{i + 1}"] = -kl
