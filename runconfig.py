@@ -18,7 +18,7 @@ import hashlib
 import json
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
@@ -42,7 +42,7 @@ CORE_DEFAULTS: Dict[str, Any] = {
     },
     "data": {
         "in_distribution": "fmnist",
-        "ood": "mnist",
+        "ood": "mnist",          # one OOD set, a list of sets, or {group: [sets]} (near/transform/far/real): one run scores them all
         "shape": None,           # [C, H, W] the model works in; null = the in-distribution data's
         "train_subsample": None, # use only the first N (seeded shuffle) training images
         "val_fraction": 0.05,    # seeded fraction of the training split held out as in_val (never trained on)
@@ -76,6 +76,8 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "confidence": 0.95,       # level of those intervals
         "figures": True,
         "png": True,
+        # model-free reference baselines scored in every image run beside ood.scores (ood/baselines.py)
+        "baselines": ["codec_bits_per_dim", "intensity_mean", "intensity_std", "saturation"],
     },
     "tracking": {
         "wandb": True,
@@ -109,8 +111,46 @@ def _check_log_tau_grid(path: str, value: Any) -> None:
                           f"at least 2 points, got {value!r}.")
 
 
+OOD_GROUPS = ("near", "transform", "far", "real")  # the suite's groups (data.derived.GROUPS says what each holds)
+
+
+def ood_sets(value: Any, path: str = "data.ood") -> List[Tuple[str, str]]:
+    """``data.ood`` as [(dataset, group)]: a name, a list of names (each in its derivation's default group:
+    class splits near, transforms and blends transform, synthetic sets far, real datasets real), or a mapping
+    ``{group: [names]}`` that groups them explicitly. Raises ConfigError in one sentence when malformed."""
+    def names(v, where):
+        items = [v] if isinstance(v, str) else v
+        if not isinstance(items, list) or not items or not all(isinstance(n, str) and n for n in items):
+            raise ConfigError(f"Config key '{where}' must be a dataset name or a non-empty list of dataset names, got {v!r}.")
+        return items
+    if isinstance(value, dict):
+        bad = [g for g in value if g not in OOD_GROUPS]
+        if bad or not value:
+            raise ConfigError(f"Config key '{path}' groups OOD sets by {', '.join(OOD_GROUPS)}; "
+                              f"{'unknown group ' + repr(bad[0]) if bad else 'it is empty'}: rename or drop it.")
+        out = [(n, g) for g, v in value.items() for n in names(v, f"{path}.{g}")]
+    else:
+        from data.derived import group_of
+        out = []
+        for n in names(value, path):
+            try:
+                out.append((n, group_of(n)))
+            except ValueError as exc:
+                raise ConfigError(f"Config key '{path}': {exc}") from None
+    seen = [n for n, _ in out]
+    dup = next((n for n in seen if seen.count(n) > 1), None)
+    if dup:
+        raise ConfigError(f"Config key '{path}' lists the OOD set {dup!r} twice; list each set once.")
+    return out
+
+
+def _check_ood_sets(path: str, value: Any) -> None:
+    ood_sets(value, path)
+
+
 # named checks a spec may attach to a key (``checks: {section.key: <name>}``)
-CHECKS: Dict[str, Callable[[str, Any], None]] = {"grid": _check_log_tau_grid}
+CHECKS: Dict[str, Callable[[str, Any], None]] = {"grid": _check_log_tau_grid, "ood_sets": _check_ood_sets}
+FREE_TYPED = {"data.ood"}  # keys whose check alone says what they may hold
 
 
 @dataclass(frozen=True)
@@ -180,6 +220,7 @@ def _load_specs():
 
 
 FAMILIES, SECTIONS, CHOICES, RANGES, KEY_CHECKS = _load_specs()
+KEY_CHECKS["data.ood"] = "ood_sets"
 CHOICES["model.family"] = tuple(sorted(FAMILIES))
 
 
@@ -291,7 +332,7 @@ def _validate(cfg: Any, schema: Dict[str, Any], prefix: str, family: Optional[Fa
         if isinstance(default, dict):
             _validate(value, default, path + ".", family)
             continue
-        if not _type_ok(default, value):
+        if path not in FREE_TYPED and not _type_ok(default, value):
             raise ConfigError(f"Config key '{path}' must be {type(default).__name__}, got {value!r}.")
         choices = CHOICES.get(path) or (family.choices.get(path) if family else None)
         if choices and value not in choices:
@@ -429,7 +470,8 @@ def run_name(cfg: Dict[str, Any], kind: str) -> str:
     ind = _safe(cfg["data"]["in_distribution"])
     preset = cfg.get("preset") or "custom"
     if kind == "ood":
-        ood = _safe(cfg["data"]["ood"])
+        sets = ood_sets(cfg["data"]["ood"])
+        ood = _safe(sets[0][0]) if len(sets) == 1 else f"suite{len(sets)}"
         return f"{label}-{preset}-{ind}-vs-{ood}-{digest}"
     return f"{label}-{preset}-{ind}-{digest}"
 

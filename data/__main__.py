@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     fetch.add_argument("names", nargs="+")
     fetch.add_argument("--download", action="store_true", help="use torchvision's download even for mirrored sets")
     sub.add_parser("list", help="list registered datasets and whether they are on disk")
+    sub.add_parser("derived", help="list the derivations that make OOD sets from a dataset (<name>:<derivation>[=<value>])")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "mirror":
@@ -52,6 +53,12 @@ def main(argv=None) -> int:
                     mirror.MIRRORED[name](registry.data_dir())
                 else:
                     _download(name)
+        elif args.cmd == "derived":
+            from data import derived
+            print("derived sets: <dataset>:<derivation>[=<value>], chained left to right (fmnist:classes=0-4:hflip)")
+            for row in derived.describe():
+                value = f"={row['value']}" + (f" (default {row['default']})" if row["default"] else "") if row["value"] != "none" else ""
+                print(f"  {row['group']:9s} {row['name'] + value:28s} {row['description']}")
         else:
             print(f"DATA_DIR = {registry.data_dir()}")
             for name in registry.known_datasets():

@@ -189,14 +189,28 @@ def known_datasets() -> List[str]:
 
 
 def canonical_name(name: str) -> str:
-    """Normalise aliases; raise UnknownDatasetError for names the registry does not know."""
-    if name.startswith(("npz:", "folder:", "manifold:")):
+    """Normalise aliases; raise UnknownDatasetError for names the registry does not know. A derived set
+    (``<base>:<derivation>[=<value>]...``, see :mod:`data.derived`) keeps its steps as written after its
+    canonical base."""
+    from data import derived
+
+    if name.startswith(("npz:", "folder:", "manifold:")) and not derived.is_derived(name):
         return name
+    try:
+        base, steps = derived.split_name(name)
+    except derived.DerivationError as exc:
+        raise UnknownDatasetError(str(exc)) from None
+    if steps:
+        return ":".join([canonical_name(base)] + [s.text for s in steps])
     key = ALIASES.get(name.lower(), name.lower())
     if key not in LOADERS:
+        unknown_step = derived.unknown_step_message(name, list(LOADERS) + list(ALIASES))
+        if unknown_step:
+            raise UnknownDatasetError(unknown_step)
         raise UnknownDatasetError(
             f"Unknown dataset '{name}': use one of {', '.join(known_datasets())}, npz:<path>, folder:<path> "
-            f"or manifold:<subspace|sphere|lollipop>[:key=value,...].")
+            f"or manifold:<subspace|sphere|lollipop>[:key=value,...], each optionally followed by "
+            f":<derivation> (`python -m data derived` lists them).")
     return key
 
 
@@ -219,6 +233,16 @@ def load_split(name: str, split: str) -> ImageSet:
     if split not in SPLITS:
         raise ValueError(f"Unknown split '{split}': use one of {', '.join(SPLITS)}.")
     key = canonical_name(name)
+    from data import derived
+
+    base, steps = derived.split_name(key)
+    if steps:  # a derived set: its base's split, derived step by step (seeded by the full name and split)
+        parent = load_split(base, split)
+        try:
+            images, labels = derived.apply(key, steps, split, parent.images, parent.labels)
+        except derived.DerivationError as exc:
+            raise UnknownDatasetError(str(exc)) from None
+        return ImageSet(key, split, images, labels, parent.files)
     if key.startswith("manifold:"):
         from data.manifolds import manifold_split
         try:

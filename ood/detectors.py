@@ -83,12 +83,20 @@ def evaluate(table, names: List[str], info: Dict[str, Dict[str, Any]], cfg: Dict
                     entry = dict(entry, optimistic=True)
                 # label_free: only in-distribution data (in_train / in_val) chose anything; optimistic: OOD labels did
                 entry = dict(entry, label_free=bool(entry.get("label_free", True)) and not entry.get("optimistic", False),
-                             detector=det.name)
+                             detector=det.name, model_free=_model_free(entry.get("scores") or [key], names))
                 pair = entry.pop("_values", None)
                 if values is not None and pair is not None:
                     values[f"{prefix}{key}"] = pair
                 out[f"{prefix}{key}"] = entry
     return out
+
+
+def _model_free(members, names) -> bool:
+    """Whether an entry rests on model-free scores only (the reference baselines)."""
+    from ood import scores as score_registry
+
+    members = [str(m) for m in members]
+    return bool(members) and all(m in names and score_registry.model_free(m) for m in members)
 
 
 def present(view: TaskView, column: str):
@@ -221,3 +229,4 @@ def dual_threshold(view: TaskView) -> Dict[str, Dict[str, Any]]:
 
 from ood import combined  # noqa: E402,F401  (registers the label-free combined detectors)
 from ood import best_component  # noqa: E402,F401  (registers the optimistic best-of-a-vector detector)
+from ood import baselines  # noqa: E402,F401  (registers the model-free reference baselines)

@@ -103,6 +103,28 @@ def roc_figure(curves: Dict[str, tuple], title: str = ""):
     return fig
 
 
+def suite_heatmap(metrics: Dict[str, Dict], sets: List[tuple], title: str = ""):
+    """AUROC of every label-free per-point detector (rows) on every OOD set (columns, ordered by group) of a
+    run with several OOD sets (metrics keys ``<set>::<detector>``); model-free baselines marked (mf)."""
+    import plotly.graph_objects as go
+
+    rows: Dict[str, Dict[str, float]] = {}
+    for key, entry in metrics.items():
+        if "::" not in key or "/" in key.split("::", 1)[1] or entry.get("optimistic") or entry.get("per") == "batch":
+            continue
+        name = key.split("::", 1)[1] + (" (mf)" if entry.get("model_free") else "")
+        rows.setdefault(name, {})[key.split("::", 1)[0]] = entry.get("auroc")
+    order = [n for g in ("near", "transform", "far", "real") for n, grp in sets if grp == g]
+    labels = sorted(rows)
+    z = [[rows[r].get(c, float("nan")) for c in order] for r in labels]
+    fig = go.Figure(go.Heatmap(z=z, x=[f"{c} ({dict(sets)[c]})" for c in order], y=labels, zmin=0, zmax=1,
+                               colorscale="RdBu", colorbar=dict(title="AUROC"),
+                               text=[[f"{v:.2f}" if v == v else "" for v in row] for row in z], texttemplate="%{text}"))
+    fig.update_layout(title=title, template="plotly_white", height=max(320, 18 * len(labels) + 160),
+                      width=max(640, 46 * len(order) + 320), xaxis=dict(tickangle=-45))
+    return fig
+
+
 def write_figures(figs: Dict[str, object], directory: Path, png: bool, warn: Callable[[str], None]) -> List[Path]:
     """Write each figure as ``<name>.html`` (and ``.png`` when possible), atomically. Returns the paths."""
     import plotly.io as pio

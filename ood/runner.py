@@ -9,6 +9,7 @@ shape) and ``generated`` (samples from the model). Models are trained on the tra
 """
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ class SplitData:
     images: np.ndarray  # uint8 (N,H,W,C) in the model's shape, or float (N,D) vectors
     index: np.ndarray   # index into the source split
     true_lid: Optional[np.ndarray] = None  # known LID of each point (synthetic manifolds)
+    key: str = ""       # the split's key for stages and caches (an OOD set's own key when a run has several)
+
+    def __post_init__(self):
+        self.key = self.key or self.name
 
     def data_space(self, shape, seed: int, dequantization: str) -> torch.Tensor:
         """Float points as the model sees them: images (N,C,H,W) with the seeded evaluation noise; vectors as is."""
@@ -147,21 +152,30 @@ def _model_label(cfg: Dict[str, Any]) -> str:
     return "/".join(str(m[k]) for k in ("family", *runconfig.family_spec(m["family"]).run_name))
 
 
-def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
-    """Run one OOD job end to end and return its run directory.
+@dataclass
+class OodSet:
+    """One OOD set of a run: its dataset name, suite group and stage key (``ood`` when the run has one set)."""
+    name: str
+    group: str
+    key: str
+    images: Any = None   # ImageSet of its test split
 
-    Per-batch scores run over every split (finished batches saved, so a killed run resumes); stage
-    scores (``lid`` ...) then run over their seeded subsets; every registered detector turns the
-    table into metrics.json entries. Nothing here knows a score by name.
-    ``callbacks`` get ``(step, loss)`` during training (sweep agents use them for early termination).
-    """
-    seed = int(cfg["run"]["seed"])
-    ocfg = cfg["ood"]
-    names = score_registry.with_requirements(list(ocfg["scores"]))  # derived scores bring what they need
-    from models.registry import model_class
-    for n in names:  # a score the family cannot provide fails before anything is trained
-        score_registry.check_needs(n, model_class(cfg["model"]["family"]), cfg["model"]["family"])
-    columns = score_registry.expand_columns(names, cfg)  # a vector score's components <name>@<label>
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name)
+
+
+def _score_names(cfg: Dict[str, Any], images: bool) -> List[str]:
+    """``ood.scores`` plus what they require, plus the model-free baselines (``ood.baselines``) for image data."""
+    extra = list(cfg["ood"].get("baselines") or []) if images else []
+    for n in extra:
+        if not score_registry.get(n).model_free:
+            raise runconfig.ConfigError(f"ood.baselines entry {n!r} is not a model-free score; use some of "
+                                        f"{', '.join(k for k, v in score_registry.REGISTRY.items() if v.model_free)}.")
+    return score_registry.with_requirements(list(dict.fromkeys(list(cfg["ood"]["scores"]) + extra)))
+
+
+def _check_combined_sets(cfg: Dict[str, Any], names: List[str], columns: List[str]) -> None:
     for members in cfg.get("combined", {}).get("sets", []) or []:
         missing = [str(m) for m in (members if isinstance(members, list) else [members])
                    if str(m) not in names and str(m) not in columns]  # a score, a whole vector score, or one component
@@ -171,16 +185,142 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
                 f"scores; {', '.join(missing) or 'it'} is not among ood.scores ({', '.join(names)}) or their columns: "
                 "add it there or drop it from the set.")
 
+
+def _load_ood_sets(cfg: Dict[str, Any]) -> List[OodSet]:
+    """Every OOD set of ``data.ood`` with its test split loaded (bad names fail here, in one sentence)."""
+    sets = runconfig.ood_sets(cfg["data"]["ood"])
+    return [OodSet(name, group, "ood" if len(sets) == 1 else f"ood@{_slug(name)}", load_split(name, "test"))
+            for name, group in sets]
+
+
+def _build_splits(cfg, train_set, test_set, oods: List[OodSet], train_images, shape, seed: int) -> List[SplitData]:
+    """The scored splits: seeded subsamples of in_train, in_val, in_test, and of every OOD set."""
+    from data.splits import holdout
+
+    ocfg = cfg["ood"]
+    trained_on, held_out = holdout(len(train_set), float(cfg["data"]["val_fraction"]), seed)
+    i_tr = trained_on[_subsample(trained_on.size, ocfg["n_in_train"], seed, 1)]
+    i_va = held_out[_subsample(held_out.size, ocfg["n_in_val"], seed, 4)]
+    i_te = _subsample(len(test_set), ocfg["n_in_test"], seed, 2)
+    truth = lambda s, i: s.true_lid[i] if s.true_lid is not None else None
+    splits = [SplitData("in_train", train_set.name, train_images[i_tr], i_tr, truth(train_set, i_tr)),
+              SplitData("in_val", train_set.name, train_images[i_va], i_va, truth(train_set, i_va)),
+              SplitData("in_test", test_set.name, match_shape(test_set.images[i_te], shape), i_te, truth(test_set, i_te))]
+    for o in oods:  # every set's subsample is drawn as if it were the run's only OOD set
+        i_od = _subsample(len(o.images), ocfg["n_ood"], seed, 3)
+        splits.append(SplitData("ood", o.images.name, match_shape(o.images.images[i_od], shape), i_od,
+                                truth(o.images, i_od), key=o.key))
+    return splits
+
+
+def _per_batch_frames(model, scored, split_of, names, cfg, directory: Path, console, device):
+    """One DataFrame per scored split with every per-batch score (finished batches cached per split)."""
+    import pandas as pd
+
+    digest = model_digest(model)
+    frames = []
+    for key, dataset, x, index in scored:
+        cols = score_images(model, x, names, int(cfg["ood"]["batch_size"]), device, desc=key,
+                            cache=directory / "score_blocks" / f"{key}.npz", digest=digest, log=console, cfg=cfg)
+        frames.append(pd.DataFrame({"split": split_of[key], "dataset": dataset, "index": index, **cols}))
+    return frames
+
+
+def _run_stages(model, scored, frames, stage_names, cfg, seed, console, directory, truth):
+    """Run every stage score over all scored splits; fills its column in ``frames``; returns the outputs."""
+    import pandas as pd
+
+    stages: Dict[str, score_registry.StageOutput] = {}
+    for stage_name in stage_names:
+        t0 = time.perf_counter()
+        ctx = score_registry.StageContext(model, scored, cfg, seed, console, directory, rundir.runs_root(cfg),
+                                          truth=truth, table=pd.concat(frames, ignore_index=True))
+        out = stages[stage_name] = score_registry.get(stage_name).stage(ctx)
+        for frame, (key, _, _, _) in zip(frames, scored):
+            column = np.full(len(frame), np.nan)
+            column[out.positions[key]] = out.values[key]
+            frame[stage_name] = column
+        for art, frame_ in out.artifacts.items():
+            rundir.atomic_write(directory / f"{art}.parquet", lambda p, f=frame_: f.to_parquet(p, index=False))
+        console(f"{stage_name}: stage finished in {time.perf_counter() - t0:.1f}s")
+    return stages
+
+
+def _derive(table, derived_names, cfg, info) -> None:
+    """Add every derived score's column (fitted on in_val rows only) and its metric info."""
+    for derived_name in derived_names:
+        result = score_registry.get(derived_name).derived(table, cfg, info)
+        values, extra = result if isinstance(result, tuple) else (result, {})
+        table[derived_name] = np.asarray(values, dtype=float)
+        info[derived_name] = dict(extra)
+
+
+def evaluate_sets(table, columns: List[str], info, cfg, oods: List[OodSet], values: Optional[Dict[str, Any]] = None):
+    """metrics.json content over every OOD set: the detectors see the in-distribution rows and one set's rows
+    at a time. One set: keys as :func:`ood.detectors.evaluate` writes them; several: ``<set>::<key>``. Every
+    entry says its ``ood_dataset`` and ``ood_group``."""
+    in_rows = table["split"] != "ood"
+    metrics: Dict[str, Dict[str, Any]] = {}
+    for o in oods:
+        sub = table[in_rows | ((table["split"] == "ood") & (table["dataset"] == o.images.name))]
+        got: Dict[str, Any] = {}
+        entries = evaluate(sub, columns, info, cfg, got)
+        prefix = "" if len(oods) == 1 else f"{o.name}::"
+        for key, entry in entries.items():
+            metrics[prefix + key] = dict(entry, ood_dataset=o.name, ood_group=o.group)
+        if values is not None:
+            values.update({prefix + k: v for k, v in got.items()})
+    return metrics
+
+
+def _write_detector_values(directory: Path, detector_values: Dict[str, Any]) -> None:
+    import pandas as pd
+
+    if detector_values:  # every detector's oriented values on its positive and negative points (ROC curves)
+        dv = pd.concat([pd.DataFrame({"detector": k, "side": side, "value": np.asarray(v, dtype=float)})
+                        for k, (pos, neg) in detector_values.items() for side, v in (("in", pos), ("ood", neg))],
+                       ignore_index=True)
+        rundir.atomic_write(directory / "detector_values.parquet", lambda p: dv.to_parquet(p, index=False))
+
+
+def _summaries(metrics: Dict[str, Dict[str, Any]], several: bool) -> Dict[str, Any]:
+    """W&B summary values: ``<detector>/<metric>``, or with several OOD sets ``ood/<group>/<set>/<detector>/<metric>``."""
+    out = {}
+    for k, d in metrics.items():
+        base = k.split("::", 1)[1] if several and "::" in k else k
+        head = f"ood/{d['ood_group']}/{d['ood_dataset']}/{base}" if several and "ood_dataset" in d else k
+        out.update({f"{head}/{m}": v for m, v in d.items()})
+    return out
+
+
+def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
+    """Run one OOD job end to end and return its run directory.
+
+    ``data.ood`` may name several OOD sets: the model, its in-distribution scores, its generated samples and
+    its stages' in-distribution work are computed once and every set is scored against them. Per-batch
+    scores run over every split (finished batches saved, so a killed run resumes); stage scores (``lid``
+    ...) then run over their seeded subsets; every registered detector turns the table into metrics.json
+    entries, per OOD set. Nothing here knows a score by name.
+    ``callbacks`` get ``(step, loss)`` during training (sweep agents use them for early termination).
+    """
+    seed = int(cfg["run"]["seed"])
+    ocfg = cfg["ood"]
     # everything that can fail on bad input is checked before the run directory is made
-    in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
+    in_name = cfg["data"]["in_distribution"]
     train_set = load_split(in_name, "train")  # models train on the train split only
     test_set = load_split(in_name, "test")
-    ood_set = load_split(ood_name, "test")
+    oods = _load_ood_sets(cfg)
+    names = _score_names(cfg, images=train_set.images.ndim == 4)  # derived scores bring what they need
+    from models.registry import model_class
+    for n in names:  # a score the family cannot provide fails before anything is trained
+        score_registry.check_needs(n, model_class(cfg["model"]["family"]), cfg["model"]["family"])
+    columns = score_registry.expand_columns(names, cfg)  # a vector score's components <name>@<label>
+    _check_combined_sets(cfg, names, columns)
     if ocfg["checkpoint"]:
         load_checkpoint_path(ocfg["checkpoint"])
     shape = tuple(cfg["data"]["shape"] or train_set.shape_chw)
     train_images = match_shape(train_set.images, shape)
-    checksums = file_checksums(train_set.files + test_set.files + ood_set.files)
+    checksums = file_checksums(list(dict.fromkeys(train_set.files + test_set.files + [f for o in oods for f in o.images.files])))
 
     name = runconfig.run_name(cfg, "ood")
     directory = rundir.run_dir(cfg, name)
@@ -196,93 +336,73 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         model.eval()
         for n in names:
             score_registry.check_needs(n, model, cfg["model"]["family"])
-
-        from data.splits import holdout
-        trained_on, held_out = holdout(len(train_set), float(cfg["data"]["val_fraction"]), seed)
-        i_tr = trained_on[_subsample(trained_on.size, ocfg["n_in_train"], seed, 1)]
-        i_va = held_out[_subsample(held_out.size, ocfg["n_in_val"], seed, 4)]
-        i_te = _subsample(len(test_set), ocfg["n_in_test"], seed, 2)
-        i_od = _subsample(len(ood_set), ocfg["n_ood"], seed, 3)
-        truth = lambda s, i: s.true_lid[i] if s.true_lid is not None else None
-        splits = [SplitData("in_train", train_set.name, train_images[i_tr], i_tr, truth(train_set, i_tr)),
-                  SplitData("in_val", train_set.name, train_images[i_va], i_va, truth(train_set, i_va)),
-                  SplitData("in_test", test_set.name, match_shape(test_set.images[i_te], shape), i_te, truth(test_set, i_te)),
-                  SplitData("ood", ood_set.name, match_shape(ood_set.images[i_od], shape), i_od, truth(ood_set, i_od))]
+        splits = _build_splits(cfg, train_set, test_set, oods, train_images, shape, seed)
         import pandas as pd
-        batch_names = [n for n in names if score_registry.get(n).per_batch]
-        stage_names = [n for n in names if score_registry.get(n).stage is not None]
-        derived_names = [n for n in names if score_registry.get(n).derived is not None]
-        scored = []  # (split, dataset, x in data space, index) for every split, kept for the stages
         t0 = time.perf_counter()
-        for sp in splits:
-            scored.append((sp.name, sp.dataset, sp.data_space(shape, seed, cfg["data"]["eval_dequantization"]), sp.index))
+        scored = [(sp.key, sp.dataset, sp.data_space(shape, seed, cfg["data"]["eval_dequantization"]), sp.index)
+                  for sp in splits]
+        split_of = {sp.key: sp.name for sp in splits}
         n_gen = int(ocfg["n_generated"] or 0)
         if n_gen:
             gen = torch.Generator().manual_seed(seed + 29)
             xs = torch.cat([model.sample(min(256, n_gen - s), generator=gen).cpu() for s in range(0, n_gen, 256)])
             scored.append(("generated", f"generated:{in_name}", xs, np.arange(n_gen)))
-        frames = []
-        digest = model_digest(model)
-        for split, dataset, x, index in scored:
-            cols = score_images(model, x, batch_names, int(ocfg["batch_size"]), device, desc=split,
-                                cache=directory / "score_blocks" / f"{split}.npz", digest=digest, log=console, cfg=cfg)
-            frames.append(pd.DataFrame({"split": split, "dataset": dataset, "index": index, **cols}))
+            split_of["generated"] = "generated"
+        batch_names = [n for n in names if score_registry.get(n).per_batch]
+        frames = _per_batch_frames(model, scored, split_of, batch_names, cfg, directory, console, device)
         console(f"scored {sum(len(f) for f in frames)} samples in {time.perf_counter() - t0:.1f}s")
-        stages: Dict[str, score_registry.StageOutput] = {}
-        for stage_name in stage_names:
-            t0 = time.perf_counter()
-            ctx = score_registry.StageContext(model, scored, cfg, seed, console, directory, rundir.runs_root(cfg),
-                                              truth={sp.name: sp.true_lid for sp in splits if sp.true_lid is not None},
-                                              table=pd.concat(frames, ignore_index=True))
-            out = stages[stage_name] = score_registry.get(stage_name).stage(ctx)
-            for frame, (split, _, _, _) in zip(frames, scored):
-                column = np.full(len(frame), np.nan)
-                column[out.positions[split]] = out.values[split]
-                frame[stage_name] = column
-            for art, frame_ in out.artifacts.items():
-                rundir.atomic_write(directory / f"{art}.parquet", lambda p, f=frame_: f.to_parquet(p, index=False))
-            console(f"{stage_name}: stage finished in {time.perf_counter() - t0:.1f}s")
+        stages = _run_stages(model, scored, frames, [n for n in names if score_registry.get(n).stage is not None],
+                             cfg, seed, console, directory, {sp.key: sp.true_lid for sp in splits if sp.true_lid is not None})
         table = pd.concat(frames, ignore_index=True)
         info = {k: v.metric_info for k, v in stages.items()}
         for key, extra in (model.metric_info() if hasattr(model, "metric_info") else {}).items():
             info.setdefault(key, {}).update(extra)  # how the model computed a score (e.g. an HVAE bound's S, its unit)
-        for derived_name in derived_names:  # from columns already in the table; fitted on in_val rows only
-            result = score_registry.get(derived_name).derived(table, cfg, info)
-            values, extra = result if isinstance(result, tuple) else (result, {})
-            table[derived_name] = np.asarray(values, dtype=float)
-            info[derived_name] = dict(extra)
+        _derive(table, [n for n in names if score_registry.get(n).derived is not None], cfg, info)
         rundir.atomic_write(directory / "scores.parquet", lambda p: table.to_parquet(p, index=False))
 
         detector_values: Dict[str, Any] = {}
-        metrics = evaluate(table, columns, info, cfg, detector_values)
-        if detector_values:  # every detector's oriented values on its positive and negative points (ROC curves)
-            dv = pd.concat([pd.DataFrame({"detector": k, "side": side, "value": np.asarray(v, dtype=float)})
-                            for k, (pos, neg) in detector_values.items() for side, v in (("in", pos), ("ood", neg))],
-                           ignore_index=True)
-            rundir.atomic_write(directory / "detector_values.parquet", lambda p: dv.to_parquet(p, index=False))
+        metrics = evaluate_sets(table, columns, info, cfg, oods, detector_values)
+        _write_detector_values(directory, detector_values)
         for out in stages.values():
             metrics.update(out.metrics)
         rundir.write_json(directory / "metrics.json", metrics)
         rundir.write_json(directory / "provenance.json", rundir.provenance(checksums))
         if ocfg["figures"]:
-            _figures(table, columns, metrics, cfg, directory, console, stages)
-        tracker.summary({f"{k}/{m}": v for k, d in metrics.items() for m, v in d.items()})
+            _figures(table, columns, metrics, cfg, directory, console, stages, oods)
+        tracker.summary(_summaries(metrics, len(oods) > 1))
         tracker.table("scores", table)
         tracker.charts(table, seed=seed)
         tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
-        for key in columns:
-            if key in metrics:
-                console(f"{key}: AUROC {metrics[key]['auroc']:.4f} ({in_name} in-distribution vs {ood_name} OOD)")
+        _report_console(metrics, columns, in_name, oods, console)
     finally:
         tracker.finish()
     return directory
 
 
-def _figures(table, names, metrics, cfg, directory: Path, console: _Console, stages=None) -> None:
-    from ood.figures import roc_figure, score_histogram, write_figures
+def _report_console(metrics, columns, in_name: str, oods: List[OodSet], console) -> None:
+    for o in oods:
+        prefix = "" if len(oods) == 1 else f"{o.name}::"
+        for key in (columns if len(oods) == 1 else columns[:1]):
+            if prefix + key in metrics:
+                console(f"{key}: AUROC {metrics[prefix + key]['auroc']:.4f} ({in_name} in-distribution vs {o.name} OOD"
+                        + (f", {o.group})" if len(oods) > 1 else ")"))
 
-    in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
+
+def _figures(table, names, metrics, cfg, directory: Path, console: _Console, stages=None, oods=None) -> None:
+    """The run's figures. With several OOD sets: the single-set figures for the first set, and the suite's
+    AUROC heatmap (every label-free per-point detector against every set)."""
+    from ood.figures import roc_figure, score_histogram, suite_heatmap, write_figures
+
     figs = {}
+    if oods and len(oods) > 1:
+        first = oods[0]
+        prefix = f"{first.name}::"
+        figs["suite_auroc"] = suite_heatmap(metrics, [(o.name, o.group) for o in oods],
+                                            title=f"AUROC per OOD set, {_model_label(cfg)} trained on {cfg['data']['in_distribution']}")
+        table = table[(table["split"] != "ood") | (table["dataset"] == first.images.name)]
+        metrics = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+        cfg = dict(cfg, data=dict(cfg["data"], ood=first.name))
+    in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
     if "log_likelihood" in names:
         auc = metrics.get("log_likelihood", {}).get("auroc", float("nan"))
         figs["likelihood_histogram"] = score_histogram(

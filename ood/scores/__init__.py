@@ -76,6 +76,7 @@ class Score:
     requires: Tuple[str, ...] = ()
     columns: Optional[Callable[[Dict[str, Any]], List[str]]] = None  # vector scores: cfg -> column labels
     tails: str = "lower"  # which tail of in_val is unusual for p-value combinations: lower | both
+    model_free: bool = False  # a statistic of the stored image alone (no model): a reference baseline
 
     def column_names(self, cfg: Dict[str, Any]) -> List[str]:
         """The table columns this score fills: its name, or ``<name>@<label>`` per component of a vector score."""
@@ -97,17 +98,22 @@ def _alternatives(needs) -> Tuple[Tuple[str, ...], ...]:
     return tuple(tuple(n) for n in needs)
 
 
-def register(name: str, higher_is_in: bool, unit: str, description: str, needs=(), columns=None, tails: str = "lower"):
+def register(name: str, higher_is_in: bool, unit: str, description: str, needs=(), columns=None, tails: str = "lower",
+             model_free: bool = False):
     """Decorator registering a per-batch score function ``(model, x, cache) -> Tensor[B]``; with ``columns``
     (``cfg -> labels``) a vector score ``-> Tensor[B, K]`` whose components become the columns
     ``<name>@<label>``, each oriented and reported like a score of its own (combined sets may name the
-    whole vector by ``<name>`` or one component by ``<name>@<label>``). ``tails``: see the module docstring."""
+    whole vector by ``<name>`` or one component by ``<name>@<label>``). ``tails``: see the module docstring.
+    ``model_free``: the score reads the stored image only (no model); such scores are the reference
+    baselines every learned detector is read against (``ood.baselines``, :mod:`ood.baselines`)."""
     if tails not in ("lower", "both"):
         raise ValueError(f"score {name!r}: tails must be 'lower' or 'both', got {tails!r}")
 
     def wrap(fn):
+        if model_free and needs:
+            raise ValueError(f"score {name!r}: a model-free score needs no model capability, got needs={needs!r}")
         REGISTRY[name] = Score(name, fn, higher_is_in, unit, description, needs=_alternatives(needs), columns=columns,
-                               tails=tails)
+                               tails=tails, model_free=model_free)
         return fn
     return wrap
 
@@ -170,6 +176,11 @@ def check_needs(name: str, model, family: str) -> None:
         want = " or ".join("+".join(alt) for alt in score.needs)
         raise ScoreUnavailable(f"Score '{name}' (ood.scores) needs a model with {want}; model.family '{family}' "
                                f"has none of these: drop '{name}' from ood.scores or use a family that provides it.")
+
+
+def model_free(name: str) -> bool:
+    """Whether score (or component) ``name`` is a statistic of the stored image alone."""
+    return get(name).model_free
 
 
 def two_sided(name: str) -> bool:

@@ -45,6 +45,16 @@ def stored_images(x: torch.Tensor) -> np.ndarray:
     return x.detach().floor().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def cached_compressed_bits(x: torch.Tensor, cache: dict) -> np.ndarray:
+    """:func:`compressed_bits` of a batch's stored images over ``complexity.codecs``, once per batch (the
+    complexity score and the codec-length baseline share it through the per-batch ``cache``)."""
+    if "codec_bits" not in cache:
+        cfg = cache.get("cfg", {})
+        codecs = list(cfg.get("complexity", {}).get("codecs", CODECS))
+        cache["codec_bits"] = compressed_bits(stored_images(x), codecs, cfg)
+    return cache["codec_bits"]
+
+
 def compressed_bits(images: np.ndarray, codecs: List[str], cfg: Dict) -> np.ndarray:
     """(B,) min over ``codecs`` of the encoded length in bits of each uint8 image (H,W,C)."""
     table = _codecs(cfg)
@@ -58,17 +68,13 @@ def compressed_bits(images: np.ndarray, codecs: List[str], cfg: Dict) -> np.ndar
           description="(-log2 p(x) - L(x)) / D, L the best lossless codec's length of the stored image (Serra et al.); "
                       "higher = more OOD, so detection uses its negative", needs=("log_prob",))
 def complexity(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
-    cfg = cache.get("cfg", {})
-    codecs = list(cfg.get("complexity", {}).get("codecs", CODECS))
-    bits = compressed_bits(stored_images(x), codecs, cfg)
+    bits = cached_compressed_bits(x, cache)
     nll_bits = -_log_prob(model, x, cache).double().cpu() / math.log(2.0)
     return ((nll_bits - torch.from_numpy(bits)) / x[0].numel()).to(x.device)
 
 
 @register("codec_bits_per_dim", higher_is_in=False, unit="bits/dim",
           description="L(x) / D alone: the best lossless codec's length of the stored image (no model); "
-                      "higher = more complex", needs=())
+                      "higher = more complex", needs=(), model_free=True)
 def codec_bits_per_dim(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
-    cfg = cache.get("cfg", {})
-    codecs = list(cfg.get("complexity", {}).get("codecs", CODECS))
-    return (torch.from_numpy(compressed_bits(stored_images(x), codecs, cfg)) / x[0].numel()).to(x.device)
+    return (torch.from_numpy(cached_compressed_bits(x, cache)) / x[0].numel()).to(x.device)
