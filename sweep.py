@@ -174,20 +174,27 @@ def cmd_report(args) -> None:
             entity, project = args.entity, args.project
         print(f"saved the W&B report: {wandb_report.save(frame, ' + '.join(args.sweep_ids), entity, project)}")
         return
-    path = report.write(frame, dirs, out / "report.html", title=f"Sweep {' + '.join(args.sweep_ids)}")
+    select_on = [t for part in (args.select_on or []) for t in part.split(",") if t]
+    path = report.write(frame, dirs, out / "report.html", title=f"Sweep {' + '.join(args.sweep_ids)}", select_on=select_on)
     if missing or unreadable:
         print(f"({missing + unreadable} run(s) not finished; the report shows the {len(dirs) - unreadable} that are)")
     print(f"wrote {path} (self-contained: open it anywhere, no network needed)")
 
 
 def cmd_aggregate(args) -> None:
-    from reports.aggregate import collect_runs, format_pivot, lid_error_section, write_outputs
+    from reports.aggregate import collect_runs, format_pivot, format_suite, lid_error_section, write_outputs
+    from reports.suite import SelectionError
     dirs, missing, out = _sweep_run_dirs(args)
     frame, unreadable = collect_runs(dirs)
-    print(format_pivot(frame) + lid_error_section(dirs))
+    select_on = [t for part in (args.select_on or []) for t in part.split(",") if t]
+    try:
+        suite_text = format_suite(frame, select_on)
+    except SelectionError as exc:
+        raise SystemExit(f"error: {exc}")
+    print(format_pivot(frame) + lid_error_section(dirs) + suite_text)
     if missing or unreadable:
         print(f"({missing + unreadable} run(s) not finished; aggregated the {len(dirs) - unreadable} that are)")
-    for p in write_outputs(frame, dirs, out, heatmap=True):
+    for p in write_outputs(frame, dirs, out, heatmap=True, select_on=select_on):
         print(f"wrote {p}")
     if getattr(args, "wandb", False) or (any(not s.startswith("local-") for s in args.sweep_ids) and not frame.empty):
         from reports.aggregate import log_to_wandb
@@ -258,6 +265,10 @@ def main(argv=None) -> int:
     for name in ("aggregate", "report"):
         p = sub.add_parser(name)
         p.add_argument("sweep_ids", nargs="+", metavar="sweep-id", help="one or more sweeps, aggregated together")
+        p.add_argument("--select-on", action="append", metavar="GROUPS_OR_SETS",
+                       help="choose one label-free detector by its worst AUROC on these OOD groups (near, transform, "
+                            "far, real) or sets, comma-separated, and report it on every other set (default with an "
+                            "OOD suite: near,transform)")
         if name == "aggregate":
             p.add_argument("--wandb", action="store_true",
                            help="also log the table as a wandb.Table (always for W&B sweeps; offline without a login)")

@@ -14,7 +14,7 @@ import math
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 import yaml
@@ -25,7 +25,8 @@ import rundir
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 COLUMNS = ["model", "in_dataset", "ood_dataset", "detector", "auroc", "aupr_in", "aupr_out", "fpr95", "n_in", "n_ood", "run"]
 # numeric interval columns and flags kept in the CSV beside COLUMNS (the text tables show COLUMNS)
-EXTRA_COLUMNS = [f"{m}_{end}" for m in METRICS for end in ("lo", "hi")] + ["label_free", "optimistic", "per_batch", "seed", "group"]
+EXTRA_COLUMNS = [f"{m}_{end}" for m in METRICS for end in ("lo", "hi")] + ["label_free", "optimistic", "per_batch", "seed", "group",
+                                                                         "ood_group", "model_free"]
 
 
 def run_dirs_under(roots: List[Path]) -> List[Path]:
@@ -44,8 +45,18 @@ def _describe(cfg: dict) -> Tuple[str, str, str]:
         spec = runconfig.FAMILIES.get(m.get("family"))
         keys = spec.run_name if spec else ()
         label = "/".join([str(m.get("family"))] + [str(m.get(k)) for k in keys] + [str(cfg.get("preset") or "custom")])
-        return label, cfg["data"]["in_distribution"], cfg["data"]["ood"]
+        sets = runconfig.ood_sets(cfg["data"]["ood"])
+        return label, cfg["data"]["in_distribution"], sets[0][0] if len(sets) == 1 else "-"
     return "-", "-", "-"  # jobs without a model (the orchestration's sleep job)
+
+
+def _default_group(dataset: str) -> str:
+    from data.derived import group_of
+
+    try:
+        return group_of(str(dataset))
+    except ValueError:
+        return "real"
 
 
 def config_group(cfg: dict) -> str:
@@ -69,16 +80,20 @@ def collect_runs(directories: List[Path]) -> Tuple[pd.DataFrame, int]:
             continue
         cfg = yaml.safe_load((directory / "config.yaml").read_text())
         model, ind, ood = _describe(cfg)
-        for detector, values in json.loads(metrics_path.read_text()).items():
+        for key, values in json.loads(metrics_path.read_text()).items():
             if "auroc" not in values:  # not a detector (e.g. lid_error/<split>: see collect_lid_errors)
                 continue
+            detector = key.split("::", 1)[1] if "::" in key else key  # <set>::<detector> in runs with several OOD sets
+            set_name = values.get("ood_dataset", ood)
             ci = {f"{m}_{end}": (values.get(f"{m}_ci") or [None, None])[i] for m in METRICS
                   for i, end in enumerate(("lo", "hi"))}
-            rows.append({"model": model, "in_dataset": ind, "ood_dataset": ood, "detector": detector,
+            rows.append({"model": model, "in_dataset": ind, "ood_dataset": set_name, "detector": detector,
                          **{k: values.get(k) for k in ("auroc", "aupr_in", "aupr_out", "fpr95", "n_in", "n_ood")},
                          "run": directory.name, **ci, "label_free": bool(values.get("label_free", not values.get("optimistic"))),
                          "optimistic": bool(values.get("optimistic", False)), "per_batch": values.get("per") == "batch",
-                         "seed": (cfg.get("run") or {}).get("seed"), "group": config_group(cfg)})
+                         "seed": (cfg.get("run") or {}).get("seed"), "group": config_group(cfg),
+                         "ood_group": values.get("ood_group") or _default_group(set_name),
+                         "model_free": bool(values.get("model_free", False))})
     frame = pd.DataFrame(rows, columns=COLUMNS + EXTRA_COLUMNS)
     return frame.sort_values(["model", "in_dataset", "ood_dataset", "detector", "run"], ignore_index=True), unfinished
 
@@ -123,6 +138,7 @@ def seed_summary(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     rows = []
     for key, g in frame.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, key), n_seeds=int(g["seed"].nunique()), label_free=bool(g["label_free"].all()),
+                   ood_group=g["ood_group"].iloc[0], model_free=bool(g["model_free"].all()),
                    optimistic=bool(g["optimistic"].any()), per_batch=bool(g["per_batch"].any()),
                    n_in=g["n_in"].iloc[0], n_ood=g["n_ood"].iloc[0])
         for m in METRICS:
@@ -211,37 +227,78 @@ def best_over_pairs(frame: pd.DataFrame, metric: str = "auroc") -> Dict[str, Dic
 
 def best_over_pairs_line(best: Dict[str, Any], metric: str = "auroc") -> str:
     pairs = ", ".join(f"{p} {v:.3f}" for p, v in best["pairs"].items())
-    return (f"best label-free detector over every pair (by its worst pair's {metric.upper()}): "
-            f"{best['detector']}  ({pairs})")
+    return (f"best label-free detector over every pair (by its worst pair's {metric.upper()}; optimistic: "
+            f"chosen on the very pairs it is shown on, `--select-on` chooses honestly): {best['detector']}  ({pairs})")
 
 
 def format_pivot(frame: pd.DataFrame, metric: str = "auroc", width: int = 100) -> str:
-    """The console view: per model, detectors x pairs with intervals, columns wrapped to ``width`` characters."""
+    """The console view: per model, detectors x pairs with intervals, columns wrapped to ``width`` characters.
+    When the runs hold an OOD suite, the pivot shows the real-dataset pairs (the suite has its own view)."""
     if frame.empty:
         return "(no finished runs)"
+    from reports.suite import has_suite
+    if has_suite(frame) and (frame["ood_group"] == "real").any():
+        frame = frame[frame["ood_group"] == "real"]
     parts = [f"{metric.upper()} [95% interval]; * = the best label-free per-point detector of the pair;\n"
              "(opt) = optimistic, OOD labels chose something; (batch) = a test on batches of points"]
     over = best_over_pairs(frame, metric)
     for model, table in pivots(frame, metric).items():
         parts.append(f"\n{model}")
-        name_w = max(len(str(i)) for i in table.index) + 2
-        cols = list(table.columns)
-        while cols:
-            chunk, used = [], name_w
-            for c in cols:
-                w = max(len(c), table[c].str.len().max()) + 2
-                if chunk and used + w > width:
-                    break
-                chunk.append(c)
-                used += w
-            cols = cols[len(chunk):]
-            widths = [max(len(c), table[c].str.len().max()) + 2 for c in chunk]
-            lines = ["".ljust(name_w) + "".join(c.ljust(w) for c, w in zip(chunk, widths))]
-            for name, row in table[chunk].iterrows():
-                lines.append(str(name).ljust(name_w) + "".join(str(v).ljust(w) for v, w in zip(row, widths)))
-            parts.append("\n".join(line.rstrip() for line in lines))
+        parts.extend(_wrapped(table, width))
         if model in over:
             parts.append(textwrap.fill(best_over_pairs_line(over[model], metric), width, subsequent_indent="  "))
+    return "\n".join(parts)
+
+
+def _text_block(table: pd.DataFrame, chunk: List[str], widths: List[int], name_w: int) -> str:
+    lines = ["".ljust(name_w) + "".join(c.ljust(w) for c, w in zip(chunk, widths))]
+    for name, row in table[chunk].iterrows():
+        lines.append(str(name).ljust(name_w) + "".join(str(v).ljust(w) for v, w in zip(row, widths)))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _wrapped(table: pd.DataFrame, width: int) -> List[str]:
+    """A text table cut into column chunks that fit ``width`` characters."""
+    name_w = max(len(str(i)) for i in table.index) + 2
+    cols, parts = list(table.columns), []
+    while cols:
+        chunk, used = [], name_w
+        for c in cols:
+            w = max(len(c), table[c].str.len().max()) + 2
+            if chunk and used + w > width:
+                break
+            chunk.append(c)
+            used += w
+        cols = cols[len(chunk):]
+        parts.append(_text_block(table, chunk, [max(len(c), table[c].str.len().max()) + 2 for c in chunk], name_w))
+    return parts
+
+
+def default_selection(frame: pd.DataFrame) -> List[str]:
+    """``near`` and ``transform`` where the runs have them and at least one other group remains to report on."""
+    groups = set(frame["ood_group"])
+    chosen = [g for g in ("near", "transform") if g in groups]
+    return chosen if chosen and groups - set(chosen) else []
+
+
+def format_suite(frame: pd.DataFrame, select_on: Optional[List[str]] = None, width: int = 100) -> str:
+    """The suite's console view (empty without a suite): per model, detectors x (in-distribution, group) as
+    ``mean/worst`` AUROC over the group's sets, then the detector selected on ``select_on`` (default: near and
+    transform) with its numbers on every other set and the model-free baseline beside it."""
+    from reports import suite
+
+    if not suite.has_suite(frame):
+        return ""
+    sets = suite.per_set(frame)
+    parts = ["\nOOD suite: AUROC mean/worst over each group's sets (label-free per-point detectors; (mf) = model-free baseline)"]
+    for model, table in suite.group_table(sets).items():
+        parts.append(f"\n{model}")
+        parts.extend(_wrapped(table, width))
+    tokens = select_on if select_on else default_selection(frame)
+    if tokens:
+        parts.append("\nSelection (chosen on the selection sets only, reported on the others):")
+        parts.extend(textwrap.fill(line, width, subsequent_indent="    ") for line in
+                     suite.selection_lines(suite.selection(sets, tokens)))
     return "\n".join(parts)
 
 
@@ -284,8 +341,10 @@ def auroc_heatmap(frame: pd.DataFrame):
     return fig
 
 
-def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap: bool = False) -> List[Path]:
-    """Write aggregate.csv, aggregate.md and report.html into ``out`` (atomically); optionally the AUROC heatmap."""
+def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap: bool = False,
+                  select_on: Optional[List[str]] = None) -> List[Path]:
+    """Write aggregate.csv, aggregate.md and report.html into ``out`` (atomically), with an OOD suite also
+    suite.csv (per set) and suite_groups.csv (per group); optionally the AUROC heatmap."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "aggregate.csv", out / "aggregate.md", out / "report.html"]
     lid_errors = collect_lid_errors(run_dirs)
@@ -295,12 +354,18 @@ def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap:
         summary = seed_summary(frame)
         rundir.atomic_write(paths[-1], lambda p: summary.to_csv(p, index=False))
     rundir.write_text(paths[1], to_markdown(frame))
-    from reports import report
-    report.write(frame, run_dirs, paths[2])  # one self-contained page (plotly.js and images embedded)
+    from reports import report, suite
+    if suite.has_suite(frame):
+        sets = suite.per_set(frame)
+        paths.append(out / "suite.csv")
+        rundir.atomic_write(paths[-1], lambda p: sets.to_csv(p, index=False))
+        paths.append(out / "suite_groups.csv")
+        rundir.atomic_write(paths[-1], lambda p: suite.group_summary(sets).to_csv(p, index=False))
+    report.write(frame, run_dirs, paths[2], select_on=select_on)  # one self-contained page (plotly.js and images embedded)
     if not lid_errors.empty:
         paths.append(out / "lid_error.csv")
         rundir.atomic_write(paths[-1], lambda p: lid_errors.to_csv(p, index=False))
-    if heatmap and not frame.empty and (frame["in_dataset"] != "-").any():
+    if heatmap and not frame.empty and (frame["in_dataset"] != "-").any() and frame["ood_dataset"].nunique() <= 8:
         from ood.figures import write_figures
         paths += write_figures({"auroc_heatmap": auroc_heatmap(frame[frame["in_dataset"] != "-"])}, out, png=True,
                                warn=lambda m: print(f"warning: {m}", file=sys.stderr))
@@ -338,7 +403,11 @@ def parse_roots(prog: str, doc: str, out_help: str, argv=None):
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", type=Path, help="folders holding run directories")
     parser.add_argument("--out", type=Path, help=out_help)
+    parser.add_argument("--select-on", action="append", metavar="GROUPS_OR_SETS",
+                        help="choose one label-free detector on these OOD groups or sets (comma-separated) and report it "
+                             "on every other set (default with an OOD suite: near,transform)")
     args = parser.parse_args(argv)
+    args.select_on = [t for part in (args.select_on or []) for t in part.split(",") if t]
     missing = [r for r in args.roots if not r.exists()]
     if missing:
         print(f"error: {missing[0]} does not exist; give a folder holding run directories (e.g. runs/demo).", file=sys.stderr)
@@ -353,10 +422,16 @@ def main(argv=None) -> int:
         return 2
     args, dirs = parsed
     frame, unfinished = collect_runs(dirs)
-    print(format_pivot(frame) + lid_error_section(dirs))
+    from reports.suite import SelectionError
+    try:
+        suite_text = format_suite(frame, args.select_on)
+    except SelectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_pivot(frame) + lid_error_section(dirs) + suite_text)
     if unfinished:
         print(f"({unfinished} run(s) without metrics.json skipped: unfinished or failed)")
-    for p in write_outputs(frame, dirs, args.out or args.roots[0], heatmap=True):
+    for p in write_outputs(frame, dirs, args.out or args.roots[0], heatmap=True, select_on=args.select_on):
         print(f"wrote {p}")
     return 0
 

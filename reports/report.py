@@ -221,7 +221,53 @@ def _run_section(directory: Path, page: Page) -> None:
     page.add("</div></details>")
 
 
-def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-based OOD detection") -> str:
+def _table_html(table: pd.DataFrame, first: str = "detector") -> str:
+    head = f"<table><tr><th>{first}</th>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns) + "</tr>"
+    body = "".join("<tr><td>" + html.escape(str(name)) + "</td>"
+                   + "".join(f"<td class='{'bad' if str(v).endswith('!') else ''}'>{html.escape(str(v))}</td>" for v in row)
+                   + "</tr>" for name, row in table.iterrows())
+    return head + body + "</table>"
+
+
+def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]]) -> None:
+    """The OOD suite: per model the group summary (mean/worst per group), the detectors x sets table with the
+    sets a learned detector loses to the best model-free baseline marked '!', the selected detector's lines and
+    the severity curves."""
+    from reports import suite
+    from reports.aggregate import default_selection
+
+    sets = suite.per_set(frame)
+    page.add("<h2>OOD suite</h2><p>Groups: <b>near</b> (class splits: semantic shift), <b>transform</b> (the "
+             "in-distribution images transformed or blended), <b>far</b> (synthetic images), <b>real</b> (another "
+             "dataset). Cells of the group table: AUROC mean/worst over the group's sets. In the per-set table a "
+             "learned detector's cell ends in '!' where the best model-free baseline (mf) of that set is at least as "
+             "good.</p>")
+    for model, table in suite.group_table(sets).items():
+        page.add(f"<h3>{html.escape(model)}: groups</h3>" + _table_html(table))
+        g = sets[sets["model"] == model]
+        for ind, h in g.groupby("in_dataset", sort=True):
+            cells = {}
+            for r in h.itertuples(index=False):
+                mark = "" if r.model_free or r.beats_baselines else "!"
+                cells.setdefault(r.detector + (" (mf)" if r.model_free else ""), {})[f"{r.ood_dataset} ({r.ood_group})"] = \
+                    f"{r.auroc:.3f}{mark}"
+            order = list(dict.fromkeys(f"{r.ood_dataset} ({r.ood_group})" for r in h.itertuples(index=False)))
+            page.add(f"<details><summary>{html.escape(model)}, in-distribution {html.escape(str(ind))}: every set</summary>"
+                     + _table_html(pd.DataFrame(cells).T.reindex(columns=order).fillna("-").sort_index()) + "</details>")
+    tokens = select_on or default_selection(frame)
+    if tokens:
+        page.add("<h3>Selected detector</h3><p>" + "<br>".join(html.escape(line) for line in
+                 suite.selection_lines(suite.selection(sets, tokens))) + "</p>")
+    sev = suite.severity_rows(sets)
+    if len(sev):
+        picked = suite.selection(sets, tokens) if tokens else {}
+        keep = sorted({n for p in picked.values() for n in (p.get("detector"), p.get("baseline")) if n} | {"log_likelihood"})
+        page.add("<h3>AUROC against shift strength</h3>")
+        page.figure(suite.severity_figure(sev, keep), width=1100, height=320 * max(1, -(-sev.groupby(["model", "in_dataset", "axis"]).ngroups // 3)))
+
+
+def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-based OOD detection",
+          select_on: Optional[List[str]] = None) -> str:
     """The report's HTML text for the aggregate ``frame`` of the runs in ``run_dirs``."""
     page = Page()
     page.add(f"<h1>{html.escape(title)}</h1><p>In-distribution test points are the positive class; every score "
@@ -233,9 +279,14 @@ def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-ba
     if frame.empty:
         page.add("<p>No finished runs yet.</p>")
     else:
-        _pivot_html(frame, page)
-        page.add("<h2>AUROC heatmap</h2>")
-        _heatmap(frame, page)
+        from reports.suite import has_suite
+        suite_runs = has_suite(frame)
+        _pivot_html(frame[frame["ood_group"] == "real"] if suite_runs and (frame["ood_group"] == "real").any() else frame, page)
+        if suite_runs:
+            _suite_html(frame, page, select_on)
+        elif frame["ood_dataset"].nunique() <= 8:
+            page.add("<h2>AUROC heatmap</h2>")
+            _heatmap(frame, page)
     lid_errors = collect_lid_errors(run_dirs)
     if not lid_errors.empty:
         page.add("<h2>LID estimators against the known dimension</h2><table><tr>"
@@ -251,9 +302,10 @@ def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-ba
     return page.render(title)
 
 
-def write(frame: pd.DataFrame, run_dirs: List[Path], path: Path, title: Optional[str] = None) -> Path:
+def write(frame: pd.DataFrame, run_dirs: List[Path], path: Path, title: Optional[str] = None,
+          select_on: Optional[List[str]] = None) -> Path:
     """Write the report atomically to ``path`` and return it."""
-    text = build(frame, run_dirs, title or "Likelihood-based OOD detection")
+    text = build(frame, run_dirs, title or "Likelihood-based OOD detection", select_on)
     rundir.write_text(Path(path), text)
     return Path(path)
 
