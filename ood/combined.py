@@ -41,8 +41,26 @@ def _gmm_candidates(max_components: int, n: int) -> List[int]:
     return [k for k in range(1, int(max_components) + 1) if k * 5 <= n] or [1]
 
 
+_FITTED: Dict[str, Dict[str, Any]] = {}  # in_val content + settings -> a fitted density (see fit_density)
+
+
 def fit_density(x_val: np.ndarray, method: str = "gmm", max_components: int = 8, seed: int = 0) -> Dict[str, Any]:
-    """A density fitted to the in_val matrix ``x_val`` (n, k): returns {"log_density": fn(x) -> (m,), ...details}."""
+    """A density fitted to the in_val matrix ``x_val`` (n, k): returns {"log_density": fn(x) -> (m,), ...details}.
+
+    A fit depends on in_val alone, so it is made once per process for the same matrix and settings and
+    shared by every task of a run (in_test and generated against each of its OOD sets)."""
+    import hashlib
+
+    key = hashlib.sha256(np.ascontiguousarray(x_val, dtype=np.float64).tobytes()
+                         + repr((x_val.shape, method, int(max_components), int(seed))).encode()).hexdigest()
+    if key not in _FITTED:
+        if len(_FITTED) >= 64:
+            _FITTED.pop(next(iter(_FITTED)))
+        _FITTED[key] = _fit_density(x_val, method, max_components, seed)
+    return dict(_FITTED[key])
+
+
+def _fit_density(x_val: np.ndarray, method: str, max_components: int, seed: int) -> Dict[str, Any]:
     from sklearn.mixture import GaussianMixture
     from sklearn.neighbors import KernelDensity
 

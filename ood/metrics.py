@@ -113,39 +113,36 @@ def _multiplicities(rng: np.random.Generator, n: int, b: int) -> np.ndarray:
     return np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
 
 
-def _weighted_auroc(s_in, s_ood_sorted, lo, hi, w, v) -> np.ndarray:
-    vc = np.concatenate([np.zeros((v.shape[0], 1)), np.cumsum(v, axis=1)], axis=1)
-    below = np.take_along_axis(vc, np.broadcast_to(lo, w.shape), axis=1)
-    upto = np.take_along_axis(vc, np.broadcast_to(hi, w.shape), axis=1)
-    return (w * (below + 0.5 * (upto - below))).sum(axis=1) / (w.sum(axis=1) * v.sum(axis=1))
-
-
-def _weighted_ap(scores_desc, labels, last, z) -> np.ndarray:
-    """Average precision (positives = ``labels`` 1) of every weighted resample ``z`` (b, N) over scores sorted descending."""
-    tp = np.cumsum(z * labels, axis=1)[:, last]
-    fp = np.cumsum(z * (1 - labels), axis=1)[:, last]
+def _weighted_ap(weights, tp, fp) -> np.ndarray:
+    """Average precision of weighted resamples: sum_i w_i precision_i / sum_i w_i over the positive points, with
+    precision at the end of each point's tie group (``tp``, ``fp``: (b, n) weights of positives and negatives
+    scoring at least as well). Summing per point gives each distinct threshold its recall increment."""
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-    recall = tp / tp[:, -1:]
-    return np.sum(np.diff(np.concatenate([np.zeros((z.shape[0], 1)), recall], axis=1), axis=1) * precision, axis=1)
+    return (weights * precision).sum(axis=1) / weights.sum(axis=1)
+
+
+def _cumulative(weights: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """(b, n + 1): 0 then the running sums of ``weights`` taken in ``order`` (ascending scores)."""
+    out = np.zeros((weights.shape[0], weights.shape[1] + 1))
+    np.cumsum(weights[:, order], axis=1, out=out[:, 1:])
+    return out
 
 
 def bootstrap_metrics(s_in, s_ood, b: int = 1000, seed: int = 0, chunk: int = 64) -> Dict[str, np.ndarray]:
-    """Each metric of :func:`detection_metrics` over ``b`` stratified bootstrap resamples: {key: (b,) array}."""
+    """Each metric of :func:`detection_metrics` over ``b`` stratified bootstrap resamples: {key: (b,) array}.
+
+    Every metric is a sum over points of the resample weights times a function of the running weights of the
+    two sides at the point's score, so one sort of each side and O(b (n + m)) work serve them all."""
     s_in, s_ood = _clean(s_in), _clean(s_ood)
     n, m = s_in.size, s_ood.size
     rng = np.random.default_rng([int(seed), 0xB007])
-    o = np.sort(s_ood)
-    lo, hi = np.searchsorted(o, s_in, side="left"), np.searchsorted(o, s_in, side="right")
-    # AUPR: pooled scores sorted descending, one threshold per distinct value
-    pooled = np.concatenate([s_in, s_ood])
-    labels = np.concatenate([np.ones(n), np.zeros(m)])
-    order_in = np.argsort(-pooled, kind="mergesort")
-    sorted_in = pooled[order_in]
-    last_in = np.r_[np.flatnonzero(sorted_in[1:] != sorted_in[:-1]), sorted_in.size - 1]
-    order_out = np.argsort(pooled, kind="mergesort")  # OOD positive, scores negated
-    sorted_out = pooled[order_out]
-    last_out = np.r_[np.flatnonzero(sorted_out[1:] != sorted_out[:-1]), sorted_out.size - 1]
+    order_ood, order_in = np.argsort(s_ood, kind="mergesort"), np.argsort(s_in, kind="mergesort")
+    o, i_asc = s_ood[order_ood], s_in[order_in]
+    ood_below, ood_upto = np.searchsorted(o, s_in, side="left"), np.searchsorted(o, s_in, side="right")
+    in_below = np.searchsorted(i_asc, s_in, side="left")       # in-dist points scoring below each in-dist point
+    ood_upto_o = np.searchsorted(o, s_ood, side="right")        # OOD points scoring at most each OOD point
+    in_upto_o = np.searchsorted(i_asc, s_ood, side="right")     # in-dist points scoring at most each OOD point
     # FPR95: in-distribution scores sorted descending
     order_desc = np.argsort(-s_in, kind="mergesort")
     in_desc = s_in[order_desc]
@@ -154,14 +151,14 @@ def bootstrap_metrics(s_in, s_ood, b: int = 1000, seed: int = 0, chunk: int = 64
     for start in range(0, b, chunk):
         c = min(chunk, b - start)
         w, v = _multiplicities(rng, n, c), _multiplicities(rng, m, c)
-        v_sorted = v[:, np.argsort(s_ood, kind="mergesort")]
-        out["auroc"].append(_weighted_auroc(s_in, o, lo, hi, w, v_sorted))
-        z = np.concatenate([w, v], axis=1)
-        out["aupr_in"].append(_weighted_ap(sorted_in, labels[order_in], last_in, z[:, order_in]))
-        out["aupr_out"].append(_weighted_ap(-sorted_out, 1 - labels[order_out], last_out, z[:, order_out]))
+        wc, vc = _cumulative(w, order_in), _cumulative(v, order_ood)
+        big_w, big_v = wc[:, -1:], vc[:, -1:]
+        below, upto = vc[:, ood_below], vc[:, ood_upto]
+        out["auroc"].append((w * (below + 0.5 * (upto - below))).sum(axis=1) / (big_w[:, 0] * big_v[:, 0]))
+        out["aupr_in"].append(_weighted_ap(w, big_w - wc[:, in_below], big_v - below))
+        out["aupr_out"].append(_weighted_ap(v, vc[:, ood_upto_o], wc[:, in_upto_o]))
         cum = np.cumsum(w[:, order_desc], axis=1)
         t = in_desc[np.argmax(cum >= k, axis=1)]
-        vc = np.concatenate([np.zeros((c, 1)), np.cumsum(v_sorted, axis=1)], axis=1)
         pos = np.searchsorted(o, t, side="left")
         out["fpr95"].append((vc[:, -1] - vc[np.arange(c), pos]) / m)
     return {key: np.concatenate(vals) for key, vals in out.items()}

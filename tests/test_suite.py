@@ -1,0 +1,176 @@
+"""The OOD suite: model-free baselines, one run over several OOD sets (in-distribution work once), the
+group summary and the honest selection."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import runconfig
+from ood import scores as score_registry
+from ood.detectors import TaskView
+from reports import suite
+from tests.conftest import needs_real_data
+
+
+def test_pixel_statistics_against_numpy():
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 256, (6, 1, 5, 5)).astype(np.float64)
+    stored[0] = 0.0
+    stored[1, 0, :2] = 255.0
+    x = torch.from_numpy(stored + rng.random(stored.shape))  # dequantized: floor gives the stored bytes back
+    flat = stored.reshape(6, -1)
+    cache: dict = {}
+    mean = score_registry.get("intensity_mean").fn(None, x, cache).numpy()
+    std = score_registry.get("intensity_std").fn(None, x, cache).numpy()
+    sat = score_registry.get("saturation").fn(None, x, cache).numpy()
+    assert np.allclose(mean, flat.mean(axis=1)) and np.allclose(std, flat.std(axis=1))
+    assert np.allclose(sat, ((flat == 0) | (flat == 255)).mean(axis=1))
+    assert all(score_registry.model_free(n) for n in ("intensity_mean", "intensity_std", "saturation", "codec_bits_per_dim"))
+    assert not score_registry.model_free("log_likelihood") and not score_registry.model_free("complexity")
+
+
+def _view(val, pos, neg, names):
+    frame = lambda a: pd.DataFrame(a, columns=names)
+    return TaskView(frame(pos), frame(neg), frame(val[:2]), frame(val), list(names), {},
+                    {"ood": {"bootstrap": 0}, "run": {"seed": 0}})
+
+
+def test_baseline_detectors_are_two_sided_pvalues_against_in_val():
+    from ood.baselines import baselines
+
+    rng = np.random.default_rng(1)
+    names = ["intensity_mean", "saturation"]
+    val, pos = rng.normal(size=(50, 2)), rng.normal(size=(30, 2))
+    neg = np.column_stack([rng.normal(4.0, 1.0, 20), rng.normal(-4.0, 1.0, 20)])  # OOD in opposite tails
+    out = baselines(_view(val, pos, neg, names))
+    assert set(out) == {"baseline:intensity_mean", "baseline:saturation", "baseline:all"}
+
+    def brute(v, ref):  # two-sided p-value by counting
+        left = (1 + np.sum(ref <= v)) / (len(ref) + 1)
+        right = (1 + np.sum(ref >= v)) / (len(ref) + 1)
+        return np.log(min(1.0, 2 * min(left, right)))
+    for j, n in enumerate(names):
+        got_pos, got_neg = out[f"baseline:{n}"]["_values"]
+        assert np.allclose(got_pos, [brute(v, val[:, j]) for v in pos[:, j]])
+        assert np.allclose(got_neg, [brute(v, val[:, j]) for v in neg[:, j]])
+        assert out[f"baseline:{n}"]["auroc"] > 0.95  # both tails are caught
+    fisher_neg = out["baseline:all"]["_values"][1]
+    assert np.allclose(fisher_neg, [2 * sum(brute(r[j], val[:, j]) for j in range(2)) for r in neg])
+
+
+def test_ood_sets_config_forms_and_errors():
+    assert runconfig.ood_sets("mnist") == [("mnist", "real")]
+    assert runconfig.ood_sets(["mnist", "fmnist:hflip", "fmnist:uniform", "fmnist:classes=5-9"]) == [
+        ("mnist", "real"), ("fmnist:hflip", "transform"), ("fmnist:uniform", "far"), ("fmnist:classes=5-9", "near")]
+    assert runconfig.ood_sets({"far": ["mnist:invert"], "real": "fmnist"}) == [("mnist:invert", "far"), ("fmnist", "real")]
+    for bad, phrase in [({"farr": ["x"]}, "unknown group 'farr'"), ([], "non-empty list"), (["a", "a"], "twice"),
+                        ({"far": [3]}, "data.ood.far")]:
+        with pytest.raises(runconfig.ConfigError, match=phrase) as err:
+            runconfig.resolve({"data": {"ood": bad}})
+        assert "\n" not in str(err.value)
+    cfg = runconfig.resolve({"data": {"ood": ["mnist", "fmnist:hflip"]}})
+    assert runconfig.run_name(cfg, "ood").split("-vs-")[1].startswith("suite2-")
+
+
+def _frame(rows):
+    base = {"model": "m", "in_dataset": "a", "label_free": True, "optimistic": False, "per_batch": False, "seed": 0,
+            "group": "g", "n_in": 10, "n_ood": 10, "run": "r", "aupr_in": None, "aupr_out": None, "fpr95": None}
+    frame = pd.DataFrame([dict(base, **r) for r in rows])
+    for m in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+        frame[f"{m}_lo"] = frame["auroc"] - 0.01 if m == "auroc" else None
+        frame[f"{m}_hi"] = frame["auroc"] + 0.01 if m == "auroc" else None
+    return frame
+
+
+SUITE_ROWS = [
+    # selection sets (transform): d1 has the better worst case, d2 the better mean
+    *({"ood_dataset": s, "ood_group": "transform", "detector": d, "auroc": v, "model_free": False}
+      for s, d, v in [("a:hflip", "d1", 0.80), ("a:blur=1", "d1", 0.82), ("a:hflip", "d2", 0.99), ("a:blur=1", "d2", 0.70),
+                      ("a:blur=2", "d1", 0.90), ("a:blur=2", "d2", 0.99)]),
+    *({"ood_dataset": s, "ood_group": "transform", "detector": "mf", "auroc": v, "model_free": True}
+      for s, v in [("a:hflip", 0.5), ("a:blur=1", 0.6), ("a:blur=2", 0.7)]),
+    # held out (far, real): d2 would win here, which must not matter
+    *({"ood_dataset": s, "ood_group": g, "detector": d, "auroc": v, "model_free": False}
+      for s, g, d, v in [("a:uniform", "far", "d1", 0.95), ("a:uniform", "far", "d2", 1.0),
+                         ("b", "real", "d1", 0.60), ("b", "real", "d2", 0.99)]),
+    *({"ood_dataset": s, "ood_group": g, "detector": "mf", "auroc": v, "model_free": True}
+      for s, g, v in [("a:uniform", "far", 0.99), ("b", "real", 0.70)]),
+]
+
+
+def test_selection_sees_only_the_selection_sets_and_picks_the_best_worst_case():
+    sets = suite.per_set(_frame(SUITE_ROWS))
+    given = []
+
+    def spy(rows):
+        given.append(rows)
+        return suite.select(rows)
+    picked = suite.selection(sets, ["transform"], chooser=spy)["m"]
+    assert len(given) == 1 and set(given[0]["ood_group"]) == {"transform"}
+    assert set(given[0]["ood_dataset"]) == {"a:hflip", "a:blur=1", "a:blur=2"}
+    assert picked["detector"] == "d1" and picked["worst"] == pytest.approx(0.80)  # best worst case, not best mean
+    assert picked["baseline"] == "mf" and picked["baseline_worst"] == pytest.approx(0.5)
+    held = picked["held_out"]
+    assert set(held["ood_dataset"]) == {"a:uniform", "b"} and set(held["detector"]) == {"d1", "mf"}
+    d1 = held[held["detector"] == "d1"].set_index("ood_dataset")
+    assert bool(d1.loc["a:uniform", "beats_baselines"]) is False and bool(d1.loc["b", "beats_baselines"]) is False
+    # selecting on a named set works too; a token naming nothing is one sentence
+    assert suite.selection(sets, ["a:hflip"])["m"]["detector"] == "d2"
+    with pytest.raises(suite.SelectionError, match="names no group or OOD set") as err:
+        suite.selection(sets, ["nearr"])
+    assert "\n" not in str(err.value)
+
+
+def test_group_summary_against_a_direct_computation():
+    sets = suite.per_set(_frame(SUITE_ROWS))
+    g = suite.group_summary(sets).set_index(["ood_group", "detector"])
+    vals = [0.80, 0.82, 0.90]
+    assert g.loc[("transform", "d1"), "mean"] == pytest.approx(np.mean(vals))
+    assert g.loc[("transform", "d1"), "worst"] == pytest.approx(0.80) and g.loc[("transform", "d1"), "worst_set"] == "a:hflip"
+    assert g.loc[("transform", "d1"), "worst_lo"] == pytest.approx(0.79)
+    assert g.loc[("transform", "d1"), "mean_hi"] == pytest.approx(np.mean(vals) + 0.01)
+    assert g.loc[("transform", "d1"), "n_sets"] == 3
+
+
+@needs_real_data
+def test_one_run_scores_every_ood_set_against_in_distribution_work_done_once(tiny_cfg, monkeypatch):
+    from ood import runner
+
+    calls, fits = [], []
+    real_score, real_fit = runner.score_images, runner.fit
+
+    def counting_score(model, x, names, *a, desc="score", **k):
+        calls.append(desc)
+        return real_score(model, x, names, *a, desc=desc, **k)
+
+    def counting_fit(*a, **k):
+        fits.append(1)
+        return real_fit(*a, **k)
+    monkeypatch.setattr(runner, "score_images", counting_score)
+    monkeypatch.setattr(runner, "fit", counting_fit)
+    sets = ["mnist", "fmnist:hflip", "fmnist:uniform"]
+    cfg = runconfig.resolve(dict(tiny_cfg, data=dict(tiny_cfg["data"], ood=sets),
+                                 ood=dict(tiny_cfg["ood"], scores=["log_likelihood", "typicality"], bootstrap=0,
+                                          baselines=["intensity_mean"])))
+    directory = runner.run_ood(cfg, echo=False)
+    assert len(fits) == 1
+    assert sorted(calls) == sorted(["in_train", "in_val", "in_test", "generated", "ood@mnist", "ood@fmnist_hflip",
+                                    "ood@fmnist_uniform"])
+    metrics = json.loads((directory / "metrics.json").read_text())
+    for name in sets:
+        entry = metrics[f"{name}::log_likelihood"]
+        assert entry["ood_dataset"] == name and entry["ood_group"] == runconfig.ood_sets(name)[0][1]
+    assert metrics["fmnist:uniform::baseline:intensity_mean"]["model_free"] is True
+    table = pd.read_parquet(directory / "scores.parquet")
+    assert set(table.loc[table.split == "ood", "dataset"]) == set(sets)
+
+    # the same set scored alone (same model) gives the same numbers
+    single = runconfig.resolve(dict(cfg, data=dict(cfg["data"], ood="fmnist:hflip"),
+                                    ood=dict(cfg["ood"], checkpoint=str(directory))))
+    alone = json.loads((runner.run_ood(single, echo=False) / "metrics.json").read_text())
+    for key in ("log_likelihood", "typicality", "baseline:intensity_mean"):
+        assert alone[key]["auroc"] == metrics[f"fmnist:hflip::{key}"]["auroc"]
