@@ -63,6 +63,7 @@ bench: setup data
 	$(PY) benchmarks/bench_diffusion.py
 	$(PY) benchmarks/bench_scores.py
 	$(PY) benchmarks/bench_families.py
+	$(PY) benchmarks/bench_suite.py
 
 clean-runs:
 	rm -rf runs/demo

@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 META = "meta_configurations/ood/demo_tiny.yaml"
-PROGRESS = re.compile(r"(train|in_train|in_val|in_test|ood|generated|background|lid \(exact\)|lid \(fast\)):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+PROGRESS = re.compile(r"(train|in_train|in_val|in_test|ood(?:@[^:\s]+)?|generated|background|lid \(exact\)|lid \(fast\)):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 
 
 def _status(log: Path) -> str:
@@ -64,7 +64,7 @@ def main() -> int:
     print(f"demo: agents finished in {time.time() - t0:.0f}s\n", flush=True)
     status = subprocess.run([py, "sweep.py", "status", sweep_id], cwd=ROOT, capture_output=True, text=True)
     print(status.stdout.splitlines()[0] if status.stdout else "")
-    agg = subprocess.run([py, "sweep.py", "aggregate", sweep_id], cwd=ROOT)
+    agg = subprocess.run([py, "sweep.py", "aggregate", sweep_id, "--select-on", "transform"], cwd=ROOT)
     if "0 failed" not in (status.stdout.splitlines() or [""])[0]:
         print("demo: some runs failed; `python sweep.py status " + sweep_id + "` shows why", file=sys.stderr)
         return 1

@@ -138,7 +138,8 @@ def seed_summary(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     rows = []
     for key, g in frame.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, key), n_seeds=int(g["seed"].nunique()), label_free=bool(g["label_free"].all()),
-                   ood_group=g["ood_group"].iloc[0], model_free=bool(g["model_free"].all()),
+                   ood_group=g["ood_group"].iloc[0] if "ood_group" in g else "real",
+                   model_free=bool(g["model_free"].all()) if "model_free" in g else False,
                    optimistic=bool(g["optimistic"].any()), per_batch=bool(g["per_batch"].any()),
                    n_in=g["n_in"].iloc[0], n_ood=g["n_ood"].iloc[0])
         for m in METRICS:

@@ -134,6 +134,7 @@ SHIPPED = {  # file -> (job, runs)
     "ood/pixelcnn_ratio_paper.yaml": ("ood", 4),
     "ood/rgb_hvae_pixelcnn.yaml": ("ood", 4),
     "training/background_pixelcnn.yaml": ("train", 20),
+    "ood/suite_tiny.yaml": ("ood", 16),
 }
 
 
@@ -145,8 +146,10 @@ def test_every_shipped_meta_configuration_expands(rel):
     assert meta.job == job and len(runs) == n
     assert len({r.name for r in runs}) == n and len({r.digest for r in runs}) == n
     if rel == "ood/demo_tiny.yaml":
-        pairs = [(r.config["data"]["in_distribution"], r.config["data"]["ood"]) for r in runs]
-        assert pairs == [("fmnist", "mnist"), ("mnist", "fmnist")]
+        import runconfig
+        pairs = [(r.config["data"]["in_distribution"], runconfig.ood_sets(r.config["data"]["ood"])) for r in runs]
+        assert [(i, [n for n, g in sets if g == "real"]) for i, sets in pairs] == [("fmnist", ["mnist"]), ("mnist", ["fmnist"])]
+        assert all({g for _, g in sets} == {"real", "transform", "far"} for _, sets in pairs)
         assert all(r.config["model"]["coupling"] == "rq_nsf" and r.config["preset"] == "flow_rq_nsf_tiny" for r in runs)
         assert all("lid" in r.config["ood"]["scores"] and r.config["lid"]["n_per_split"] == 32 for r in runs)
     if rel == "training/grayscale_flows.yaml":

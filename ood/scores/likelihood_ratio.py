@@ -136,8 +136,8 @@ def _validation_points(ctx: StageContext) -> torch.Tensor:
     if not name:
         raise runconfig.ConfigError("likelihood_ratio.selection is validation_ood but likelihood_ratio.validation_ood is "
                                     "not set: name a dataset (not the test OOD set) to choose the background model on.")
-    if str(name) == str(ctx.cfg["data"]["ood"]):
-        raise runconfig.ConfigError(f"likelihood_ratio.validation_ood is '{name}', the test OOD set itself: choosing the "
+    if str(name) in [n for n, _ in runconfig.ood_sets(ctx.cfg["data"]["ood"])]:
+        raise runconfig.ConfigError(f"likelihood_ratio.validation_ood is '{name}', a test OOD set itself: choosing the "
                                     f"background model on it would be optimistic; name another dataset.")
     val_set = load_split(str(name), "test")
     x_in = next(x for split, _, x, _ in ctx.splits if split == "in_val")
