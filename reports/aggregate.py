@@ -298,7 +298,7 @@ def format_suite(frame: pd.DataFrame, select_on: Optional[List[str]] = None, wid
     tokens = select_on if select_on else default_selection(frame)
     if tokens:
         parts.append("\nSelection (chosen on the selection sets only, reported on the others):")
-        parts.extend(textwrap.fill(line, width, subsequent_indent="    ") for line in
+        parts.extend(textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False) for line in
                      suite.selection_lines(suite.selection(sets, tokens)))
     return "\n".join(parts)
 

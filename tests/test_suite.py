@@ -174,3 +174,38 @@ def test_one_run_scores_every_ood_set_against_in_distribution_work_done_once(tin
     alone = json.loads((runner.run_ood(single, echo=False) / "metrics.json").read_text())
     for key in ("log_likelihood", "typicality", "baseline:intensity_mean"):
         assert alone[key]["auroc"] == metrics[f"fmnist:hflip::{key}"]["auroc"]
+
+
+def test_wandb_summaries_carry_the_set_and_its_group():
+    from ood.runner import _summaries
+
+    metrics = {"fmnist:hflip::log_likelihood": {"auroc": 0.5, "ood_dataset": "fmnist:hflip", "ood_group": "transform"},
+               "mnist::generated_vs_ood/log_likelihood": {"auroc": 0.9, "ood_dataset": "mnist", "ood_group": "real"}}
+    got = _summaries(metrics, several=True)
+    assert got["ood/transform/fmnist:hflip/log_likelihood/auroc"] == 0.5
+    assert got["ood/real/mnist/generated_vs_ood/log_likelihood/auroc"] == 0.9
+    single = _summaries({"log_likelihood": {"auroc": 0.4, "ood_dataset": "mnist", "ood_group": "real"}}, several=False)
+    assert single["log_likelihood/auroc"] == 0.4 and single["log_likelihood/ood_dataset"] == "mnist"
+
+
+def test_data_cli_lists_the_derivations(capsys):
+    from data.__main__ import main
+
+    assert main(["derived"]) == 0
+    text = capsys.readouterr().out
+    for name in ("classes=", "hflip", "noise=", "uniform", "blend="):
+        assert name in text
+
+
+def test_suite_report_and_console_views():
+    from reports import report
+    from reports.aggregate import format_suite
+
+    frame = _frame(SUITE_ROWS)
+    text = " ".join(format_suite(frame, ["transform"]).split())  # lines are wrapped for the terminal
+    assert "a:transform" in text and "mean/worst" in text and "selected on transform" in text
+    assert "d1 (worst 0.800" in text and "model-free baseline chosen the same way: mf" in text
+    assert format_suite(frame[frame["ood_group"] == "real"].assign(ood_group="real"), None) == ""  # one pair: no suite
+    page = report.build(frame, [], select_on=["transform"])
+    assert "OOD suite" in page and "Selected detector" in page and "AUROC against shift strength" in page
+    assert "0.600!" in page  # d1 on b: not above the best model-free baseline there (0.70)
