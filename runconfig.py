@@ -148,8 +148,14 @@ def _check_ood_sets(path: str, value: Any) -> None:
     ood_sets(value, path)
 
 
+def _check_ood_groups(path: str, value: Any) -> None:
+    if not isinstance(value, list) or any(g not in OOD_GROUPS for g in value):
+        raise ConfigError(f"Config key '{path}' must be a list of OOD groups from {', '.join(OOD_GROUPS)}, got {value!r}.")
+
+
 # named checks a spec may attach to a key (``checks: {section.key: <name>}``)
-CHECKS: Dict[str, Callable[[str, Any], None]] = {"grid": _check_log_tau_grid, "ood_sets": _check_ood_sets}
+CHECKS: Dict[str, Callable[[str, Any], None]] = {"grid": _check_log_tau_grid, "ood_sets": _check_ood_sets,
+                                                 "ood_groups": _check_ood_groups}
 FREE_TYPED = {"data.ood"}  # keys whose check alone says what they may hold
 
 

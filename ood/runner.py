@@ -226,7 +226,7 @@ def _per_batch_frames(model, scored, split_of, names, cfg, directory: Path, cons
     return frames
 
 
-def _run_stages(model, scored, frames, stage_names, cfg, seed, console, directory, truth):
+def _run_stages(model, scored, frames, stage_names, cfg, seed, console, directory, truth, groups=None):
     """Run every stage score over all scored splits; fills its column in ``frames``; returns the outputs."""
     import pandas as pd
 
@@ -234,11 +234,12 @@ def _run_stages(model, scored, frames, stage_names, cfg, seed, console, director
     for stage_name in stage_names:
         t0 = time.perf_counter()
         ctx = score_registry.StageContext(model, scored, cfg, seed, console, directory, rundir.runs_root(cfg),
-                                          truth=truth, table=pd.concat(frames, ignore_index=True))
+                                          truth=truth, table=pd.concat(frames, ignore_index=True), groups=dict(groups or {}))
         out = stages[stage_name] = score_registry.get(stage_name).stage(ctx)
         for frame, (key, _, _, _) in zip(frames, scored):
             column = np.full(len(frame), np.nan)
-            column[out.positions[key]] = out.values[key]
+            if key in out.positions:
+                column[out.positions[key]] = out.values[key]
             frame[stage_name] = column
         for art, frame_ in out.artifacts.items():
             rundir.atomic_write(directory / f"{art}.parquet", lambda p, f=frame_: f.to_parquet(p, index=False))
@@ -352,7 +353,8 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         frames = _per_batch_frames(model, scored, split_of, batch_names, cfg, directory, console, device)
         console(f"scored {sum(len(f) for f in frames)} samples in {time.perf_counter() - t0:.1f}s")
         stages = _run_stages(model, scored, frames, [n for n in names if score_registry.get(n).stage is not None],
-                             cfg, seed, console, directory, {sp.key: sp.true_lid for sp in splits if sp.true_lid is not None})
+                             cfg, seed, console, directory, {sp.key: sp.true_lid for sp in splits if sp.true_lid is not None},
+                             {o.key: o.group for o in oods})
         table = pd.concat(frames, ignore_index=True)
         info = {k: v.metric_info for k, v in stages.items()}
         for key, extra in (model.metric_info() if hasattr(model, "metric_info") else {}).items():

@@ -25,10 +25,11 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _filters(model: str, ind: str, ood: str) -> str:
+def _filters(model: str, ind: str, ood: Optional[str]) -> str:
+    """Runs of one model and in-distribution, and of one OOD set unless the runs score several (``ood`` None)."""
     family = model.split("/", 1)[0]
-    return (f"Config('model.family') == '{family}' and Config('data.in_distribution') == '{ind}' "
-            f"and Config('data.ood') == '{ood}'")
+    return (f"Config('model.family') == '{family}' and Config('data.in_distribution') == '{ind}'"
+            + (f" and Config('data.ood') == '{ood}'" if ood is not None else ""))
 
 
 def build(frame: pd.DataFrame, sweep_id: str, entity: str, project: str, loss_names: Optional[Dict[str, str]] = None):
@@ -50,11 +51,14 @@ def build(frame: pd.DataFrame, sweep_id: str, entity: str, project: str, loss_na
         rows = test_rows[test_rows["model"] == model]
         label_free = sorted(rows.loc[rows["label_free"] & ~rows["optimistic"] & ~rows["per_batch"], "detector"].unique())
         family = model.split("/", 1)[0]
-        for (ind, ood), _ in rows.groupby(["in_dataset", "ood_dataset"]):
+        suite_runs = set(rows.groupby("run")["ood_dataset"].nunique().loc[lambda n: n > 1].index)
+        for (ind, ood), pair in rows.groupby(["in_dataset", "ood_dataset"]):
+            several = bool(set(pair["run"]) & suite_runs)  # one run scored several OOD sets: summaries name set and group
+            head = f"ood/{pair['ood_group'].iloc[0]}/{ood}/" if several and "ood_group" in pair else ""
             runset = wr.Runset(entity=entity, project=project, name=f"{model}: {pair_label(ind, ood)}",
-                               filters=_filters(model, ind, ood))
+                               filters=_filters(model, ind, None if several else ood))
             panels = [wr.BarPlot(title=f"AUROC, label-free detectors ({pair_label(ind, ood)})",
-                                 metrics=[wr.SummaryMetric(f"{d}/auroc") for d in label_free], orientation="h"),
+                                 metrics=[wr.SummaryMetric(f"{head}{d}/auroc") for d in label_free], orientation="h"),
                       wr.LinePlot(title="training curve", x="Step", y=[f"train/{loss_names.get(family, 'loss')}"])]
             blocks += [wr.H3(pair_label(ind, ood)), wr.PanelGrid(runsets=[runset], panels=panels)]
     blocks += [wr.H2("Aggregate table"),

@@ -209,3 +209,22 @@ def test_suite_report_and_console_views():
     page = report.build(frame, [], select_on=["transform"])
     assert "OOD suite" in page and "Selected detector" in page and "AUROC against shift strength" in page
     assert "0.600!" in page  # d1 on b: not above the best model-free baseline there (0.70)
+
+
+@needs_real_data
+def test_lid_only_for_the_ood_groups_it_is_asked_for(tiny_cfg):
+    from ood import runner
+
+    cfg = runconfig.resolve(dict(tiny_cfg, data=dict(tiny_cfg["data"], ood=["mnist", "fmnist:uniform"]),
+                                 ood=dict(tiny_cfg["ood"], scores=["log_likelihood", "lid"], bootstrap=0, baselines=[]),
+                                 lid=dict(tiny_cfg["lid"], n_per_split=3, ood_groups=["real"], batch_points=3)))
+    directory = runner.run_ood(cfg, echo=False)
+    table = pd.read_parquet(directory / "scores.parquet")
+    ood = table[table.split == "ood"]
+    assert ood.loc[ood.dataset == "mnist", "lid"].notna().sum() == 3
+    assert ood.loc[ood.dataset == "fmnist:uniform", "lid"].isna().all()
+    assert table.loc[table.split == "in_val", "lid"].notna().sum() == 3
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert "mnist::dual_threshold_fixed" in metrics and "fmnist:uniform::dual_threshold_fixed" not in metrics
+    with pytest.raises(runconfig.ConfigError, match="lid.ood_groups"):
+        runconfig.resolve({"lid": {"ood_groups": ["farr"]}})

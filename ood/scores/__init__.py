@@ -49,12 +49,14 @@ class StageContext:
     runs_root: Optional[Path]      # for caches shared between runs
     truth: Dict[str, np.ndarray] = field(default_factory=dict)  # split -> known LID of every row (synthetic manifolds)
     table: Any = None              # the per-batch scores so far (DataFrame, rows in split order), when the runner has them
+    groups: Dict[str, str] = field(default_factory=dict)  # OOD split key -> its suite group (near/transform/far/real)
 
 
 @dataclass
 class StageOutput:
     """A stage's result: values for a subset of each split's rows, plus what goes with them."""
-    positions: Dict[str, np.ndarray]          # split -> row positions (within the split) that have a value
+    positions: Dict[str, np.ndarray]          # split -> row positions (within the split) that have a value (a split
+                                              # left out has no entry: its column stays empty)
     values: Dict[str, np.ndarray]             # split -> the score at those rows
     metric_info: Dict[str, Any] = field(default_factory=dict)   # copied into this score's metrics.json entries
     artifacts: Dict[str, Any] = field(default_factory=dict)     # name -> DataFrame, written as <name>.parquet

@@ -15,7 +15,9 @@ from ood.scores import StageContext, StageOutput, register_stage
 def lid_score(ctx: StageContext) -> StageOutput:
     from ood.lid_stage import run_lid_stage
 
-    result = run_lid_stage(ctx.model, ctx.splits, ctx.cfg, ctx.seed, ctx.log,
+    wanted = set(ctx.cfg["lid"].get("ood_groups") or [])  # OOD sets of other groups get no LID (it costs per point)
+    splits = [sp for sp in ctx.splits if sp[0] not in ctx.groups or ctx.groups[sp[0]] in wanted]
+    result = run_lid_stage(ctx.model, splits, ctx.cfg, ctx.seed, ctx.log,
                            cache_dir=ctx.run_dir / "lid_spectra" if ctx.run_dir else None,
                            shared_dir=ctx.runs_root / "lid_cache" if ctx.runs_root else None)
     ctx.log(f"lid: {sum(len(v) for v in result.values.values())} points, {result.method}, "
@@ -38,6 +40,8 @@ def lid_score(ctx: StageContext) -> StageOutput:
 
     errors = {}
     for split, truth in ctx.truth.items():  # synthetic manifolds: the estimator against the known LID
+        if split not in result.values:
+            continue
         errors[f"lid_error/{split}"] = dict(lid_error_metrics(result.values[split], truth[result.positions[split]]),
                                             method=result.method, **{result.knob: result.log_tau})
         ctx.log(f"lid error on {split}: MAE {errors[f'lid_error/{split}']['mae']:.3f}, "
