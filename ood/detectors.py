@@ -118,12 +118,15 @@ def scored(view: TaskView, s_in, s_ood) -> Dict[str, Any]:
 
 
 @register_detector("single", optimistic=False,
-                   description="each score alone, oriented so higher = in-distribution; rows without a value are left out")
+                   description="each learned score alone, oriented so higher = in-distribution; rows without a value are "
+                               "left out (model-free statistics are detectors through ood.baselines)")
 def single_score(view: TaskView) -> Dict[str, Dict[str, Any]]:
     from ood import scores as score_registry
 
     out = {}
     for name in view.names:
+        if score_registry.model_free(name):  # no direction: a pixel statistic is a detector as baseline:<name> (two-sided)
+            continue
         pos, neg = present(view, name)
         if pos.size and neg.size:
             out[name] = scored(view, score_registry.oriented(name, pos), score_registry.oriented(name, neg))
