@@ -164,6 +164,7 @@ def _sweep_run_dirs(args):
 def cmd_report(args) -> None:
     from reports import report
     from reports.aggregate import collect_runs
+    from reports.suite import selection_tokens
     dirs, missing, out = _sweep_run_dirs(args)
     frame, unreadable = collect_runs(dirs)
     if getattr(args, "wandb", False):
@@ -174,7 +175,7 @@ def cmd_report(args) -> None:
             entity, project = args.entity, args.project
         print(f"saved the W&B report: {wandb_report.save(frame, ' + '.join(args.sweep_ids), entity, project)}")
         return
-    select_on = [t for part in (args.select_on or []) for t in part.split(",") if t]
+    select_on = selection_tokens(args.select_on)
     path = report.write(frame, dirs, out / "report.html", title=f"Sweep {' + '.join(args.sweep_ids)}", select_on=select_on)
     if missing or unreadable:
         print(f"({missing + unreadable} run(s) not finished; the report shows the {len(dirs) - unreadable} that are)")
@@ -183,10 +184,10 @@ def cmd_report(args) -> None:
 
 def cmd_aggregate(args) -> None:
     from reports.aggregate import collect_runs, format_pivot, format_suite, lid_error_section, write_outputs
-    from reports.suite import SelectionError
+    from reports.suite import SelectionError, selection_tokens
     dirs, missing, out = _sweep_run_dirs(args)
     frame, unreadable = collect_runs(dirs)
-    select_on = [t for part in (args.select_on or []) for t in part.split(",") if t]
+    select_on = selection_tokens(args.select_on)
     try:
         suite_text = format_suite(frame, select_on)
     except SelectionError as exc:

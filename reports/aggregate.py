@@ -408,7 +408,8 @@ def parse_roots(prog: str, doc: str, out_help: str, argv=None):
                         help="choose one label-free detector on these OOD groups or sets (comma-separated) and report it "
                              "on every other set (default with an OOD suite: near,transform)")
     args = parser.parse_args(argv)
-    args.select_on = [t for part in (args.select_on or []) for t in part.split(",") if t]
+    from reports.suite import selection_tokens
+    args.select_on = selection_tokens(args.select_on)
     missing = [r for r in args.roots if not r.exists()]
     if missing:
         print(f"error: {missing[0]} does not exist; give a folder holding run directories (e.g. runs/demo).", file=sys.stderr)

@@ -73,6 +73,11 @@ def group_summary(sets: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def selection_tokens(values: Optional[List[str]]) -> List[str]:
+    """``--select-on`` values (repeated and/or comma-separated) as one list of tokens."""
+    return [t.strip() for part in (values or []) for t in str(part).split(",") if t.strip()]
+
+
 def selection_mask(sets: pd.DataFrame, tokens: List[str]) -> pd.Series:
     """Rows of ``sets`` that ``tokens`` name: a group (near, transform, far, real), an OOD set's name, or a pair
     ``<in>-><ood>``. A token that names nothing present is a :class:`SelectionError`."""
