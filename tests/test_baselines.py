@@ -383,7 +383,7 @@ def test_selection_on_a_validation_ood_set_is_labelled_and_never_the_test_set(np
     best = max(entry["validation_auroc"], key=entry["validation_auroc"].get)
     assert best == f"mu={entry['mutation_rate']:g},lambda=0"
     bad = _ratio_cfg(npz_pair, selection="validation_ood", validation_ood=f"npz:{npz_pair / 'ood.npz'}")
-    with pytest.raises(runconfig.ConfigError, match="the test OOD set itself"):
+    with pytest.raises(runconfig.ConfigError, match="a test OOD set itself"):
         run_ood(bad, echo=False)
 
 
