@@ -142,7 +142,7 @@ def _thin(x: np.ndarray, y: np.ndarray, n: int):
     return x[keep], y[keep]
 
 
-def _roc(directory: Path, table: pd.DataFrame, metrics: Dict, title: str):
+def _roc(directory: Path, table: pd.DataFrame, metrics: Dict, title: str, prefix: str = ""):
     import plotly.graph_objects as go
 
     from ood.detectors import dual_threshold_envelope
@@ -153,6 +153,9 @@ def _roc(directory: Path, table: pd.DataFrame, metrics: Dict, title: str):
     if path.exists():
         values = pd.read_parquet(path)
         for key, g in values.groupby("detector", sort=True):
+            if not key.startswith(prefix) or "::" in key[len(prefix):]:
+                continue  # a run with several OOD sets: the curves of its first set (``prefix`` = "<set>::")
+            key = key[len(prefix):]
             if key.startswith("generated_vs_ood/"):
                 continue
             pos, neg = g.loc[g.side == "in", "value"].to_numpy(), g.loc[g.side == "ood", "value"].to_numpy()
@@ -201,16 +204,25 @@ def _run_section(directory: Path, page: Page) -> None:
     cfg = yaml.safe_load((directory / "config.yaml").read_text()) or {}
     if "data" not in cfg:  # not an OOD job (e.g. the orchestration's sleep job): nothing to draw
         return
-    pair = f"{cfg['data']['in_distribution']} -> {cfg['data']['ood']}"
+    import runconfig
+    from data.registry import canonical_name
+
+    sets = runconfig.ood_sets(cfg["data"]["ood"])
+    first = sets[0][0]
+    prefix = f"{first}::" if len(sets) > 1 else ""
+    pair = f"{cfg['data']['in_distribution']} -> {first}" + (f" (first of {len(sets)} OOD sets)" if prefix else "")
     page.add(f"<details><summary>{html.escape(directory.name)} ({html.escape(pair)})</summary><div class='grid'>")
     scores_path = directory / "scores.parquet"
     table = pd.read_parquet(scores_path) if scores_path.exists() else pd.DataFrame()
+    if prefix and len(table):
+        table = table[(table["split"] != "ood") | (table["dataset"] == canonical_name(first))]
+        metrics = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
     if "log_likelihood" in table:
         page.figure(_histogram(table, "log_likelihood", f"log-likelihood per split ({pair})"))
         skip = {"split", "dataset", "index", "log_likelihood", "bits_per_dim"}
         for column in [c for c in table.columns if c not in skip]:
             page.figure(_scatter(table, column, f"{column} vs log-likelihood"))
-    page.figure(_roc(directory, table, metrics, f"ROC of every detector ({pair})"))
+    page.figure(_roc(directory, table, metrics, f"ROC of every detector ({pair})", prefix))
     lid = _lid_curves(directory, "LID curves")
     if lid is not None:
         page.figure(lid)
@@ -317,7 +329,12 @@ def main(argv=None) -> int:
         return 2
     args, dirs = parsed
     frame, _ = collect_runs(dirs)
-    print(f"wrote {write(frame, dirs, args.out or args.roots[0] / 'report.html')}")
+    from reports.suite import SelectionError
+    try:
+        print(f"wrote {write(frame, dirs, args.out or args.roots[0] / 'report.html', select_on=args.select_on)}")
+    except SelectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
