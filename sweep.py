@@ -175,8 +175,12 @@ def cmd_report(args) -> None:
             entity, project = args.entity, args.project
         print(f"saved the W&B report: {wandb_report.save(frame, ' + '.join(args.sweep_ids), entity, project)}")
         return
-    select_on = selection_tokens(args.select_on)
-    path = report.write(frame, dirs, out / "report.html", title=f"Sweep {' + '.join(args.sweep_ids)}", select_on=select_on)
+    from reports.suite import SelectionError
+    try:
+        path = report.write(frame, dirs, out / "report.html", title=f"Sweep {' + '.join(args.sweep_ids)}",
+                            select_on=selection_tokens(args.select_on))
+    except SelectionError as exc:
+        raise SystemExit(f"error: {exc}")
     if missing or unreadable:
         print(f"({missing + unreadable} run(s) not finished; the report shows the {len(dirs) - unreadable} that are)")
     print(f"wrote {path} (self-contained: open it anywhere, no network needed)")
