@@ -135,6 +135,7 @@ SHIPPED = {  # file -> (job, runs)
     "ood/rgb_hvae_pixelcnn.yaml": ("ood", 4),
     "training/background_pixelcnn.yaml": ("train", 20),
     "ood/suite_tiny.yaml": ("ood", 16),
+    "ood/suite_flow_seeds.yaml": ("ood", 12),
 }
 
 
