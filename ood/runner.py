@@ -175,6 +175,27 @@ def _score_names(cfg: Dict[str, Any], images: bool) -> List[str]:
     return score_registry.with_requirements(list(dict.fromkeys(list(cfg["ood"]["scores"]) + extra)))
 
 
+def _checked_scores(cfg: Dict[str, Any], images: bool):
+    """(score names with what they require, table columns), after checking that the family can provide every
+    score and that every combined set names computed columns: these fail before anything is trained."""
+    from models.registry import model_class
+
+    names = _score_names(cfg, images)  # derived scores bring what they need
+    for n in names:
+        score_registry.check_needs(n, model_class(cfg["model"]["family"]), cfg["model"]["family"])
+    columns = score_registry.expand_columns(names, cfg)  # a vector score's components <name>@<label>
+    _check_combined_sets(cfg, names, columns)
+    return names, columns
+
+
+def _metric_info(model, stages) -> Dict[str, Dict[str, Any]]:
+    """Each score's metric info: its stage's, plus how the model computed it (e.g. an HVAE bound's S, its unit)."""
+    info = {k: v.metric_info for k, v in stages.items()}
+    for key, extra in (model.metric_info() if hasattr(model, "metric_info") else {}).items():
+        info.setdefault(key, {}).update(extra)
+    return info
+
+
 def _check_combined_sets(cfg: Dict[str, Any], names: List[str], columns: List[str]) -> None:
     for members in cfg.get("combined", {}).get("sets", []) or []:
         missing = [str(m) for m in (members if isinstance(members, list) else [members])
@@ -211,6 +232,21 @@ def _build_splits(cfg, train_set, test_set, oods: List[OodSet], train_images, sh
         splits.append(SplitData("ood", o.images.name, match_shape(o.images.images[i_od], shape), i_od,
                                 truth(o.images, i_od), key=o.key))
     return splits
+
+
+def _model_inputs(model, splits: List[SplitData], cfg, shape, seed: int):
+    """(key, dataset, x in data space, index) for every split plus the model's seeded samples (``generated``),
+    and each key's split name."""
+    scored = [(sp.key, sp.dataset, sp.data_space(shape, seed, cfg["data"]["eval_dequantization"]), sp.index)
+              for sp in splits]
+    split_of = {sp.key: sp.name for sp in splits}
+    n_gen = int(cfg["ood"]["n_generated"] or 0)
+    if n_gen:
+        gen = torch.Generator().manual_seed(seed + 29)
+        xs = torch.cat([model.sample(min(256, n_gen - s), generator=gen).cpu() for s in range(0, n_gen, 256)])
+        scored.append(("generated", f"generated:{cfg['data']['in_distribution']}", xs, np.arange(n_gen)))
+        split_of["generated"] = "generated"
+    return scored, split_of
 
 
 def _per_batch_frames(model, scored, split_of, names, cfg, directory: Path, console, device):
@@ -295,15 +331,10 @@ def _summaries(metrics: Dict[str, Dict[str, Any]], several: bool) -> Dict[str, A
 
 
 def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
-    """Run one OOD job end to end and return its run directory.
-
-    ``data.ood`` may name several OOD sets: the model, its in-distribution scores, its generated samples and
-    its stages' in-distribution work are computed once and every set is scored against them. Per-batch
-    scores run over every split (finished batches saved, so a killed run resumes); stage scores (``lid``
-    ...) then run over their seeded subsets; every registered detector turns the table into metrics.json
-    entries, per OOD set. Nothing here knows a score by name.
-    ``callbacks`` get ``(step, loss)`` during training (sweep agents use them for early termination).
-    """
+    """Run one OOD job end to end and return its run directory. Steps: check inputs, resolve the model, per-batch
+    scores (resumable), stages, derived scores, detectors per OOD set, write, figures. The model and its
+    in-distribution work serve every set of ``data.ood``; nothing here knows a score by name. ``callbacks`` get
+    ``(step, loss)`` during training (sweep agents use them for early termination)."""
     seed = int(cfg["run"]["seed"])
     ocfg = cfg["ood"]
     # everything that can fail on bad input is checked before the run directory is made
@@ -311,12 +342,7 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
     train_set = load_split(in_name, "train")  # models train on the train split only
     test_set = load_split(in_name, "test")
     oods = _load_ood_sets(cfg)
-    names = _score_names(cfg, images=train_set.images.ndim == 4)  # derived scores bring what they need
-    from models.registry import model_class
-    for n in names:  # a score the family cannot provide fails before anything is trained
-        score_registry.check_needs(n, model_class(cfg["model"]["family"]), cfg["model"]["family"])
-    columns = score_registry.expand_columns(names, cfg)  # a vector score's components <name>@<label>
-    _check_combined_sets(cfg, names, columns)
+    names, columns = _checked_scores(cfg, images=train_set.images.ndim == 4)
     if ocfg["checkpoint"]:
         load_checkpoint_path(ocfg["checkpoint"])
     shape = tuple(cfg["data"]["shape"] or train_set.shape_chw)
@@ -340,15 +366,7 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         splits = _build_splits(cfg, train_set, test_set, oods, train_images, shape, seed)
         import pandas as pd
         t0 = time.perf_counter()
-        scored = [(sp.key, sp.dataset, sp.data_space(shape, seed, cfg["data"]["eval_dequantization"]), sp.index)
-                  for sp in splits]
-        split_of = {sp.key: sp.name for sp in splits}
-        n_gen = int(ocfg["n_generated"] or 0)
-        if n_gen:
-            gen = torch.Generator().manual_seed(seed + 29)
-            xs = torch.cat([model.sample(min(256, n_gen - s), generator=gen).cpu() for s in range(0, n_gen, 256)])
-            scored.append(("generated", f"generated:{in_name}", xs, np.arange(n_gen)))
-            split_of["generated"] = "generated"
+        scored, split_of = _model_inputs(model, splits, cfg, shape, seed)
         batch_names = [n for n in names if score_registry.get(n).per_batch]
         frames = _per_batch_frames(model, scored, split_of, batch_names, cfg, directory, console, device)
         console(f"scored {sum(len(f) for f in frames)} samples in {time.perf_counter() - t0:.1f}s")
@@ -356,19 +374,11 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
                              cfg, seed, console, directory, {sp.key: sp.true_lid for sp in splits if sp.true_lid is not None},
                              {o.key: o.group for o in oods})
         table = pd.concat(frames, ignore_index=True)
-        info = {k: v.metric_info for k, v in stages.items()}
-        for key, extra in (model.metric_info() if hasattr(model, "metric_info") else {}).items():
-            info.setdefault(key, {}).update(extra)  # how the model computed a score (e.g. an HVAE bound's S, its unit)
+        info = _metric_info(model, stages)
         _derive(table, [n for n in names if score_registry.get(n).derived is not None], cfg, info)
         rundir.atomic_write(directory / "scores.parquet", lambda p: table.to_parquet(p, index=False))
 
-        detector_values: Dict[str, Any] = {}
-        metrics = evaluate_sets(table, columns, info, cfg, oods, detector_values)
-        _write_detector_values(directory, detector_values)
-        for out in stages.values():
-            metrics.update(out.metrics)
-        rundir.write_json(directory / "metrics.json", metrics)
-        rundir.write_json(directory / "provenance.json", rundir.provenance(checksums))
+        metrics = _evaluate_and_write(table, columns, info, cfg, oods, stages, directory, checksums)
         if ocfg["figures"]:
             _figures(table, columns, metrics, cfg, directory, console, stages, oods)
         tracker.summary(_summaries(metrics, len(oods) > 1))
@@ -379,6 +389,19 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
     finally:
         tracker.finish()
     return directory
+
+
+def _evaluate_and_write(table, columns, info, cfg, oods, stages, directory: Path, checksums) -> Dict[str, Any]:
+    """Every detector over every OOD set, plus the stages' own entries: metrics.json, detector_values.parquet
+    and provenance.json written (atomically); returns the metrics."""
+    detector_values: Dict[str, Any] = {}
+    metrics = evaluate_sets(table, columns, info, cfg, oods, detector_values)
+    _write_detector_values(directory, detector_values)
+    for out in stages.values():
+        metrics.update(out.metrics)
+    rundir.write_json(directory / "metrics.json", metrics)
+    rundir.write_json(directory / "provenance.json", rundir.provenance(checksums))
+    return metrics
 
 
 def _report_console(metrics, columns, in_name: str, oods: List[OodSet], console) -> None:
