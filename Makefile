@@ -3,17 +3,19 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.requirements-$(shell cat requirements.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.requirements-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: setup data demo test bench clean-runs
 
 setup: $(STAMP) chromium postgresql slurm
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "setup: installing requirements into $(VENV) (first time: ~3 minutes)"
 	@set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 \
 	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	@echo "setup: installing the genood package (editable) into $(VENV)"
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >/dev/null
 	@rm -f $(VENV)/.requirements-* && touch $@
 
 # kaleido (plotly PNG export) needs a Chromium, and the report test drives one through chromedriver;
@@ -48,12 +50,13 @@ slurm:
 .PHONY: slurm
 
 data: $(STAMP)
-	$(PY) -m data mirror
+	$(PY) -m genood.data mirror
 
 demo: setup data
 	$(PY) demo.py
 
 test: setup data
+	$(VENV)/bin/ruff check -q .
 	$(PY) -m pytest -q
 
 bench: setup data

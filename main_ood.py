@@ -1,35 +1,8 @@
 #!/usr/bin/env python
-"""Score in-distribution, OOD and generated samples with a density model; write the run directory.
-
-    python main_ood.py --config configurations/ood_fmnist_vs_mnist_rq_nsf_tiny.yaml [dotted.key=value ...]
-
-Trains the model first when no checkpoint exists (ood.checkpoint unset), resuming a
-partial one.
-"""
-from __future__ import annotations
-
-import argparse
+"""Score in-distribution, OOD and generated samples (``genood-ood``): see genood/commands/score.py."""
 import sys
 
-import entrypoint
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="run configuration YAML (see configurations/)")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. training.steps=200")
-    args = parser.parse_args(argv)
-
-    def job():
-        import runconfig
-        from ood.runner import run_ood
-
-        cfg = runconfig.load(args.config, args.overrides)
-        directory = run_ood(cfg)
-        print(directory)
-
-    return entrypoint.guarded(job)
-
+from genood.commands.score import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,35 +1,8 @@
 #!/usr/bin/env python
-"""Train a density model on the train split of ``data.in_distribution``; resumable.
-
-    python train.py --config configurations/train_fmnist_rq_nsf_tiny.yaml [dotted.key=value ...]
-
-Writes ``<runs_root>/<sweep_id>/<run-name>/`` with config.yaml, checkpoint.pt (model,
-optimizer, schedule, step), figures/samples.png and run.log. Rerunning the same command
-after a crash resumes from the last checkpoint.
-"""
-from __future__ import annotations
-
-import argparse
+"""Train a density model (``genood-train``): see genood/commands/train.py."""
 import sys
 
-import entrypoint
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="run configuration YAML (see configurations/)")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. training.steps=200")
-    args = parser.parse_args(argv)
-
-    def job():
-        import runconfig
-        from models.training import run_training
-
-        cfg = runconfig.load(args.config, args.overrides)
-        print(run_training(cfg))
-
-    return entrypoint.guarded(job)
-
+from genood.commands.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,7 +30,6 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -39,14 +38,14 @@ warnings.filterwarnings("ignore")
 
 
 def _images(n: int) -> torch.Tensor:
-    from data.registry import load_split
+    from genood.data.registry import load_split
     x = load_split("fmnist", "train").images[:n]
     return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
 
 
 def _model(preset: str, device: torch.device, overrides=()):
-    import runconfig
-    from models.registry import build_model
+    from genood import runconfig
+    from genood.models.registry import build_model
     cfg = runconfig.resolve({"preset": preset}, ["tracking.wandb=false", *overrides])
     torch.manual_seed(0)
     return build_model((1, 28, 28), cfg["model"]).to(device), cfg
@@ -54,8 +53,8 @@ def _model(preset: str, device: torch.device, overrides=()):
 
 def train_pair(model, cfg, images, steps: int, warm: int, device) -> tuple:
     """(bare images/s, ours images/s) for the same network and batches of the same size."""
-    from models.diffusion import _bcast
-    from models.training import train
+    from genood.models.diffusion import _bcast
+    from genood.models.training import train
     bs = int(cfg["training"]["batch_size"])
     # bare: diffusers + torch only
     unet = model.net.net
@@ -125,7 +124,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     cpu = device.type == "cpu"
-    from ood.lid_diffusion import flipd, normal_bundle_singular_values
+    from genood.ood.lid_diffusion import flipd, normal_bundle_singular_values
     images = _images(4096)
     x_eval = images[-64:].float() + torch.rand((64, 1, 28, 28), generator=torch.Generator().manual_seed(5))
     results = {"device": str(torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"),
@@ -143,7 +142,7 @@ def main(argv=None) -> int:
         print(f"== {preset}: {sum(p.numel() for p in model.parameters()):,} parameters, batch {row['batch_size']}", flush=True)
         if plan["pretrain"]:
             with tempfile.TemporaryDirectory() as tmp:
-                from models.training import train
+                from genood.models.training import train
                 c = dict(cfg, training=dict(cfg["training"], steps=plan["pretrain"], progress=False),
                          run=dict(cfg["run"], device=device.type))
                 train(model, images, c, Path(tmp), log=lambda m: None)

@@ -23,7 +23,6 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
@@ -34,8 +33,8 @@ from benchmarks.bench_diffusion import _images  # noqa: E402  (the same real Fas
 
 
 def _model(preset: str, overrides=()):
-    import runconfig
-    from models.registry import build_model
+    from genood import runconfig
+    from genood.models.registry import build_model
     cfg = runconfig.resolve({"preset": preset}, ["tracking.wandb=false", "training.sample_grid=0", *overrides])
     torch.manual_seed(0)
     return build_model((1, 28, 28), cfg["model"]), cfg
@@ -43,7 +42,7 @@ def _model(preset: str, overrides=()):
 
 def train_pair(model, cfg, images, steps: int, warm: int) -> tuple:
     """(bare images/s, ours images/s) for the same network, objective and batch size."""
-    from models.training import train
+    from genood.models.training import train
     bs = int(cfg["training"]["batch_size"])
     clip = float(cfg["training"]["grad_clip"]) if cfg["training"].get("grad_clip") else None
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)

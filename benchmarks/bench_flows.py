@@ -26,8 +26,6 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from procmem import peak_mb  # noqa: E402
 
@@ -41,8 +39,8 @@ def _measure(preset: str, variant: str, phase: str, plan) -> dict:
     import numpy as np
     import torch
 
-    import runconfig
-    from models.flows import build_model
+    from genood import runconfig
+    from genood.models.flows import build_model
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
@@ -57,7 +55,7 @@ def _measure(preset: str, variant: str, phase: str, plan) -> dict:
     base_rss = peak_mb()
     if phase == "train":
         if variant == "ours":
-            from models.training import train
+            from genood.models.training import train
             marks = {}
             cfg["training"]["steps"] = warm + steps
             cfg["training"]["checkpoint_every"] = min(int(cfg["training"]["checkpoint_every"]), warm + steps)
@@ -93,8 +91,8 @@ def _measure(preset: str, variant: str, phase: str, plan) -> dict:
         eval_bs = int(cfg["ood"]["batch_size"])
         data = images[:n_eval]
         if variant == "ours":
-            from data.transforms import eval_dequantization_noise
-            from ood.runner import score_images
+            from genood.data.transforms import eval_dequantization_noise
+            from genood.ood.runner import score_images
             score_images(model, data[:eval_bs].float(), ["log_likelihood"], eval_bs, torch.device("cpu"), progress=False)
             t0 = time.perf_counter()
             x = data.float() + eval_dequantization_noise(n_eval, shape, 0, "in_test")

@@ -24,8 +24,6 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from procmem import peak_mb  # noqa: E402
 warnings.filterwarnings("ignore")
@@ -37,9 +35,9 @@ LOG_TAU = -3.0
 
 
 def _model(preset: str, shape, device, train_steps: int = 0, data=None):
-    import runconfig
-    from models.flows import build_model
-    from models.training import train
+    from genood import runconfig
+    from genood.models.flows import build_model
+    from genood.models.training import train
 
     cfg = runconfig.resolve({"preset": preset}, ["training.progress=false", "tracking.wandb=false"])
     torch.manual_seed(0)
@@ -59,7 +57,7 @@ def _model(preset: str, shape, device, train_steps: int = 0, data=None):
 
 def naive_lid_spectra(model, x):
     """The seeds' way: one sample at a time, autograd.functional.jacobian, then a float64 SVD."""
-    from ood.lid import _scaled_generator
+    from genood.ood.lid import _scaled_generator
     g = _scaled_generator(model)
     out = []
     for i in range(x.shape[0]):
@@ -70,15 +68,15 @@ def naive_lid_spectra(model, x):
 
 
 def _images(name: str, n: int, shape):
-    from data.registry import load_split
-    from data.transforms import match_shape
+    from genood.data.registry import load_split
+    from genood.data.transforms import match_shape
     imgs = match_shape(load_split(name, "test").images[:n], shape)
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() + 0.5
 
 
 def bench_exact_vs_naive(device, quick: bool):
     """Naive once per flow, then exact mode at each chunk size (CPU: the default 128; GPU: a few sizes)."""
-    from ood import lid
+    from genood.ood import lid
     rows = []
     chunks = (128,) if device.type == "cpu" else (128, 784, 3136)
     for preset, n in (("flow_rq_nsf_tiny", 2 if quick else 4), ("flow_rq_nsf_paper", 1 if quick else 2)):
@@ -108,9 +106,9 @@ def bench_exact_vs_naive(device, quick: bool):
 
 
 def bench_fast_vs_exact(device, quick: bool, chunk: int = 128):
-    from data.registry import load_split
-    from ood import lid
-    from ood.detectors import dual_threshold_auroc
+    from genood.data.registry import load_split
+    from genood.ood import lid
+    from genood.ood.detectors import dual_threshold_auroc
     from scipy.stats import spearmanr
 
     train = torch.from_numpy(load_split("fmnist", "train").images[:20000]).permute(0, 3, 1, 2).contiguous()
@@ -161,7 +159,7 @@ def bench_fast_vs_exact(device, quick: bool, chunk: int = 128):
 
 
 def _memory_child(chunk: int, device: str) -> None:
-    from ood import lid
+    from genood.ood import lid
     model = _model("flow_rq_nsf_tiny", (1, 28, 28), torch.device(device))
     x = torch.rand(2, 1, 28, 28, device=device) * 256
     base = peak_mb()

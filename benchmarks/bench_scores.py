@@ -24,7 +24,6 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -46,13 +45,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    import runconfig
-    from data.registry import load_split
-    from data.transforms import eval_dequantization_noise
-    from models.registry import build_model
-    from models.training import train
-    from ood import scores as registry
-    from ood.combined import fit_density, fit_min_p, fit_pvalues
+    from genood import runconfig
+    from genood.data.registry import load_split
+    from genood.data.transforms import eval_dequantization_noise
+    from genood.models.registry import build_model
+    from genood.models.training import train
+    from genood.ood import scores as registry
+    from genood.ood.combined import fit_density, fit_min_p, fit_pvalues
 
     cfg = runconfig.resolve({"preset": "flow_rq_nsf_tiny", "tracking": {"wandb": False},
                              "ood": {"scores": ["log_likelihood", "complexity"]}})
@@ -105,7 +104,7 @@ def main(argv=None) -> int:
     results["scores"]["likelihood_ratio"] = {"alone_ratio": (base + t_bg) / base, "added_ratio": t_bg / base,
                                              "note": "plus training the background model once (as long as the foreground)"}
     print(f"{'likelihood_ratio':22s} {(base + t_bg) / base:17.2f} {t_bg / base:30.2f}  (+ one background training run)")
-    from ood.lid_stage import run_lid_stage
+    from genood.ood.lid_stage import run_lid_stage
     lcfg = dict(cfg, lid=dict(cfg["lid"], n_per_split=8, log_tau_grid=[-6.0, 0.0, 4]))
     t_lid = _timed(lambda: run_lid_stage(model, [("in_test", "fmnist", x[:8], np.arange(8))], lcfg, 0, lambda m: None),
                    1)
@@ -142,7 +141,7 @@ def main(argv=None) -> int:
             t = _timed(fn, 1 if label in ("gmm", "kde") else args.repeats)
             results["combined_fit_s"][f"{label}_{k}"] = t
             print(f"  {label:7s} {k} scores: {t:8.3f} s")
-    from ood.metrics import bootstrap_metrics
+    from genood.ood.metrics import bootstrap_metrics
     s_in, s_ood = rng.normal(1, 1, 10000), rng.normal(0, 1, 2000)
     t_boot = _timed(lambda: bootstrap_metrics(s_in, s_ood, 1000, 0), 1)
     results["bootstrap_s_12000_points_B1000"] = t_boot

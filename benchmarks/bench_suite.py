@@ -30,7 +30,6 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
 EXTRA = ["fmnist:hflip", "fmnist:noise=32", "fmnist:uniform", "fmnist:constant", "fmnist:blur=1", "fmnist:checkerboard=2",
@@ -38,8 +37,7 @@ EXTRA = ["fmnist:hflip", "fmnist:noise=32", "fmnist:uniform", "fmnist:constant",
 
 
 def _config(root: Path, ood, bootstrap: int, checkpoint=None):
-    import runconfig
-
+    from genood import runconfig
     return runconfig.resolve({
         "preset": "flow_rq_nsf_tiny",
         "run": {"runs_root": str(root), "num_threads": None},
@@ -57,7 +55,7 @@ def _config(root: Path, ood, bootstrap: int, checkpoint=None):
 
 
 def _timed_run(cfg) -> tuple:
-    from ood.runner import run_ood
+    from genood.ood.runner import run_ood
 
     t0 = time.perf_counter()
     directory = run_ood(cfg, echo=False)

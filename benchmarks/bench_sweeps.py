@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def grid_meta(n: int, sleep: float = 0.0) -> dict:
@@ -36,8 +35,8 @@ def grid_meta(n: int, sleep: float = 0.0) -> dict:
 
 
 def bench_enqueue(n: int, root: Path, locator: str) -> float:
-    from orchestration import metaconfig
-    from orchestration.store import new_sweep_id, open_store
+    from genood.orchestration import metaconfig
+    from genood.orchestration.store import new_sweep_id, open_store
 
     t0 = time.perf_counter()
     meta = metaconfig.parse(grid_meta(n), "bench")
@@ -55,8 +54,8 @@ def bench_enqueue(n: int, root: Path, locator: str) -> float:
 
 def bench_overhead(n: int, root: Path, locator: str) -> float:
     """Mean seconds per run of claim + one heartbeat + finish (no job), single process."""
-    from orchestration import metaconfig
-    from orchestration.store import new_sweep_id, open_store
+    from genood.orchestration import metaconfig
+    from genood.orchestration.store import new_sweep_id, open_store
 
     meta = metaconfig.parse(grid_meta(n), "bench")
     specs = metaconfig.expand(meta)

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -20,8 +18,7 @@ TINY_MODEL = {"family": "flow", "coupling": "rq_nsf", "levels": 1, "steps_per_le
 @pytest.fixture
 def tiny_cfg(tmp_path):
     """A resolved config for a very small flow, writing under tmp_path, tracking off."""
-    import runconfig
-
+    from genood import runconfig
     return runconfig.resolve({
         "run": {"runs_root": str(tmp_path / "runs"), "seed": 0},
         "model": dict(TINY_MODEL),
@@ -33,7 +30,7 @@ def tiny_cfg(tmp_path):
 
 
 def real_data_available() -> bool:
-    from data.registry import DatasetNotFoundError, load_split
+    from genood.data.registry import DatasetNotFoundError, load_split
 
     try:
         load_split("fmnist", "test")
@@ -62,7 +59,7 @@ def assert_training_resumes_to_the_same_weights(cfg, images, tmp_path, stop_at: 
     """Train once uninterrupted and once killed at ``stop_at`` then resumed: the final weights must be equal."""
     import torch
 
-    from models import training
+    from genood.models import training
 
     class Stop(Exception):
         pass

@@ -8,13 +8,13 @@ import pytest
 import torch
 from scipy.stats import norm
 
-import runconfig
-from data.splits import holdout
-from ood import combined as combined_mod
-from ood import scores as score_registry
-from ood.detectors import evaluate
-from ood.metrics import bootstrap_metrics, detection_metrics, percentile_interval
-from ood.scores.complexity import compressed_bits, stored_images
+from genood import runconfig
+from genood.data.splits import holdout
+from genood.ood import combined as combined_mod
+from genood.ood import scores as score_registry
+from genood.ood.detectors import evaluate
+from genood.ood.metrics import bootstrap_metrics, detection_metrics, percentile_interval
+from genood.ood.scores.complexity import compressed_bits, stored_images
 
 
 class IsoGaussian(torch.nn.Module):
@@ -66,7 +66,7 @@ def test_complexity_matches_the_codecs_own_byte_counts_and_its_definition():
 def test_derivative_norm_matches_finite_differences_of_a_real_flow():
     cfg = runconfig.resolve({"preset": "flow_tabular", "model": {"steps_per_level": 2, "hidden_channels": 16},
                              "tracking": {"wandb": False}})
-    from models.registry import build_model
+    from genood.models.registry import build_model
     torch.manual_seed(0)
     model = build_model((3,), cfg["model"]).double().eval()
     x = torch.randn(5, 3, dtype=torch.float64)
@@ -85,7 +85,7 @@ def test_derivative_norm_matches_finite_differences_of_a_real_flow():
 def test_diffusion_log_prob_grad_is_the_score_at_t_eps_in_data_units():
     cfg = runconfig.resolve({"model": {"family": "diffusion", "channels": [8, 8], "norm_groups": 4},
                              "tracking": {"wandb": False}})
-    from models.registry import build_model
+    from genood.models.registry import build_model
     model = build_model((1, 6, 6), cfg["model"]).eval()
     x = torch.rand(2, 1, 6, 6) * 256
     y = model.to_model_space(x)
@@ -220,13 +220,13 @@ def test_min_p_catches_ood_in_either_tail_of_one_sided_scores():
     neg = rng.normal(size=(500, 2))
     neg[::2, 0] -= 5
     neg[1::2, 1] -= 5
-    from ood.metrics import auroc
+    from genood.ood.metrics import auroc
     score = combined_mod.fit_min_p(val)
     assert auroc(score(pos), score(neg)) > 0.97 and auroc(pos[:, 0], neg[:, 0]) < 0.8
 
 
 def test_combined_sets_must_name_scores_that_are_computed(tiny_cfg):
-    from ood.runner import run_ood
+    from genood.ood.runner import run_ood
     cfg = dict(tiny_cfg, combined=dict(tiny_cfg["combined"], sets=[["log_likelihood", "complexity"]]))
     with pytest.raises(runconfig.ConfigError, match="complexity is not among ood.scores"):
         run_ood(cfg, echo=False)
@@ -235,7 +235,7 @@ def test_combined_sets_must_name_scores_that_are_computed(tiny_cfg):
 # --- bootstrap intervals ----------------------------------------------------------------------------
 
 def test_weighted_bootstrap_equals_metrics_of_explicit_resamples():
-    from ood import metrics as M
+    from genood.ood import metrics as M
     rng = np.random.default_rng(0)
     s_in, s_ood = np.round(rng.normal(1, 1, 50), 1), np.round(rng.normal(0, 1, 40), 1)  # with ties
     boot = bootstrap_metrics(s_in, s_ood, 20, seed=3)
@@ -268,7 +268,7 @@ def test_holdout_is_seeded_disjoint_and_covering():
 
 
 def test_models_never_train_on_in_val(tiny_cfg, monkeypatch):
-    from models import training
+    from genood.models import training
     seen = {}
     real = training.train
 
@@ -299,7 +299,7 @@ def test_likelihood_ratio_of_two_known_gaussians():
 
 
 def test_mutation_replaces_the_given_share_of_pixels_with_other_values():
-    from data.transforms import mutate
+    from genood.data.transforms import mutate
     x = torch.randint(0, 256, (64, 1, 28, 28), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
     y = mutate(x, 0.2, torch.Generator().manual_seed(1))
     changed = (y != x).float().mean().item()
@@ -312,8 +312,8 @@ def test_mutation_replaces_the_given_share_of_pixels_with_other_values():
 
 
 def test_l2_penalty_is_rens_weight_penalty_in_bits_per_dim_and_shrinks_the_weights(tiny_cfg, tmp_path):
-    from models import training
-    from models.registry import build_model
+    from genood.models import training
+    from genood.models.registry import build_model
     images = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 1)).astype(np.uint8)
     first, norms = {}, {}
     for lam in (0.0, 1000.0):
@@ -352,7 +352,7 @@ def _ratio_cfg(tmp, **lr):
 
 def test_background_model_is_trained_on_demand_then_found(npz_pair):
     import json
-    from ood.runner import run_ood
+    from genood.ood.runner import run_ood
     import pandas as pd
     directory = run_ood(_ratio_cfg(npz_pair), echo=False)
     metrics = json.loads((directory / "metrics.json").read_text())
@@ -373,7 +373,7 @@ def test_background_model_is_trained_on_demand_then_found(npz_pair):
 
 def test_selection_on_a_validation_ood_set_is_labelled_and_never_the_test_set(npz_pair):
     import json
-    from ood.runner import run_ood
+    from genood.ood.runner import run_ood
     cfg = _ratio_cfg(npz_pair, selection="validation_ood", grid=[[0.1, 0.0], [0.3, 0.0]],
                      validation_ood=f"npz:{npz_pair / 'val_ood.npz'}")
     directory = run_ood(cfg, echo=False)
@@ -390,8 +390,8 @@ def test_selection_on_a_validation_ood_set_is_labelled_and_never_the_test_set(np
 # --- score norms (MSMA) -----------------------------------------------------------------------------------
 
 def test_score_norms_match_the_closed_form_score_of_a_gaussian():
-    from models.diffusion import VPSDE
-    from ood.scores.score_norms import levels
+    from genood.models.diffusion import VPSDE
+    from genood.ood.scores.score_norms import levels
     from tests.test_diffusion import GaussianScoreModel, _random_cov
 
     class Scaled(GaussianScoreModel):
@@ -429,7 +429,7 @@ def test_msma_density_over_the_score_norm_vector_is_one_combined_entry():
 def test_a_diffusion_run_scores_every_baseline_it_provides(tmp_path):
     """End to end through the runner with a tiny diffusion: vector score columns, MSMA, derivative norm, complexity."""
     import json
-    from ood.runner import run_ood
+    from genood.ood.runner import run_ood
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "in.npz", images=rng.integers(0, 120, size=(80, 8, 8), dtype=np.uint8))
     np.savez(tmp_path / "ood.npz", images=(60 + rng.integers(0, 3, size=(40, 8, 8))).astype(np.uint8))

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-import runconfig
+from genood import runconfig
 from tests.conftest import ROOT
 
 

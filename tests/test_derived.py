@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data import derived
-from data.derived import blends, classes, shifts, synthetic
-from data.registry import UnknownDatasetError, canonical_name, load_split
+from genood.data import derived
+from genood.data.derived import blends, classes, shifts, synthetic
+from genood.data.registry import UnknownDatasetError, canonical_name, load_split
 from tests.conftest import needs_real_data
 
 RNG = np.random.default_rng(0)

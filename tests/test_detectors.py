@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ood import detectors, metrics
+from genood.ood import detectors, metrics
 
 
 def brute_force_auroc(a_in, b_in, a_ood, b_ood):

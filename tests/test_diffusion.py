@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-import runconfig
+from genood import runconfig
 from tests.conftest import assert_training_resumes_to_the_same_weights
-from models import training
-from models.diffusion import VESDE, VPSDE, ScoreDiffusion, ode_log_likelihood, value_and_divergence
-from models.registry import build_model
-from ood import lid_stage
-from ood.lid_diffusion import flipd
+from genood.models import training
+from genood.models.diffusion import VESDE, VPSDE, ScoreDiffusion, ode_log_likelihood, value_and_divergence
+from genood.models.registry import build_model
+from genood.ood import lid_stage
+from genood.ood.lid_diffusion import flipd
 
 
 class GaussianScoreModel:
@@ -139,7 +139,7 @@ def test_tiny_diffusion_on_a_subspace_has_flipd_near_its_dimension(trained_subsp
     within = ((est - 2).abs() <= 1).float().mean()
     assert within >= 0.8, est
     # and the normal bundle agrees at its default threshold
-    from ood.lid_diffusion import normal_bundle_singular_values
+    from genood.ood.lid_diffusion import normal_bundle_singular_values
     sv = normal_bundle_singular_values(model, y[:16], 0.01, 40)
     nb = 5 - (sv > math.exp(-1.0)).sum(1)
     assert ((nb - 2).abs() <= 1).float().mean() >= 0.8, nb

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import yaml
 
-import runconfig
-from ood import metrics as M
-from ood.runner import run_ood
-from reports.aggregate import collect
+from genood import runconfig
+from genood.ood import metrics as M
+from genood.ood.runner import run_ood
+from genood.reports.aggregate import collect
 from tests.conftest import needs_real_data
 
 

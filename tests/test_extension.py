@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-import runconfig
-from models.registry import build_model
-from ood import detectors, lid_stage
-from ood import scores as score_registry
-from runconfig import ConfigError
+from genood import runconfig
+from genood.models.registry import build_model
+from genood.ood import detectors, lid_stage
+from genood.ood import scores as score_registry
+from genood.runconfig import ConfigError
 
 
 def test_each_family_validates_its_own_model_keys():
@@ -53,7 +53,7 @@ def test_a_registered_score_and_detector_reach_metrics_without_touching_the_runn
         calls.append(view.names)
         return {"norm_at_95": {"auroc": 0.5, "n_in": len(view.positive), "n_ood": len(view.negative)}}
     try:
-        from ood.runner import score_images
+        from genood.ood.runner import score_images
         x = torch.cat([torch.zeros(4, 1, 2, 2), torch.full((4, 1, 2, 2), 10.0)])
         cols = score_images(None, x, ["neg_norm"], 3, torch.device("cpu"), progress=False)
         table = pd.DataFrame({"split": ["in_test"] * 4 + ["ood"] * 4 + ["in_train"] * 0, "dataset": "d",
@@ -83,7 +83,7 @@ def test_lid_estimators_are_chosen_by_capability():
 
 
 def test_a_score_the_family_cannot_provide_fails_before_training(tiny_cfg, tmp_path):
-    from ood.runner import run_ood
+    from genood.ood.runner import run_ood
 
     cfg = runconfig.deep_merge(tiny_cfg, {"ood": {"scores": ["log_likelihood", "likelihood_nfe"]},
                                           "data": {"in_distribution": "npz:" + str(tmp_path / "none.npz")}})

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import runconfig
+from genood import runconfig
 from tests.conftest import assert_training_resumes_to_the_same_weights
-from models import dlml
-from models.registry import build_model
+from genood.models import dlml
+from genood.models.registry import build_model
 
 
 def _cfg(family: str, **model):
@@ -190,7 +190,7 @@ def test_llr_at_k0_is_zero_and_bounds_share_the_posterior_noise():
     assert torch.equal(both[:, 0] - both[:, 0], torch.zeros(5))
     assert torch.allclose(again, both[2:4, [0, 2]], atol=1e-5)
     assert not torch.allclose(both[:, 1], both[:, 0])
-    from ood.scores import get
+    from genood.ood.scores import get
     cache = {"cfg": runconfig.deep_merge(cfg, {"llr": {"ks": [0, 1, 2]}})}
     with torch.no_grad():
         cols = get("llr").fn(model, x, cache)

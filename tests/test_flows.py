@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from models.flows import build_model
+from genood.models.flows import build_model
 from tests.conftest import TINY_MODEL
 
 

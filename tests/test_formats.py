@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from data import formats
+from genood.data import formats
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from orchestration.launch import launch
-from orchestration.store import store_locator
+from genood.orchestration.launch import launch
+from genood.orchestration.store import store_locator
 from tests.conftest import ROOT, TINY_MODEL
 from tests.test_sweeps import create, runs
 

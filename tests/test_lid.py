@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from data import manifolds
-from ood import lid, lpca
+from genood.data import manifolds
+from genood.ood import lid, lpca
 
 
 class LinearGenerator(torch.nn.Module):
@@ -45,8 +45,8 @@ def test_jacobian_of_an_affine_map_gives_exactly_its_singular_values():
                                            ("flow_tabular", (6,))])
 def test_shared_primal_layers_give_the_same_jacobian(preset, shape):
     """Computing each conv/linear forward once per point must not change any Jacobian row."""
-    import runconfig
-    from models.flows import build_model
+    from genood import runconfig
+    from genood.models.flows import build_model
 
     cfg = runconfig.resolve({"preset": preset}, [])
     torch.manual_seed(0)
@@ -96,8 +96,8 @@ def test_manifolds_report_their_true_lid():
 
 def test_flow_trained_on_a_subspace_has_lid_near_its_dimension(tmp_path):
     """A tabular RQ-NSF on a 3-d subspace of R^12 (tiny ambient noise): LID within 1 of 3 at a calibrated tau."""
-    import runconfig
-    from models.training import fit
+    from genood import runconfig
+    from genood.models.training import fit
 
     d, dim = 3, 12
     points, _ = manifolds.affine_subspace(3000, d, dim, noise=1e-3, seed=0)
@@ -119,9 +119,9 @@ def test_flow_trained_on_a_subspace_has_lid_near_its_dimension(tmp_path):
 
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_lid_stage_resumes_a_killed_run_with_the_same_numbers(tmp_path, mode, monkeypatch):
-    import runconfig
-    from models.flows import build_model
-    from ood import lid_stage
+    from genood import runconfig
+    from genood.models.flows import build_model
+    from genood.ood import lid_stage
 
     cfg = runconfig.resolve({"preset": "flow_tabular", "training": {"progress": False},
                              "lid": {"mode": mode, "n_per_split": 10, "batch_points": 3, "probes": 2,
@@ -169,9 +169,9 @@ def test_lid_stage_resumes_a_killed_run_with_the_same_numbers(tmp_path, mode, mo
 
 def test_runs_share_complete_spectra_through_the_shared_store(tmp_path, monkeypatch):
     """A second run on the same model and points (say, another log tau) reuses the first run's spectra."""
-    import runconfig
-    from models.flows import build_model
-    from ood import lid_stage
+    from genood import runconfig
+    from genood.models.flows import build_model
+    from genood.ood import lid_stage
 
     cfg = runconfig.resolve({"preset": "flow_tabular", "training": {"progress": False},
                              "lid": {"n_per_split": 6, "batch_points": 3, "log_tau": -1.0}})

@@ -15,12 +15,12 @@ import pytest
 import torch
 from scipy.stats import norm
 
-import runconfig
-from models.registry import build_model
-from ood import combined as combined_mod
-from ood import scores as score_registry
-from ood.metrics import auroc
-from ood.scores import ScoreUnavailable
+from genood import runconfig
+from genood.models.registry import build_model
+from genood.ood import combined as combined_mod
+from genood.ood import scores as score_registry
+from genood.ood.metrics import auroc
+from genood.ood.scores import ScoreUnavailable
 
 
 def _flow(levels=2, seed=0):
@@ -117,7 +117,7 @@ def test_diffusion_terms_match_the_closed_form_ode_map_of_a_gaussian(sde):
     """Data N(0, C) with the exact score: the probability-flow ODE maps y to y_1 = (S_1 S_eps^-1)^(1/2) y, S_t the
     marginal covariance, so the prior term is the prior's density at that y_1 and the divergence integral is
     (1/2) log det(S_1 S_eps^-1)."""
-    from models.diffusion import VESDE, VPSDE, ode_log_likelihood_terms
+    from genood.models.diffusion import VESDE, VPSDE, ode_log_likelihood_terms
     from tests.test_diffusion import GaussianScoreModel, _random_cov
 
     model = GaussianScoreModel(VPSDE(0.1, 20.0) if sde == "vp" else VESDE(0.01, 50.0), _random_cov(4, 0))
@@ -133,7 +133,7 @@ def test_diffusion_terms_match_the_closed_form_ode_map_of_a_gaussian(sde):
 
 
 def test_diffusion_log_prob_and_its_terms_share_one_ode_solve(monkeypatch):
-    from models import diffusion as diffusion_mod
+    from genood.models import diffusion as diffusion_mod
 
     cfg = runconfig.resolve({"model": {"family": "diffusion", "channels": [8, 8, 8], "norm_groups": 4},
                              "tracking": {"wandb": False}})
@@ -185,7 +185,7 @@ def test_a_run_combines_terms_by_name_and_by_component(tiny_cfg):
 
     import pandas as pd
 
-    from ood.runner import run_ood
+    from genood.ood.runner import run_ood
     cfg = dict(tiny_cfg, ood=dict(tiny_cfg["ood"], scores=["log_likelihood", "likelihood_terms"]),
                combined=dict(tiny_cfg["combined"], sets=[["likelihood_terms"],
                                                          ["log_likelihood", "likelihood_terms@preprocess"]]))

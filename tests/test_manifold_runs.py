@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-import runconfig
-from data.registry import UnknownDatasetError, load_split
-from models.registry import build_model
-from ood.metrics import lid_error_metrics
-from ood.runner import score_images
-from ood.stages import model_digest
+from genood import runconfig
+from genood.data.registry import UnknownDatasetError, load_split
+from genood.models.registry import build_model
+from genood.ood.metrics import lid_error_metrics
+from genood.ood.runner import score_images
+from genood.ood.stages import model_digest
 from tests.conftest import ROOT
 
 
@@ -70,7 +70,7 @@ def test_flow_lid_run_on_a_manifold_writes_its_error_against_the_truth(tmp_path)
         assert entry["n"] == 16 and entry["method"] == "jacobian"
         assert entry["mae"] == pytest.approx(np.abs(lid - truth).mean())
     assert metrics["lid_error/in_test"]["within_1"] >= 0.75  # LPCA-calibrated tau recovers d = 2
-    listing = subprocess.run([sys.executable, "-m", "reports.aggregate", str(runs)], cwd=ROOT, capture_output=True,
+    listing = subprocess.run([sys.executable, "-m", "genood.reports.aggregate", str(runs)], cwd=ROOT, capture_output=True,
                              text=True, timeout=120)
     assert "LID estimators against the known dimension" in listing.stdout and "jacobian" in listing.stdout
 

@@ -2,9 +2,9 @@
 import pytest
 import yaml
 
-from orchestration import metaconfig as mc
-from orchestration import wandb_backend
-from runconfig import ConfigError
+from genood.orchestration import metaconfig as mc
+from genood.orchestration import wandb_backend
+from genood.runconfig import ConfigError
 from tests.conftest import ROOT
 
 DESIGN_EXAMPLE = """
@@ -147,7 +147,7 @@ def test_every_shipped_meta_configuration_expands(rel):
     assert meta.job == job and len(runs) == n
     assert len({r.name for r in runs}) == n and len({r.digest for r in runs}) == n
     if rel == "ood/demo_tiny.yaml":
-        import runconfig
+        from genood import runconfig
         pairs = [(r.config["data"]["in_distribution"], runconfig.ood_sets(r.config["data"]["ood"])) for r in runs]
         assert [(i, [n for n, g in sets if g == "real"]) for i, sets in pairs] == [("fmnist", ["mnist"]), ("mnist", ["fmnist"])]
         assert all({g for _, g in sets} == {"real", "transform", "far"} for _, sets in pairs)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from ood import metrics
+from genood.ood import metrics
 
 
 @pytest.mark.parametrize("seed", range(6))

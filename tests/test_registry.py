@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from data import formats, mirror, registry
+from genood.data import formats, mirror, registry
 
 TRAIN, TEST = 11, 22  # pixel value marking which split a file belongs to
 
@@ -108,7 +108,7 @@ def test_missing_dataset_names_path_and_fix(tmp_path, monkeypatch):
         registry.load_split("fmnist", "train")
     msg = str(err.value)
     assert str(tmp_path / "FashionMNIST" / "raw") in msg and "make data" in msg
-    with pytest.raises(registry.DatasetNotFoundError, match="python -m data fetch cifar10"):
+    with pytest.raises(registry.DatasetNotFoundError, match="python -m genood.data fetch cifar10"):
         registry.load_split("cifar10", "test")
     with pytest.raises(registry.UnknownDatasetError, match="Unknown dataset 'imagenet'"):
         registry.load_split("imagenet", "test")

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import runconfig
-from ood.runner import run_ood
-from reports import report
-from reports.aggregate import collect_runs, format_pivot, pivots
+from genood import runconfig
+from genood.ood.runner import run_ood
+from genood.reports import report
+from genood.reports.aggregate import collect_runs, format_pivot, pivots
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_console_pivot_has_intervals_marks_and_fits_100_columns(two_runs):
     assert frame.loc[frame.detector == "dual_threshold", "optimistic"].all()
     assert not frame.loc[frame.detector.str.startswith("density:"), "optimistic"].any()
     # the one label-free detector with the best worst pair, against a direct computation over the summary
-    from reports.aggregate import best_over_pairs
+    from genood.reports.aggregate import best_over_pairs
     (best,) = best_over_pairs(frame).values()
     ok = frame[frame.label_free & ~frame.optimistic & ~frame.per_batch & ~frame.detector.str.startswith("generated_vs_ood/")]
     worst = ok.groupby("detector").filter(lambda g: len(g) == 2).groupby("detector")["auroc"].min()  # one run per pair
@@ -120,7 +120,7 @@ def test_console_pivot_has_intervals_marks_and_fits_100_columns(two_runs):
 
 def test_aggregate_table_goes_to_wandb_as_a_table_offline(two_runs, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    from reports.aggregate import log_to_wandb
+    from genood.reports.aggregate import log_to_wandb
     _, dirs = two_runs
     frame, _ = collect_runs(dirs)
     run_id = log_to_wandb(frame, "local-test", tmp_path)
@@ -135,7 +135,7 @@ def test_aggregate_table_goes_to_wandb_as_a_table_offline(two_runs, tmp_path, mo
 def test_seed_summary_is_a_t_interval_clipped_to_the_unit_range():
     from scipy.stats import t as student_t
 
-    from reports.aggregate import seed_summary
+    from genood.reports.aggregate import seed_summary
     vals = [0.90, 0.99, 1.0]
     frame = pd.DataFrame({"model": "m", "in_dataset": "a", "ood_dataset": "b", "detector": "d", "group": "g",
                           "seed": [0, 1, 2], "label_free": True, "optimistic": False, "per_batch": False,

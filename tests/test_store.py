@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from orchestration import hostcheck
-from orchestration.store import STORE_ENV, Store, open_store, store_locator, store_path
+from genood.orchestration import hostcheck
+from genood.orchestration.store import STORE_ENV, Store, open_store, store_locator, store_path
 from tests.conftest import ROOT
 
 

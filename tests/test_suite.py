@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-import runconfig
-from ood import scores as score_registry
-from ood.detectors import TaskView
-from reports import suite
+from genood import runconfig
+from genood.ood import scores as score_registry
+from genood.ood.detectors import TaskView
+from genood.reports import suite
 from tests.conftest import needs_real_data
 
 
@@ -40,7 +40,7 @@ def _view(val, pos, neg, names):
 
 
 def test_baseline_detectors_are_two_sided_pvalues_against_in_val():
-    from ood.baselines import baselines
+    from genood.ood.baselines import baselines
 
     rng = np.random.default_rng(1)
     names = ["intensity_mean", "saturation"]
@@ -138,7 +138,7 @@ def test_group_summary_against_a_direct_computation():
 
 @needs_real_data
 def test_one_run_scores_every_ood_set_against_in_distribution_work_done_once(tiny_cfg, monkeypatch):
-    from ood import runner
+    from genood.ood import runner
 
     calls, fits = [], []
     real_score, real_fit = runner.score_images, runner.fit
@@ -177,7 +177,7 @@ def test_one_run_scores_every_ood_set_against_in_distribution_work_done_once(tin
 
 
 def test_wandb_summaries_carry_the_set_and_its_group():
-    from ood.runner import _summaries
+    from genood.ood.runner import _summaries
 
     metrics = {"fmnist:hflip::log_likelihood": {"auroc": 0.5, "ood_dataset": "fmnist:hflip", "ood_group": "transform"},
                "mnist::generated_vs_ood/log_likelihood": {"auroc": 0.9, "ood_dataset": "mnist", "ood_group": "real"}}
@@ -189,7 +189,7 @@ def test_wandb_summaries_carry_the_set_and_its_group():
 
 
 def test_data_cli_lists_the_derivations(capsys):
-    from data.__main__ import main
+    from genood.data.__main__ import main
 
     assert main(["derived"]) == 0
     text = capsys.readouterr().out
@@ -198,8 +198,8 @@ def test_data_cli_lists_the_derivations(capsys):
 
 
 def test_suite_report_and_console_views():
-    from reports import report
-    from reports.aggregate import format_suite
+    from genood.reports import report
+    from genood.reports.aggregate import format_suite
 
     frame = _frame(SUITE_ROWS)
     text = " ".join(format_suite(frame, ["transform"]).split())  # lines are wrapped for the terminal
@@ -213,7 +213,7 @@ def test_suite_report_and_console_views():
 
 @needs_real_data
 def test_lid_only_for_the_ood_groups_it_is_asked_for(tiny_cfg):
-    from ood import runner
+    from genood.ood import runner
 
     cfg = runconfig.resolve(dict(tiny_cfg, data=dict(tiny_cfg["data"], ood=["mnist", "fmnist:uniform"]),
                                  ood=dict(tiny_cfg["ood"], scores=["log_likelihood", "lid"], bootstrap=0, baselines=[]),

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestration.store import STORE_ENV, open_store, store_locator
+from genood.orchestration.store import STORE_ENV, open_store, store_locator
 from tests.conftest import ROOT, TINY_MODEL
 
 

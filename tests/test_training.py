@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import training
-from models.flows import build_model
+from genood.models import training
+from genood.models.flows import build_model
 from tests.conftest import ROOT, TINY_MODEL
 
 

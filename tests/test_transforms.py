@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from data import transforms
+from genood.data import transforms
 
 
 def test_logit_logdet_matches_autograd():

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-import runconfig
+from genood import runconfig
 from tests.conftest import TINY_MODEL
 
 
@@ -39,7 +39,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory):
-    from ood.runner import run_ood
+    from genood.ood.runner import run_ood
 
     tmp = tmp_path_factory.mktemp("wandb")
     images = np.random.default_rng(0).integers(0, 256, size=(96, 8, 8), dtype=np.uint8)
@@ -109,14 +109,14 @@ def test_the_checkpoint_artifact(offline_run):
     run_dir, records = offline_run
     models = [r["artifact"] for r in records if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
     (art,) = models
-    from tracking import artifact_name
+    from genood.tracking import artifact_name
     assert art["name"] == artifact_name(f"checkpoint-{run_dir.name}") and len(art["name"]) <= 128
     (entry,) = art["manifest"]["contents"]
     assert entry["path"] == "checkpoint.pt" and int(entry["size"]) == (run_dir / "checkpoint.pt").stat().st_size
 
 
 def test_the_reachability_check_uses_wandb_base_url(monkeypatch):
-    from orchestration import wandb_backend
+    from genood.orchestration import wandb_backend
 
     monkeypatch.delenv("WANDB_BASE_URL", raising=False)
     assert wandb_backend.wandb_host() == ("api.wandb.ai", 443)

@@ -7,8 +7,8 @@ import sys
 
 import pandas as pd
 
-from reports import wandb_report
-from reports.aggregate import COLUMNS, EXTRA_COLUMNS
+from genood.reports import wandb_report
+from genood.reports.aggregate import COLUMNS, EXTRA_COLUMNS
 from tests.conftest import ROOT
 
 
