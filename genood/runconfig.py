@@ -209,6 +209,9 @@ def _load_specs():
             raw = yaml.safe_load(path.read_text()) or {}
             rel = str(path.relative_to(PACKAGE_DIR.parent))
             for name, fam in (raw.get("families") or {}).items():
+                if name in families:
+                    raise RuntimeError(f"Model family '{name}' is declared twice: in {families[name].source} and in "
+                                       f"{rel}; rename one of them.")
                 c, r, k = _rules(fam, "model.")
                 families[name] = FamilySpec(name, fam["builder"], fam["model_class"], dict(fam.get("keys") or {}), c, r,
                                             tuple(fam.get("run_name") or ()), fam.get("loss", "loss"),
@@ -216,7 +219,8 @@ def _load_specs():
                 checks.update(k)
             for name, sec in (raw.get("sections") or {}).items():
                 if name in CORE_DEFAULTS or name in sections:
-                    raise RuntimeError(f"{rel}: section '{name}' is declared twice")
+                    first = sections[name].source if name in sections else "the core defaults (runconfig.py)"
+                    raise RuntimeError(f"Config section '{name}' is declared twice: in {first} and in {rel}; rename one.")
                 sections[name] = SectionSpec(name, dict(sec.get("keys") or {}), sec.get("owner_kind", "score"),
                                              tuple(sec.get("owners") or ()), tuple(sec.get("not_identity") or ()), rel)
                 c, r, k = _rules(sec, name + ".")
@@ -423,6 +427,8 @@ def resolve(user: Dict[str, Any], overrides: Iterable[str] = ()) -> Dict[str, An
     validate(merged_user, schema)
     cfg = deep_merge(deep_merge(schema, preset_cfg), merged_user)
     cfg["model"]["family"] = family
+    if cfg["run"].get("sweep_id") in (None, ""):
+        cfg["run"]["sweep_id"] = "single"  # a run outside any sweep (null would name a folder 'None')
     validate(cfg, schema)
     return cfg
 

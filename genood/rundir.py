@@ -90,3 +90,120 @@ def provenance(data_checksums: Dict[str, str]) -> Dict[str, Any]:
             pass
     return {"git_commit": git("rev-parse", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "packages": versions, "data_files": data_checksums}
+
+
+class RunLocked(RuntimeError):
+    """Another live process writes this run directory; phrased as one sentence."""
+
+
+_HELD: Dict[str, "RunLock"] = {}
+
+
+class RunLock:
+    """One writer per run directory: ``<dir>/run.lock`` names the owner (host, pid, lease).
+
+    The owner holds an exclusive ``flock`` on the file for as long as it lives (the kernel drops it when
+    the process dies, however it dies) and renews a lease in the file from a heartbeat thread. A second
+    process is refused while the flock is held, or while another host's lease is fresh (a flock is not
+    seen across machines on every shared file system); a dead owner's flock and an expired lease are
+    taken over. Re-entrant inside one process (training inside a scoring run takes the same lock).
+    """
+
+    def __init__(self, directory: Path, lease: float = 120.0):
+        self.path = Path(directory) / "run.lock"
+        self.lease = float(lease)
+        self.depth = 0
+        self._fd = None
+        self._stop = None
+
+    def _record(self) -> Dict[str, Any]:
+        import socket
+        import time
+        return {"host": socket.gethostname(), "pid": os.getpid(), "since": self._since,
+                "lease_until": time.time() + self.lease}
+
+    def _refuse(self, owner: Dict[str, Any]) -> None:
+        import time
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(owner.get("since") or 0)))
+        raise RunLocked(f"Run directory {self.path.parent} is being written by pid {owner.get('pid')} on "
+                        f"{owner.get('host')} (since {since}); wait for it to finish or stop that process, "
+                        f"then rerun (a dead owner's lock is taken over automatically).")
+
+    def _owner(self) -> Dict[str, Any]:
+        try:
+            owner = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+        return owner if isinstance(owner, dict) else {}
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+        import socket
+        import time
+        if self.depth:
+            self.depth += 1
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            self._refuse(self._owner())
+        owner = self._owner()
+        fresh = float(owner.get("lease_until") or 0) > time.time()
+        if fresh and owner.get("host") not in (None, socket.gethostname()):
+            os.close(fd)
+            self._refuse(owner)
+        self._fd, self._since, self.depth = fd, time.time(), 1
+        self._write()
+        self._start_heartbeat()
+        return self
+
+    def _write(self) -> None:
+        data = (json.dumps(self._record()) + "\n").encode()
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, data)
+
+    def _start_heartbeat(self) -> None:
+        import threading
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(self.lease / 4):
+                try:
+                    self._write()
+                except OSError:  # a full disk must not kill the run from this thread
+                    pass
+        threading.Thread(target=beat, name=f"lease {self.path.parent.name}", daemon=True).start()
+        self._stop = stop
+
+    def release(self) -> None:
+        import fcntl
+        self.depth -= 1
+        if self.depth > 0 or self._fd is None:
+            return
+        self._stop.set()
+        try:
+            os.ftruncate(self._fd, 0)  # no owner; the file stays (removing a locked file races)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+            _HELD.pop(str(self.path.parent.resolve()), None)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def run_lock(directory: Path, lease: float = 120.0) -> RunLock:
+    """The lock of ``directory`` (``with run_lock(d): ...``); the same object for the same folder in this process."""
+    key = str(Path(directory).resolve())
+    lock = _HELD.get(key)
+    if lock is None:
+        lock = _HELD[key] = RunLock(directory, lease)
+    return lock

@@ -39,9 +39,7 @@ def test_ood_run_names_hash_only_the_sections_a_run_reads():
     assert runconfig.run_name(diff, "train") == runconfig.run_name(runconfig.deep_merge(diff, {"ode": {"rtol": 0.1}}), "train")
 
 
-def test_a_registered_score_and_detector_reach_metrics_without_touching_the_runner(monkeypatch):
-    monkeypatch.setitem(score_registry.REGISTRY, "neg_norm", None)
-
+def test_a_registered_score_and_detector_reach_metrics_without_touching_the_runner():
     @score_registry.register("neg_norm", higher_is_in=True, unit="-", description="-||x||")
     def neg_norm(model, x, cache):
         return -x.flatten(1).norm(dim=1)
@@ -63,6 +61,7 @@ def test_a_registered_score_and_detector_reach_metrics_without_touching_the_runn
         assert metrics["norm_at_95"]["optimistic"] is True and calls == [["neg_norm"]]
     finally:
         detectors.DETECTORS.pop("norm_at_95")
+        del score_registry.REGISTRY["neg_norm"]
 
 
 def test_lid_estimators_are_chosen_by_capability():

@@ -32,14 +32,44 @@ class DensityModel(Protocol):
         measures is named by the family spec's ``loss`` key (logged as ``train/<loss>``)."""
 
 
-# Optional capabilities a score may ask for (checked with hasattr, see ood.scores):
-#   generator(z) -> x         flows: the latent -> data map whose Jacobian gives LID
-#   encode(x) -> z            flows: data -> latent
-#   score(x, t) -> s          diffusions: the score of the noised marginal (scaled data space)
-#   sde                       diffusions: the forward SDE (marginal mean scale and std at t)
-#   log_prob_grad(x) -> g     grad_x log p(x) in data space (B, ...): flows by autograd, diffusions by their score
-#   log_prob_terms(x) -> {label: (B,)}   log p(x) (or the ELBO) split into additive terms, with the class method
-#                             likelihood_term_labels(model_cfg) naming them (flows, HVAEs; ood/scores/likelihood_terms.py)
+REQUIRED = ("log_prob", "bits_per_dim", "sample", "training_loss")
+
+# Optional capabilities: a score, LID estimator or the runner uses one only when the model has it (``needs=``
+# in a registration names these, and registering an undeclared one is an error, so a typo cannot silently
+# make a score inapplicable to every model).
+CAPABILITIES = {
+    "generator": "flows: generator(z) -> x, the latent -> data map whose Jacobian gives LID",
+    "encode": "flows: encode(x) -> z, data -> latent",
+    "score": "diffusions: score(x, t) -> s, the score of the noised marginal (scaled data space)",
+    "sde": "diffusions: the forward SDE (marginal mean scale and std at t)",
+    "log_prob_grad": "log_prob_grad(x) -> grad_x log p(x) in data space (flows by autograd, diffusions by their score)",
+    "log_prob_terms": "log_prob_terms(x) -> {label: (B,)}, log p(x) (or the ELBO) split into additive terms; the class "
+                      "method likelihood_term_labels(model_cfg) names them (flows, HVAEs)",
+    "likelihood_term_labels": "class method naming log_prob_terms' labels for a model configuration",
+    "bounds": "HVAEs: bounds(x) -> per-level ELBO bounds (the likelihood-ratio score llr)",
+    "likelihood_nfe": "diffusions: network evaluations the last log_prob batch took",
+    "configure": "configure(cfg): the runner hands the resolved run configuration before scoring (ODE tolerances, ...)",
+    "set_training_step": "set_training_step(step): the training loop reports the step before each batch",
+    "metric_info": "metric_info() -> {score: {key: value}}: settings stored beside a score's metrics",
+}
+
+
+def undeclared(names) -> list:
+    """Of ``names``, those that are neither required nor declared optional capabilities."""
+    return [n for n in names if n not in REQUIRED and n not in CAPABILITIES]
+
+
+def check_family(cls: type, family: str, where: str) -> None:
+    """A family's model class must implement the required protocol (one sentence otherwise)."""
+    missing = [n for n in REQUIRED if not callable(getattr(cls, n, None))]
+    if missing:
+        raise TypeError(f"Model family {family!r} ({where}): class {cls.__module__}.{cls.__qualname__} lacks "
+                        f"{', '.join(missing)} of the model protocol (genood.models.base.DensityModel).")
+
+
+def capabilities(model) -> list:
+    """The optional capabilities ``model`` (an instance or class) has."""
+    return [n for n in CAPABILITIES if hasattr(model, n)]
 
 
 def autograd_log_prob_grad(model, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,12 @@ def _import(ref: str):
 
 def model_class(family: str) -> type:
     """The class of ``family``'s models: its methods and class attributes are the family's capabilities."""
-    return _import(runconfig.family_spec(family).model_class)
+    from genood.models.base import check_family
+
+    spec = runconfig.family_spec(family)
+    cls = _import(spec.model_class)
+    check_family(cls, family, spec.source)
+    return cls
 
 
 def builder(family: str) -> Callable[[Tuple[int, ...], Dict[str, Any]], Any]:
@@ -27,4 +32,6 @@ def builder(family: str) -> Callable[[Tuple[int, ...], Dict[str, Any]], Any]:
 
 def build_model(shape: Tuple[int, ...], model_cfg: Dict[str, Any]):
     """Build the model ``model_cfg['family']`` for data of ``shape`` ((C,H,W) images or (D,) vectors)."""
-    return builder(model_cfg.get("family", "flow"))(tuple(shape), model_cfg)
+    family = model_cfg.get("family", "flow")
+    model_class(family)  # checks the family's class against the protocol
+    return builder(family)(tuple(shape), model_cfg)

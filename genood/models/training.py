@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +87,17 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, finished
     atomic_write(path, lambda p: torch.save(state, p))
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (a folder means its checkpoint.pt)."""
+CHECKPOINT_KEYS = ("model", "step", "finished", "shape", "config")
+RESUME_KEYS = ("optimizer", "scheduler")
+
+
+def load_checkpoint(path: Path, map_location="cpu", need=CHECKPOINT_KEYS) -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (a folder means its checkpoint.pt).
+
+    Only tensors and plain data are read (``weights_only=True``): a file whose pickle would build any
+    other object, run code included, is refused before anything in it runs. Checkpoints may come from
+    other machines (a shared runs root, W&B artifacts), so nothing else is ever unpickled.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
@@ -95,9 +105,19 @@ def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
         raise CheckpointError(f"Checkpoint {path} does not exist; train it with `python train.py --config <yaml>` "
                               f"or leave ood.checkpoint unset so main_ood.py trains first.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # corrupt file
-        raise CheckpointError(f"Checkpoint {path} could not be read ({exc}); delete it and train again.") from exc
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"Checkpoint {path} holds objects other than tensors and plain data (loading it could "
+                              f"run code), so it was not loaded; retrain it with `python train.py` or "
+                              f"`python main_ood.py` from its config.yaml.") from exc
+    except Exception as exc:  # truncated or corrupt file
+        raise CheckpointError(f"Checkpoint {path} could not be read ({type(exc).__name__}); delete it and train "
+                              f"again.") from exc
+    missing = [k for k in need if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"Checkpoint {path} lacks {', '.join(map(repr, missing))}, so it is not a checkpoint "
+                              f"written by this project's training; retrain it with `python train.py --config <yaml>`.")
+    return state
 
 
 def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run_directory: Path,
@@ -121,7 +141,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg))
     start = 0
     if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
+        state = load_checkpoint(ckpt_path, map_location=device, need=CHECKPOINT_KEYS + RESUME_KEYS)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -241,8 +261,16 @@ def load_trained(path: Path, map_location="cpu"):
 
     state = load_checkpoint(path, map_location=map_location)
     cfg = state["config"]
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise CheckpointError(f"Checkpoint {path} has no model section in its 'config'; retrain it with "
+                              f"`python train.py --config <yaml>`.")
     model = build_model(tuple(state["shape"]), cfg["model"])
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"Checkpoint {path}'s weights do not fit the model its config describes ({first}); "
+                              f"retrain it with `python train.py --config <yaml>`.") from exc
     model.eval()
     return model, state
 
@@ -261,23 +289,24 @@ def run_training(cfg: Dict[str, Any], echo: bool = True,
     shape = tuple(cfg["data"]["shape"] or train_set.shape_chw)
     name = runconfig.run_name(cfg, "train")
     directory = rundir.run_dir(cfg, name)
-    logger = rundir.open_run_log(directory)
+    with rundir.run_lock(directory):  # one writer per run directory
+        logger = rundir.open_run_log(directory)
 
-    def log(msg: str) -> None:
-        logger.info(msg)
-        if echo:
-            print(msg, file=sys.stderr, flush=True)
+        def log(msg: str) -> None:
+            logger.info(msg)
+            if echo:
+                print(msg, file=sys.stderr, flush=True)
 
-    log(f"run directory: {directory}")
-    rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
-    rundir.write_json(directory / "provenance.json", rundir.provenance(file_checksums(train_set.files)))
-    tracker = Tracker(cfg, directory, name, job_type="train", warn=log)
-    try:
-        _, result = fit(cfg, directory, match_shape(train_set.images, shape), log=log,
-                        callbacks=[tracker.training_curve]
-                        + list(callbacks or []))
-        tracker.summary({f"train/final_{runconfig.family_spec(cfg['model']['family']).loss}": result.final_loss, "train/images_per_second": result.images_per_second})
-        tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
-    finally:
-        tracker.finish()
+        log(f"run directory: {directory}")
+        rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
+        rundir.write_json(directory / "provenance.json", rundir.provenance(file_checksums(train_set.files)))
+        tracker = Tracker(cfg, directory, name, job_type="train", warn=log)
+        try:
+            _, result = fit(cfg, directory, match_shape(train_set.images, shape), log=log,
+                            callbacks=[tracker.training_curve]
+                            + list(callbacks or []))
+            tracker.summary({f"train/final_{runconfig.family_spec(cfg['model']['family']).loss}": result.final_loss, "train/images_per_second": result.images_per_second})
+            tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
+        finally:
+            tracker.finish()
     return directory

@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List
 import numpy as np
 
 from genood.ood.metrics import _clean, detection_metrics, percentile_interval, with_intervals
+from genood.registry import Registry
 
 SPLIT_ORDER = ("in_train", "in_val", "in_test", "ood", "generated")
 
@@ -56,12 +57,14 @@ class Detector:
     description: str
 
 
-DETECTORS: Dict[str, Detector] = {}
+# every module that registers detectors; imported on first lookup (genood.registry)
+DETECTORS: Registry[Detector] = Registry("detector", modules=(__name__, "genood.ood.combined", "genood.ood.best_component",
+                                                              "genood.ood.baselines"))
 
 
 def register_detector(name: str, optimistic: bool, description: str):
     def wrap(fn):
-        DETECTORS[name] = Detector(name, fn, optimistic, description)
+        DETECTORS.add(name, Detector(name, fn, optimistic, description), fn.__module__)
         return fn
     return wrap
 
@@ -228,8 +231,3 @@ def dual_threshold(view: TaskView) -> Dict[str, Dict[str, Any]]:
                                   int(view.cfg.get("run", {}).get("seed", 0)))
     return {"dual_threshold": dict(dual["envelope"], aupr_in=None, aupr_out=None, **info),
             "dual_threshold_fixed": dict(dual["fixed"], **info, keep=keep)}
-
-
-from genood.ood import combined  # noqa: E402,F401  (registers the label-free combined detectors)
-from genood.ood import best_component  # noqa: E402,F401  (registers the optimistic best-of-a-vector detector)
-from genood.ood import baselines  # noqa: E402,F401  (registers the model-free reference baselines)

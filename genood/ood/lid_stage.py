@@ -38,6 +38,7 @@ import torch
 
 from genood.ood import lid as lidlib
 from genood.ood.lpca import lpca
+from genood.registry import Registry
 from genood.ood.stages import fingerprint as _fingerprint, model_digest as _model_digest, resumable_blocks as _blocks
 
 
@@ -71,12 +72,16 @@ class LidEstimator:
     per_knob: bool = False    # raw results exist only at the knob values computed (the fixed value joins the grid)
 
 
-ESTIMATORS: Dict[str, LidEstimator] = {}
+ESTIMATORS: Registry[LidEstimator] = Registry("LID estimator", modules=(__name__, "genood.ood.lid_diffusion"))
 
 
 def register_estimator(est: LidEstimator) -> LidEstimator:
-    ESTIMATORS[est.name] = est
-    return est
+    from genood.models.base import undeclared
+
+    if undeclared(est.needs):
+        raise ValueError(f"LID estimator {est.name!r} needs {undeclared(est.needs)}, which the model protocol does not "
+                         f"declare (genood.models.base.CAPABILITIES)")
+    return ESTIMATORS.add(est.name, est, est.compute.__module__)
 
 
 def _jacobian_compute(model, xb, start, lcfg, seed, knobs):
@@ -179,6 +184,3 @@ def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callabl
         rows.append(pd.DataFrame({"split": name, "dataset": dataset, "index": np.repeat(idx, grid.size),
                                   est.knob: np.tile(grid, len(idx)), "lid": c.reshape(-1)}))
     return LidResult(positions, values, pd.concat(rows, ignore_index=True), chosen, calibration, est.knob, est.name)
-
-
-from genood.ood import lid_diffusion  # noqa: E402,F401  (registers the diffusion estimators)

@@ -330,27 +330,50 @@ def _summaries(metrics: Dict[str, Dict[str, Any]], several: bool) -> Dict[str, A
     return out
 
 
-def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
-    """Run one OOD job end to end and return its run directory. Steps: check inputs, resolve the model, per-batch
-    scores (resumable), stages, derived scores, detectors per OOD set, write, figures. The model and its
-    in-distribution work serve every set of ``data.ood``; nothing here knows a score by name. ``callbacks`` get
-    ``(step, loss)`` during training (sweep agents use them for early termination)."""
-    seed = int(cfg["run"]["seed"])
-    ocfg = cfg["ood"]
-    # everything that can fail on bad input is checked before the run directory is made
+@dataclass
+class _Inputs:
+    """What a run reads before it makes its directory (checked there, so bad input fails first)."""
+    train_set: Any
+    test_set: Any
+    oods: List[OodSet]
+    names: List[str]
+    columns: Dict[str, List[str]]
+    shape: tuple
+    train_images: np.ndarray
+    checksums: Dict[str, str]
+
+
+def _check_inputs(cfg: Dict[str, Any]) -> _Inputs:
+    """Load the data and check scores and checkpoint: everything that can fail on bad input, before any folder."""
     in_name = cfg["data"]["in_distribution"]
     train_set = load_split(in_name, "train")  # models train on the train split only
     test_set = load_split(in_name, "test")
     oods = _load_ood_sets(cfg)
     names, columns = _checked_scores(cfg, images=train_set.images.ndim == 4)
-    if ocfg["checkpoint"]:
-        load_checkpoint_path(ocfg["checkpoint"])
+    if cfg["ood"]["checkpoint"]:
+        load_checkpoint_path(cfg["ood"]["checkpoint"])
     shape = tuple(cfg["data"]["shape"] or train_set.shape_chw)
-    train_images = match_shape(train_set.images, shape)
-    checksums = file_checksums(list(dict.fromkeys(train_set.files + test_set.files + [f for o in oods for f in o.images.files])))
+    files = train_set.files + test_set.files + [f for o in oods for f in o.images.files]
+    return _Inputs(train_set, test_set, oods, names, columns, shape, match_shape(train_set.images, shape),
+                   file_checksums(list(dict.fromkeys(files))))
 
+
+def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
+    """Run one OOD job end to end and return its run directory. Steps: check inputs, resolve the model, per-batch
+    scores (resumable), stages, derived scores, detectors per OOD set, write, figures. The model and its
+    in-distribution work serve every set of ``data.ood``; nothing here knows a score by name. ``callbacks`` get
+    ``(step, loss)`` during training (sweep agents use them for early termination). One process at a time
+    writes a run directory (``rundir.run_lock``)."""
+    inputs = _check_inputs(cfg)
     name = runconfig.run_name(cfg, "ood")
     directory = rundir.run_dir(cfg, name)
+    with rundir.run_lock(directory):
+        _score_run(cfg, inputs, name, directory, echo, callbacks)
+    return directory
+
+
+def _score_run(cfg: Dict[str, Any], inputs: _Inputs, name: str, directory: Path, echo: bool, callbacks) -> None:
+    seed, names, oods = int(cfg["run"]["seed"]), inputs.names, inputs.oods
     console = _Console(rundir.open_run_log(directory), echo)
     console(f"run directory: {directory}")
     rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
@@ -358,15 +381,15 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
     from genood.tracking import Tracker
     tracker = Tracker(cfg, directory, name, job_type="ood", warn=console.warn)
     try:
-        model = _resolve_model(cfg, directory, train_images, console, tracker, callbacks)
+        model = _resolve_model(cfg, directory, inputs.train_images, console, tracker, callbacks)
         device = next(model.parameters()).device
         model.eval()
         for n in names:
             score_registry.check_needs(n, model, cfg["model"]["family"])
-        splits = _build_splits(cfg, train_set, test_set, oods, train_images, shape, seed)
+        splits = _build_splits(cfg, inputs.train_set, inputs.test_set, oods, inputs.train_images, inputs.shape, seed)
         import pandas as pd
         t0 = time.perf_counter()
-        scored, split_of = _model_inputs(model, splits, cfg, shape, seed)
+        scored, split_of = _model_inputs(model, splits, cfg, inputs.shape, seed)
         batch_names = [n for n in names if score_registry.get(n).per_batch]
         frames = _per_batch_frames(model, scored, split_of, batch_names, cfg, directory, console, device)
         console(f"scored {sum(len(f) for f in frames)} samples in {time.perf_counter() - t0:.1f}s")
@@ -378,17 +401,16 @@ def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
         _derive(table, [n for n in names if score_registry.get(n).derived is not None], cfg, info)
         rundir.atomic_write(directory / "scores.parquet", lambda p: table.to_parquet(p, index=False))
 
-        metrics = _evaluate_and_write(table, columns, info, cfg, oods, stages, directory, checksums)
-        if ocfg["figures"]:
-            _figures(table, columns, metrics, cfg, directory, console, stages, oods)
+        metrics = _evaluate_and_write(table, inputs.columns, info, cfg, oods, stages, directory, inputs.checksums)
+        if cfg["ood"]["figures"]:
+            _figures(table, inputs.columns, metrics, cfg, directory, console, stages, oods)
         tracker.summary(_summaries(metrics, len(oods) > 1))
         tracker.table("scores", table)
         tracker.charts(table, seed=seed)
         tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
-        _report_console(metrics, columns, in_name, oods, console)
+        _report_console(metrics, inputs.columns, cfg["data"]["in_distribution"], oods, console)
     finally:
         tracker.finish()
-    return directory
 
 
 def _evaluate_and_write(table, columns, info, cfg, oods, stages, directory: Path, checksums) -> Dict[str, Any]:

@@ -19,13 +19,12 @@ base's files, so their checksums land in ``provenance.json``.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import pkgutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from genood.registry import Registry
 
 GROUPS = ("near", "transform", "far", "real")
 
@@ -45,7 +44,7 @@ class Derivation:
     check: Optional[Callable[[Any], Optional[str]]] = None  # value -> a complaint, or None when it is fine
 
 
-DERIVATIONS: Dict[str, Derivation] = {}
+DERIVATIONS: Registry[Derivation] = Registry("derivation", packages=(__name__,))
 
 
 def register_derivation(name: str, group: str, description: str, value: str = "none", default: Any = None,
@@ -58,9 +57,7 @@ def register_derivation(name: str, group: str, description: str, value: str = "n
         raise ValueError(f"derivation {name!r}: group must be one of near, transform, far, got {group!r}")
 
     def wrap(fn):
-        if name in DERIVATIONS:
-            raise ValueError(f"derivation {name!r} is registered twice ({DERIVATIONS[name].fn.__module__} and {fn.__module__})")
-        DERIVATIONS[name] = Derivation(name, group, value, default, fn, description, check)
+        DERIVATIONS.add(name, Derivation(name, group, value, default, fn, description, check), fn.__module__)
         return fn
     return wrap
 
@@ -191,11 +188,3 @@ def describe() -> List[Dict[str, str]]:
     """Every registered derivation: name, group, value kind, default and what it tests."""
     return [{"name": d.name, "group": d.group, "value": d.value, "default": "" if d.default is None else str(d.default),
              "description": d.description} for d in sorted(DERIVATIONS.values(), key=lambda d: (GROUPS.index(d.group), d.name))]
-
-
-def _discover() -> None:
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-_discover()

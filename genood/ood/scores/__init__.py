@@ -23,14 +23,14 @@ names, see :mod:`models.base`): the score runs if the model has every name of at
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+
+from genood.registry import Registry
 
 
 class ScoreUnavailable(ValueError):
@@ -89,15 +89,20 @@ class Score:
         return self.stage is None and self.derived is None
 
 
-REGISTRY: Dict[str, Score] = {}
+REGISTRY: Registry[Score] = Registry("OOD score", packages=(__name__,))
 
 
 def _alternatives(needs) -> Tuple[Tuple[str, ...], ...]:
+    """``needs`` as alternatives (any one tuple of capabilities suffices), each name declared by the protocol."""
+    from genood.models.base import undeclared
+
     if not needs:
         return ()
-    if isinstance(needs[0], str):
-        return (tuple(needs),)
-    return tuple(tuple(n) for n in needs)
+    alts = (tuple(needs),) if isinstance(needs[0], str) else tuple(tuple(n) for n in needs)
+    bad = undeclared([n for alt in alts for n in alt])
+    if bad:
+        raise ValueError(f"needs {bad} are not model capabilities the protocol declares (genood.models.base)")
+    return alts
 
 
 def register(name: str, higher_is_in: bool, unit: str, description: str, needs=(), columns=None, tails: str = "lower",
@@ -114,8 +119,8 @@ def register(name: str, higher_is_in: bool, unit: str, description: str, needs=(
     def wrap(fn):
         if model_free and needs:
             raise ValueError(f"score {name!r}: a model-free score needs no model capability, got needs={needs!r}")
-        REGISTRY[name] = Score(name, fn, higher_is_in, unit, description, needs=_alternatives(needs), columns=columns,
-                               tails=tails, model_free=model_free)
+        REGISTRY.add(name, Score(name, fn, higher_is_in, unit, description, needs=_alternatives(needs), columns=columns,
+                                 tails=tails, model_free=model_free), fn.__module__)
         return fn
     return wrap
 
@@ -128,7 +133,8 @@ def expand_columns(names, cfg: Dict[str, Any]) -> List[str]:
 def register_stage(name: str, higher_is_in: bool, unit: str, description: str, needs=()):
     """Decorator registering a split-level stage ``(StageContext) -> StageOutput``."""
     def wrap(fn):
-        REGISTRY[name] = Score(name, None, higher_is_in, unit, description, stage=fn, needs=_alternatives(needs))
+        REGISTRY.add(name, Score(name, None, higher_is_in, unit, description, stage=fn, needs=_alternatives(needs)),
+                     fn.__module__)
         return fn
     return wrap
 
@@ -136,8 +142,8 @@ def register_stage(name: str, higher_is_in: bool, unit: str, description: str, n
 def register_derived(name: str, higher_is_in: bool, unit: str, description: str, requires=(), needs=()):
     """Decorator registering a derived score ``(table, cfg, info) -> values | (values, info)`` over the whole table."""
     def wrap(fn):
-        REGISTRY[name] = Score(name, None, higher_is_in, unit, description, needs=_alternatives(needs), derived=fn,
-                               requires=tuple(requires))
+        REGISTRY.add(name, Score(name, None, higher_is_in, unit, description, needs=_alternatives(needs), derived=fn,
+                                 requires=tuple(requires)), fn.__module__)
         return fn
     return wrap
 
@@ -193,11 +199,3 @@ def two_sided(name: str) -> bool:
 def oriented(name: str, column):
     """The column oriented so that higher = more in-distribution."""
     return column if get(name).higher_is_in else -column
-
-
-def _discover() -> None:
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-_discover()
