@@ -16,9 +16,10 @@ def _known_errors() -> tuple:
     from genood.data.formats import FormatError
     from genood.data.mirror import MirrorError
     from genood.data.registry import DatasetNotFoundError, UnknownDatasetError
+    from genood.rundir import RunLocked
     from genood.runconfig import ConfigError
 
-    known = [UserError, ConfigError, DatasetNotFoundError, UnknownDatasetError, FormatError, MirrorError]
+    known = [UserError, ConfigError, DatasetNotFoundError, UnknownDatasetError, FormatError, MirrorError, RunLocked]
     for module, name in (("genood.orchestration.hostcheck", "SingleHostError"), ("genood.orchestration.store_postgres", "StoreUnreachable")):
         if module in sys.modules:
             known.append(getattr(sys.modules[module], name))

@@ -154,9 +154,18 @@ def _check_ood_groups(path: str, value: Any) -> None:
         raise ConfigError(f"Config key '{path}' must be a list of OOD groups from {', '.join(OOD_GROUPS)}, got {value!r}.")
 
 
+IN_SPLITS = ("in_train", "in_val", "in_test", "generated")
+
+
+def _check_in_splits(path: str, value: Any) -> None:
+    if not isinstance(value, list) or not value or any(s not in IN_SPLITS for s in value):
+        raise ConfigError(f"Config key '{path}' must be a non-empty list of splits from {', '.join(IN_SPLITS)}, "
+                          f"got {value!r}.")
+
+
 # named checks a spec may attach to a key (``checks: {section.key: <name>}``)
 CHECKS: Dict[str, Callable[[str, Any], None]] = {"grid": _check_log_tau_grid, "ood_sets": _check_ood_sets,
-                                                 "ood_groups": _check_ood_groups}
+                                                 "ood_groups": _check_ood_groups, "in_splits": _check_in_splits}
 FREE_TYPED = {"data.ood"}  # keys whose check alone says what they may hold
 
 

@@ -204,6 +204,6 @@ def run_lock(directory: Path, lease: float = 120.0) -> RunLock:
     """The lock of ``directory`` (``with run_lock(d): ...``); the same object for the same folder in this process."""
     key = str(Path(directory).resolve())
     lock = _HELD.get(key)
-    if lock is None:
+    if lock is None or not lock.depth:
         lock = _HELD[key] = RunLock(directory, lease)
     return lock

@@ -152,7 +152,8 @@ def test_every_shipped_meta_configuration_expands(rel):
         assert [(i, [n for n, g in sets if g == "real"]) for i, sets in pairs] == [("fmnist", ["mnist"]), ("mnist", ["fmnist"])]
         assert all({g for _, g in sets} == {"real", "transform", "far"} for _, sets in pairs)
         assert all(r.config["model"]["coupling"] == "rq_nsf" and r.config["preset"] == "flow_rq_nsf_tiny" for r in runs)
-        assert all("lid" in r.config["ood"]["scores"] and r.config["lid"]["n_per_split"] == 32 for r in runs)
+        assert all("lid" in r.config["ood"]["scores"] and r.config["lid"]["n_per_split"] == 16
+                   and r.config["lid"]["in_splits"] == ["in_val", "in_test"] for r in runs)
     if rel == "training/grayscale_flows.yaml":
         assert {r.config["data"]["in_distribution"] for r in runs} == {"fmnist", "mnist", "kmnist", "emnist", "omniglot"}
 

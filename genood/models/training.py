@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from genood import runconfig
-from genood.data.transforms import dequantize_uniform, mutate
+from genood.data.transforms import dequantize_uniform
 from genood.rundir import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
@@ -120,85 +120,81 @@ def load_checkpoint(path: Path, map_location="cpu", need=CHECKPOINT_KEYS) -> Dic
     return state
 
 
+def _restore(model, optimizer, scheduler, ckpt_path: Path, device, log) -> int:
+    """Load the run's checkpoint into model, optimizer and schedule when there is one; the step to go on from."""
+    if not ckpt_path.exists():
+        return 0
+    state = load_checkpoint(ckpt_path, map_location=device, need=CHECKPOINT_KEYS + RESUME_KEYS)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    log(f"resuming from step {state['step']} ({ckpt_path})")
+    return int(state["step"])
+
+
+def _loss(model, images: torch.Tensor, step: int, total: int, cfg: Dict[str, Any], hooks, device) -> torch.Tensor:
+    """The objective on training batch ``step``: a pure function of (seed, step) and the weights."""
+    seed, bs = int(cfg["run"]["seed"]), int(cfg["training"]["batch_size"])
+    idx = torch.from_numpy(batch_indices(step, images.shape[0], bs, seed))
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    batch = images[idx]
+    for hook in hooks:
+        batch = hook.batch(batch, gen)
+    # stored 8-bit data is dequantized; real-valued data (synthetic manifolds) is used as is
+    x = (dequantize_uniform(batch.float(), gen) if batch.dtype == torch.uint8 else batch).to(device)
+    # randomness inside training_loss (diffusion times and noise) is a pure function of (seed, step) too
+    torch.manual_seed((seed * 1_000_003 + step) % (2 ** 63) + 7)
+    if hasattr(model, "set_training_step"):  # schedules inside the objective (VAEs: KL warm-up, free bits)
+        model.set_training_step(step, total)
+    loss = model.training_loss(x).mean()
+    dim = int(np.prod(images.shape[1:]))
+    for hook in hooks:
+        loss = loss + hook.penalty(model, dim)
+    return loss
+
+
 def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run_directory: Path,
           log: Callable[[str], None] = print, callbacks: Optional[List[Callable[[int, float], None]]] = None) -> TrainResult:
     """Train ``model`` on ``images`` (uint8 (N,C,H,W), or float (N,D) vectors) per ``cfg['training']``, resuming if possible.
 
     Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end (``finished=True``).
     The objective is ``model.training_loss(x).mean()`` (flows: bits/dim, diffusions: denoising score
-    matching, ...), so every family shares this loop, its checkpoints, resume and NaN guard.
+    matching, ...) changed by the training hooks the configuration turns on (:mod:`models.training_hooks`),
+    so every family shares this loop, its checkpoints, resume and NaN guard.
     ``callbacks`` get ``(step, loss)`` after every step.
     """
-    tcfg = cfg["training"]
-    seed = int(cfg["run"]["seed"])
-    total = int(tcfg["steps"])
-    bs = int(tcfg["batch_size"])
+    from genood.models.training_hooks import active_hooks
+
+    tcfg, total = cfg["training"], int(cfg["training"]["steps"])
     device = pick_device(cfg["run"]["device"])
     ckpt_path = Path(run_directory) / CHECKPOINT
-    torch.manual_seed(seed)
+    torch.manual_seed(int(cfg["run"]["seed"]))
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg))
-    start = 0
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device, need=CHECKPOINT_KEYS + RESUME_KEYS)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = int(state["step"])
-        log(f"resuming from step {start} ({ckpt_path})")
+    start = _restore(model, optimizer, scheduler, ckpt_path, device, log)
     if start >= total:
         model.eval()
         return TrainResult(steps=total, resumed_from=start, final_loss=float("nan"), seconds=0.0, images_per_second=0.0)
-
-    n = images.shape[0]
+    hooks = active_hooks(tcfg, images)
     loss_name = getattr(model, "loss_name", "loss")
-    every = max(1, int(tcfg["checkpoint_every"]))
-    clip = float(tcfg["grad_clip"]) if tcfg["grad_clip"] else None
-    mutation = float(tcfg.get("mutation_rate") or 0.0)
-    l2 = float(tcfg.get("l2_penalty") or 0.0)
-    dim = int(np.prod(images.shape[1:]))
-    if mutation and images.dtype != torch.uint8:
-        raise ValueError("training.mutation_rate perturbs 8-bit images; this dataset holds real-valued vectors: set it to 0.")
-    extra = {"shape": list(images.shape[1:]), "config": cfg}
-    last_good = start
-    ema = None
+    every, clip = max(1, int(tcfg["checkpoint_every"])), float(tcfg["grad_clip"] or 0.0)
+    extra, last_good, ema = {"shape": list(images.shape[1:]), "config": cfg}, start, None
     model.train()
-    bar = None
-    if tcfg.get("progress", True):
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
-    t0 = time.perf_counter()
+    bar, t0 = _progress(tcfg, total, start), time.perf_counter()
     try:
         for step in range(start, total):
-            idx = torch.from_numpy(batch_indices(step, n, bs, seed))
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            batch = images[idx]
-            # stored 8-bit data is dequantized; real-valued data (synthetic manifolds) is used as is
-            if mutation:  # background models (likelihood ratio): Ren et al.'s perturbed inputs
-                batch = mutate(batch, mutation, gen)
-            x = (dequantize_uniform(batch.float(), gen) if batch.dtype == torch.uint8 else batch).to(device)
-            # randomness inside training_loss (diffusion times and noise) is a pure function of (seed, step) too
-            torch.manual_seed((seed * 1_000_003 + step) % (2 ** 63) + 7)
-            if hasattr(model, "set_training_step"):  # schedules inside the objective (VAEs: KL warm-up, free bits)
-                model.set_training_step(step, total)
-            loss = model.training_loss(x).mean()
-            if l2:  # Ren et al.'s L2 penalty, lambda * |theta|^2 / 2 per image in nats, in the loss's per-dimension bits
-                loss = loss + l2 * 0.5 * sum(p.pow(2).sum() for p in model.parameters()) / (dim * math.log(2.0))
+            loss = _loss(model, images, step, total, cfg, hooks, device)
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"Training diverged at step {step} ({loss_name} = {value}); the last good checkpoint (step {last_good}) "
-                    f"is kept in {ckpt_path}; lower training.lr and rerun to resume"
-                    f"{getattr(model, 'divergence_hint', '')}.")
+                raise _diverged(model, loss_name, value, step, last_good, ckpt_path)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             scheduler.step()
-            ema = value if ema is None else 0.98 * ema + 0.02 * value
-            done = step + 1
+            ema, done = value if ema is None else 0.98 * ema + 0.02 * value, step + 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({loss_name: f"{value:.3f}", "avg": f"{ema:.3f}"}, lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False)
@@ -214,7 +210,20 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
     model.eval()
     log(f"trained steps {start}->{total} in {seconds:.1f}s, final {loss_name} (running avg) {ema:.4f}")
     return TrainResult(steps=total, resumed_from=start, final_loss=float(ema), seconds=seconds,
-                       images_per_second=(total - start) * bs / max(seconds, 1e-9))
+                       images_per_second=(total - start) * int(tcfg["batch_size"]) / max(seconds, 1e-9))
+
+
+def _diverged(model, loss_name: str, value: float, step: int, last_good: int, ckpt_path: Path) -> TrainingDiverged:
+    return TrainingDiverged(f"Training diverged at step {step} ({loss_name} = {value}); the last good checkpoint (step "
+                            f"{last_good}) is kept in {ckpt_path}; lower training.lr and rerun to resume"
+                            f"{getattr(model, 'divergence_hint', '')}.")
+
+
+def _progress(tcfg: Dict[str, Any], total: int, start: int):
+    if not tcfg.get("progress", True):
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
 def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[str], None] = print,

@@ -83,27 +83,62 @@ def _propose(store: Store, sweep: Dict[str, Any]) -> bool:
     return True
 
 
+def _open_sweep(db_path, sweep_id: str, me: str, runs_root: Optional[Path]):
+    """The store and the sweep (one sentence when the sweep is not there or runs on another host)."""
+    from genood.orchestration.hostcheck import check_single_host
+
+    store = open_store(db_path, runs_root=runs_root)
+    sweep = store.sweep(sweep_id)
+    try:
+        if sweep is None:
+            raise KeyError(f"Sweep '{sweep_id}' not found in {store.describe()}; create it with "
+                           f"`python sweep.py create --config <meta.yaml>` (with the same --store).")
+        check_single_host(store, sweep_id, me, socket.gethostname())
+    except BaseException:
+        store.close()
+        raise
+    return store, sweep
+
+
+def _run_claim(store, sweep, claim, me: str, lease: float, log, done: Dict[str, int]) -> None:
+    """Run one claimed run under a heartbeat and record how it ended in the store and in ``done``."""
+    sweep_id = sweep["id"]
+    beat = _Heartbeat(store.locator, sweep_id, claim.name, me, lease, max(0.05, lease / 4))
+    beat.start()
+    t0 = time.perf_counter()
+    try:
+        directory = JOBS[sweep["job"]].run(claim.config, callbacks=[_progress_callback(store, sweep, claim.name)])
+    except EarlyStopped as exc:
+        store.stop(sweep_id, claim.name, me)
+        done["stopped"] += 1
+        log.info(str(exc))
+    except Terminated:
+        store.release(sweep_id, claim.name, me)
+        done["released"] += 1
+        log.info(f"released {claim.name} back to the queue (terminated)")
+        raise
+    except Exception:
+        status = store.fail(sweep_id, claim.name, me, traceback.format_exc(limit=20), sweep["max_attempts"])
+        done["failed" if status == "failed" else "requeued"] += 1
+        log.warning(f"{claim.name} raised; {'marked failed' if status == 'failed' else 're-queued'}")
+    else:
+        metrics_path = Path(directory) / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+        store.finish(sweep_id, claim.name, me, str(directory), metrics)
+        done["finished"] += 1
+        log.info(f"finished {claim.name} in {time.perf_counter() - t0:.1f}s")
+    finally:
+        beat.stop_event.set()
+
+
 def run_agent(db_path, sweep_id: str, gpu: Optional[str] = None, count: Optional[int] = None,
               lease: float = 60.0, poll: float = 2.0, log: Optional[logging.Logger] = None,
               on_start: Optional[Callable[[str], None]] = None, runs_root: Optional[Path] = None) -> Dict[str, int]:
     """Work on a local sweep until it is drained or ``count`` runs were done. Returns counters.
     ``db_path``: the store's locator (a SQLite file or a ``postgresql://`` URL)."""
-    from genood.orchestration.hostcheck import check_single_host
-
     log = log or logging.getLogger("agent")
-    store = open_store(db_path, runs_root=runs_root)
-    sweep = store.sweep(sweep_id)
-    if sweep is None:
-        store.close()
-        raise KeyError(f"Sweep '{sweep_id}' not found in {store.describe()}; create it with "
-                       f"`python sweep.py create --config <meta.yaml>` (with the same --store).")
-    job = JOBS[sweep["job"]]
     me = agent_name(gpu)
-    try:
-        check_single_host(store, sweep_id, me, socket.gethostname())
-    except BaseException:
-        store.close()
-        raise
+    store, sweep = _open_sweep(db_path, sweep_id, me, runs_root)
     done = {"finished": 0, "failed": 0, "requeued": 0, "released": 0, "stopped": 0}
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
@@ -125,32 +160,7 @@ def run_agent(db_path, sweep_id: str, gpu: Optional[str] = None, count: Optional
             log.info(f"claimed {claim.name}{' (resuming)' if claim.resumed else ''}")
             if on_start:
                 on_start(claim.name)
-            beat = _Heartbeat(store.locator, sweep_id, claim.name, me, lease, max(0.05, lease / 4))
-            beat.start()
-            t0 = time.perf_counter()
-            try:
-                directory = job.run(claim.config, callbacks=[_progress_callback(store, sweep, claim.name)])
-            except EarlyStopped as exc:
-                store.stop(sweep_id, claim.name, me)
-                done["stopped"] += 1
-                log.info(str(exc))
-            except Terminated:
-                store.release(sweep_id, claim.name, me)
-                done["released"] += 1
-                log.info(f"released {claim.name} back to the queue (terminated)")
-                raise
-            except Exception:
-                status = store.fail(sweep_id, claim.name, me, traceback.format_exc(limit=20), sweep["max_attempts"])
-                done["failed" if status == "failed" else "requeued"] += 1
-                log.warning(f"{claim.name} raised; {'marked failed' if status == 'failed' else 're-queued'}")
-            else:
-                metrics_path = Path(directory) / "metrics.json"
-                metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-                store.finish(sweep_id, claim.name, me, str(directory), metrics)
-                done["finished"] += 1
-                log.info(f"finished {claim.name} in {time.perf_counter() - t0:.1f}s")
-            finally:
-                beat.stop_event.set()
+            _run_claim(store, sweep, claim, me, lease, log, done)
     except Terminated:
         pass
     finally:

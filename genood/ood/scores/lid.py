@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from genood.ood.scores import StageContext, StageOutput, register_stage
+from genood.runconfig import ConfigError
 
 
 @register_stage("lid", higher_is_in=True, unit="dimensions",
@@ -15,8 +16,12 @@ from genood.ood.scores import StageContext, StageOutput, register_stage
 def lid_score(ctx: StageContext) -> StageOutput:
     from genood.ood.lid_stage import run_lid_stage
 
-    wanted = set(ctx.cfg["lid"].get("ood_groups") or [])  # OOD sets of other groups get no LID (it costs per point)
-    splits = [sp for sp in ctx.splits if sp[0] not in ctx.groups or ctx.groups[sp[0]] in wanted]
+    lcfg = ctx.cfg["lid"]
+    wanted = set(lcfg.get("ood_groups") or [])  # OOD sets of other groups get no LID (it costs per point)
+    ins = set(lcfg.get("in_splits") or ["in_train", "in_val", "in_test", "generated"])
+    if lcfg["calibration"] == "lpca" and "in_train" not in ins:
+        raise ConfigError("lid.calibration lpca matches in_train's LID, so lid.in_splits must include in_train.")
+    splits = [sp for sp in ctx.splits if (ctx.groups[sp[0]] in wanted if sp[0] in ctx.groups else sp[0] in ins)]
     result = run_lid_stage(ctx.model, splits, ctx.cfg, ctx.seed, ctx.log,
                            cache_dir=ctx.run_dir / "lid_spectra" if ctx.run_dir else None,
                            shared_dir=ctx.runs_root / "lid_cache" if ctx.runs_root else None)

@@ -1,0 +1,1 @@
+"""Density models behind one interface (:mod:`models.base`) and the training loop."""

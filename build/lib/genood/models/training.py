@@ -1,0 +1,321 @@
+"""The training loop: Adam + warmup/cosine schedule + gradient clipping, checkpoints, exact resume.
+
+Determinism: batch ``s`` is a pure function of ``(seed, s)``: its indices come from the
+permutation of epoch ``s // steps_per_epoch`` (seeded by seed and epoch), its
+dequantization noise from a generator seeded by (seed, s), and torch's global generator is
+reseeded from (seed, s) before ``training_loss`` (diffusions draw times and noise from it). Together with the model,
+optimizer and schedule states in ``checkpoint.pt`` this makes a run killed at step k and
+restarted end with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from genood import runconfig
+from genood.data.transforms import dequantize_uniform
+from genood.rundir import atomic_write
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint is missing or unreadable."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    resumed_from: int
+    final_loss: float  # running average of training_loss (flows: bits/dim)
+    seconds: float
+    images_per_second: float
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: the first visible CUDA device (CUDA_VISIBLE_DEVICES picks it), else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _lr_lambda(cfg: Dict[str, Any]) -> Callable[[int], float]:
+    warmup = int(cfg["warmup_steps"])
+    total = int(cfg["steps"])
+    cosine = cfg["lr_schedule"] == "cosine"
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """Indices of training batch ``step``: a pure function of (seed, step)."""
+    per_epoch = max(1, n // batch_size)
+    epoch, within = divmod(step, per_epoch)
+    perm = _epoch_permutation(n, seed, epoch)
+    if n < batch_size:
+        return perm
+    return perm[within * batch_size:(within + 1) * batch_size]
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, finished: bool, extra: Dict[str, Any]) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "step": step, "finished": finished, **extra}
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+CHECKPOINT_KEYS = ("model", "step", "finished", "shape", "config")
+RESUME_KEYS = ("optimizer", "scheduler")
+
+
+def load_checkpoint(path: Path, map_location="cpu", need=CHECKPOINT_KEYS) -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (a folder means its checkpoint.pt).
+
+    Only tensors and plain data are read (``weights_only=True``): a file whose pickle would build any
+    other object, run code included, is refused before anything in it runs. Checkpoints may come from
+    other machines (a shared runs root, W&B artifacts), so nothing else is ever unpickled.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint {path} does not exist; train it with `python train.py --config <yaml>` "
+                              f"or leave ood.checkpoint unset so main_ood.py trains first.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"Checkpoint {path} holds objects other than tensors and plain data (loading it could "
+                              f"run code), so it was not loaded; retrain it with `python train.py` or "
+                              f"`python main_ood.py` from its config.yaml.") from exc
+    except Exception as exc:  # truncated or corrupt file
+        raise CheckpointError(f"Checkpoint {path} could not be read ({type(exc).__name__}); delete it and train "
+                              f"again.") from exc
+    missing = [k for k in need if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"Checkpoint {path} lacks {', '.join(map(repr, missing))}, so it is not a checkpoint "
+                              f"written by this project's training; retrain it with `python train.py --config <yaml>`.")
+    return state
+
+
+def _restore(model, optimizer, scheduler, ckpt_path: Path, device, log) -> int:
+    """Load the run's checkpoint into model, optimizer and schedule when there is one; the step to go on from."""
+    if not ckpt_path.exists():
+        return 0
+    state = load_checkpoint(ckpt_path, map_location=device, need=CHECKPOINT_KEYS + RESUME_KEYS)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    log(f"resuming from step {state['step']} ({ckpt_path})")
+    return int(state["step"])
+
+
+def _loss(model, images: torch.Tensor, step: int, total: int, cfg: Dict[str, Any], hooks, device) -> torch.Tensor:
+    """The objective on training batch ``step``: a pure function of (seed, step) and the weights."""
+    seed, bs = int(cfg["run"]["seed"]), int(cfg["training"]["batch_size"])
+    idx = torch.from_numpy(batch_indices(step, images.shape[0], bs, seed))
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    batch = images[idx]
+    for hook in hooks:
+        batch = hook.batch(batch, gen)
+    # stored 8-bit data is dequantized; real-valued data (synthetic manifolds) is used as is
+    x = (dequantize_uniform(batch.float(), gen) if batch.dtype == torch.uint8 else batch).to(device)
+    # randomness inside training_loss (diffusion times and noise) is a pure function of (seed, step) too
+    torch.manual_seed((seed * 1_000_003 + step) % (2 ** 63) + 7)
+    if hasattr(model, "set_training_step"):  # schedules inside the objective (VAEs: KL warm-up, free bits)
+        model.set_training_step(step, total)
+    loss = model.training_loss(x).mean()
+    dim = int(np.prod(images.shape[1:]))
+    for hook in hooks:
+        loss = loss + hook.penalty(model, dim)
+    return loss
+
+
+def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run_directory: Path,
+          log: Callable[[str], None] = print, callbacks: Optional[List[Callable[[int, float], None]]] = None) -> TrainResult:
+    """Train ``model`` on ``images`` (uint8 (N,C,H,W), or float (N,D) vectors) per ``cfg['training']``, resuming if possible.
+
+    Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end (``finished=True``).
+    The objective is ``model.training_loss(x).mean()`` (flows: bits/dim, diffusions: denoising score
+    matching, ...) changed by the training hooks the configuration turns on (:mod:`models.training_hooks`),
+    so every family shares this loop, its checkpoints, resume and NaN guard.
+    ``callbacks`` get ``(step, loss)`` after every step.
+    """
+    from genood.models.training_hooks import active_hooks
+
+    tcfg, total = cfg["training"], int(cfg["training"]["steps"])
+    device = pick_device(cfg["run"]["device"])
+    ckpt_path = Path(run_directory) / CHECKPOINT
+    torch.manual_seed(int(cfg["run"]["seed"]))
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg))
+    start = _restore(model, optimizer, scheduler, ckpt_path, device, log)
+    if start >= total:
+        model.eval()
+        return TrainResult(steps=total, resumed_from=start, final_loss=float("nan"), seconds=0.0, images_per_second=0.0)
+    hooks = active_hooks(tcfg, images)
+    loss_name = getattr(model, "loss_name", "loss")
+    every, clip = max(1, int(tcfg["checkpoint_every"])), float(tcfg["grad_clip"] or 0.0)
+    extra, last_good, ema = {"shape": list(images.shape[1:]), "config": cfg}, start, None
+    model.train()
+    bar, t0 = _progress(tcfg, total, start), time.perf_counter()
+    try:
+        for step in range(start, total):
+            loss = _loss(model, images, step, total, cfg, hooks, device)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise _diverged(model, loss_name, value, step, last_good, ckpt_path)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            scheduler.step()
+            ema, done = value if ema is None else 0.98 * ema + 0.02 * value, step + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({loss_name: f"{value:.3f}", "avg": f"{ema:.3f}"}, lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False)
+            if done % every == 0 or done == total:
+                save_checkpoint(ckpt_path, model, optimizer, scheduler, done, done == total, extra)
+                last_good = done
+            for cb in callbacks or []:
+                cb(done, value)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    log(f"trained steps {start}->{total} in {seconds:.1f}s, final {loss_name} (running avg) {ema:.4f}")
+    return TrainResult(steps=total, resumed_from=start, final_loss=float(ema), seconds=seconds,
+                       images_per_second=(total - start) * int(tcfg["batch_size"]) / max(seconds, 1e-9))
+
+
+def _diverged(model, loss_name: str, value: float, step: int, last_good: int, ckpt_path: Path) -> TrainingDiverged:
+    return TrainingDiverged(f"Training diverged at step {step} ({loss_name} = {value}); the last good checkpoint (step "
+                            f"{last_good}) is kept in {ckpt_path}; lower training.lr and rerun to resume"
+                            f"{getattr(model, 'divergence_hint', '')}.")
+
+
+def _progress(tcfg: Dict[str, Any], total: int, start: int):
+    if not tcfg.get("progress", True):
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+
+
+def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[str], None] = print,
+        callbacks: Optional[List[Callable[[int, float], None]]] = None):
+    """Build the configured model for uint8 images (N,H,W,C), train it (resuming), save a sample grid.
+
+    ``train_images`` is the whole training split: ``data.val_fraction`` of it (``data.splits.holdout``)
+    is left out here and becomes the OOD job's ``in_val`` split.
+
+    Returns ``(model, TrainResult)``; the model is in eval mode on its training device.
+    """
+    from genood.models.registry import build_model
+    from genood.models.sample_grid import image_grid, samples_to_uint8
+
+    if cfg["run"].get("num_threads"):
+        torch.set_num_threads(int(cfg["run"]["num_threads"]))
+    seed = int(cfg["run"]["seed"])
+    from genood.data.splits import holdout
+    keep_train, _ = holdout(len(train_images), float(cfg["data"].get("val_fraction") or 0.0), seed)  # in_val never trains
+    images = torch.from_numpy(np.ascontiguousarray(train_images[keep_train]))
+    if images.dtype == torch.uint8:  # (N,H,W,C) stored images -> (N,C,H,W)
+        images = images.permute(0, 3, 1, 2).contiguous()
+    n_sub = cfg["data"].get("train_subsample")
+    if n_sub:
+        keep = np.sort(np.random.default_rng(seed).permutation(images.shape[0])[: int(n_sub)])
+        images = images[torch.from_numpy(keep)]
+    torch.manual_seed(seed)
+    model = build_model(tuple(images.shape[1:]), cfg["model"])
+    label = "/".join(str(cfg["model"][k]) for k in ("family", *runconfig.family_spec(cfg["model"]["family"]).run_name))
+    log(f"model: {label}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"data {tuple(images.shape)}")
+    result = train(model, images, cfg, run_directory, log=log, callbacks=callbacks)
+    n_grid = int(cfg["training"].get("sample_grid") or 0)
+    grid_path = Path(run_directory) / "figures" / "samples.png"
+    if n_grid and len(model.shape) == 3 and (result.resumed_from < result.steps or not grid_path.exists()):
+        gen = torch.Generator().manual_seed(seed + 17)
+        image_grid(samples_to_uint8(model.sample(n_grid, generator=gen)), grid_path)
+    return model, result
+
+
+def load_trained(path: Path, map_location="cpu"):
+    """Rebuild a model from a checkpoint file or run directory written by :func:`train`."""
+    from genood.models.registry import build_model
+
+    state = load_checkpoint(path, map_location=map_location)
+    cfg = state["config"]
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise CheckpointError(f"Checkpoint {path} has no model section in its 'config'; retrain it with "
+                              f"`python train.py --config <yaml>`.")
+    model = build_model(tuple(state["shape"]), cfg["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"Checkpoint {path}'s weights do not fit the model its config describes ({first}); "
+                              f"retrain it with `python train.py --config <yaml>`.") from exc
+    model.eval()
+    return model, state
+
+
+def run_training(cfg: Dict[str, Any], echo: bool = True,
+                 callbacks: Optional[List[Callable[[int, float], None]]] = None) -> Path:
+    """The training job behind ``train.py``: resolve the run directory, train, track. Returns the directory."""
+    import sys
+
+    from genood import rundir
+    from genood.data.registry import file_checksums, load_split
+    from genood.data.transforms import match_shape
+    from genood.tracking import Tracker
+
+    train_set = load_split(cfg["data"]["in_distribution"], "train")  # bad input fails before any folder is made
+    shape = tuple(cfg["data"]["shape"] or train_set.shape_chw)
+    name = runconfig.run_name(cfg, "train")
+    directory = rundir.run_dir(cfg, name)
+    with rundir.run_lock(directory):  # one writer per run directory
+        logger = rundir.open_run_log(directory)
+
+        def log(msg: str) -> None:
+            logger.info(msg)
+            if echo:
+                print(msg, file=sys.stderr, flush=True)
+
+        log(f"run directory: {directory}")
+        rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
+        rundir.write_json(directory / "provenance.json", rundir.provenance(file_checksums(train_set.files)))
+        tracker = Tracker(cfg, directory, name, job_type="train", warn=log)
+        try:
+            _, result = fit(cfg, directory, match_shape(train_set.images, shape), log=log,
+                            callbacks=[tracker.training_curve]
+                            + list(callbacks or []))
+            tracker.summary({f"train/final_{runconfig.family_spec(cfg['model']['family']).loss}": result.final_loss, "train/images_per_second": result.images_per_second})
+            tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
+        finally:
+            tracker.finish()
+    return directory

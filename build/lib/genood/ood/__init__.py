@@ -1,0 +1,1 @@
+"""OOD scores, metrics and the runner that turns a configuration into a run directory."""

@@ -1,0 +1,153 @@
+"""Per-run figures: the likelihood-paradox histogram and ROC curves.
+
+HTML is written with ``include_plotlyjs="directory"`` (one shared plotly.min.js beside the
+files, so the pages work offline). PNG export uses kaleido, which needs a Chromium
+(``make setup`` installs Debian's); without one, PNGs are skipped with a warning.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+
+from genood.rundir import atomic_write
+
+SPLIT_STYLE = {  # as in the seeds' figure: blues in-distribution, red OOD, gold generated
+    "in_train": ("In-distribution train", "#1f4e9c"),
+    "in_test": ("In-distribution test", "#5b9bd5"),
+    "ood": ("OOD", "#c0392b"),
+    "generated": ("Generated", "#d4a017"),
+}
+
+
+def score_histogram(scores, column: str = "log_likelihood", title: str = "", bins: int = 66):
+    """Overlaid density histograms of one score column, one trace per split (the paradox figure)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    # a common bin range covering the bulk (0.5-99.5 percentiles) of every split
+    los, his = [], []
+    for _, part in scores.groupby("split"):
+        v = part[column].to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        if v.size:
+            los.append(np.percentile(v, 0.5))
+            his.append(np.percentile(v, 99.5))
+    lo, hi = (min(los), max(his)) if los else (0.0, 1.0)
+    size = (hi - lo) / bins if hi > lo else 1.0
+    for split, (label, colour) in SPLIT_STYLE.items():
+        part = scores.loc[scores["split"] == split]
+        if part.empty:
+            continue
+        fig.add_trace(go.Histogram(x=part[column], name=f"{label} ({part['dataset'].iloc[0]}, n={len(part)})",
+                                   marker_color=colour, opacity=0.55, histnorm="probability density",
+                                   xbins=dict(start=lo, end=hi, size=size)))
+    fig.update_layout(barmode="overlay", title=title, xaxis_title=column, yaxis_title="density",
+                      template="plotly_white", legend=dict(orientation="h", y=-0.2), width=900, height=520)
+    return fig
+
+
+def lid_curve_figure(curves, log_tau: float, title: str = "", max_lines: int = 60, knob: str = "log_tau"):
+    """LID against the estimator's knob (log tau, log t0, ...): faint lines for individual points, bold mean
+    per split, the chosen value dashed."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for split, (label, colour) in SPLIT_STYLE.items():
+        part = curves.loc[curves["split"] == split]
+        if part.empty:
+            continue
+        for k, (_, pt) in enumerate(part.groupby("index", sort=False)):
+            if k >= max_lines:
+                break
+            fig.add_trace(go.Scatter(x=pt[knob], y=pt["lid"], mode="lines", line=dict(color=colour, width=0.6),
+                                     opacity=0.25, showlegend=False, hoverinfo="skip"))
+        mean = part.groupby(knob)["lid"].mean()
+        fig.add_trace(go.Scatter(x=mean.index, y=mean.values, mode="lines", line=dict(color=colour, width=3),
+                                 name=f"{label} ({part['dataset'].iloc[0]}, mean of {part['index'].nunique()})"))
+    label = knob.replace("_", " ")
+    fig.add_vline(x=log_tau, line_dash="dash", line_color="black", annotation_text=f"{label} = {log_tau:.2f}")
+    fig.update_layout(title=title, xaxis_title=label, yaxis_title=f"LID(x; {label})", template="plotly_white",
+                      legend=dict(orientation="h", y=-0.2), width=900, height=560)
+    return fig
+
+
+def lid_scatter(scores, title: str = ""):
+    """LID against log-likelihood per split (the seeds' scatter): OOD points sit at high likelihood, low LID."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    have = scores.dropna(subset=["lid"])
+    for split, (label, colour) in SPLIT_STYLE.items():
+        part = have.loc[have["split"] == split]
+        if part.empty:
+            continue
+        fig.add_trace(go.Scatter(x=part["log_likelihood"], y=part["lid"], mode="markers", name=f"{label} ({part['dataset'].iloc[0]})",
+                                 marker=dict(color=colour, size=6, opacity=0.6)))
+    fig.update_layout(title=title, xaxis_title="log-likelihood (nats)", yaxis_title="LID", template="plotly_white",
+                      legend=dict(orientation="h", y=-0.2), width=900, height=560)
+    return fig
+
+
+def roc_figure(curves: Dict[str, tuple], title: str = ""):
+    """ROC curves: ``curves[name] = (fpr, tpr, auroc)``."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, (fpr, tpr, auc) in curves.items():
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{name} (AUROC {auc:.3f})"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dot", color="grey")))
+    fig.update_layout(title=title, xaxis_title="FPR (OOD accepted)", yaxis_title="TPR (in-distribution accepted)",
+                      template="plotly_white", width=700, height=600)
+    return fig
+
+
+def suite_heatmap(metrics: Dict[str, Dict], sets: List[tuple], title: str = ""):
+    """AUROC of every label-free per-point detector (rows) on every OOD set (columns, ordered by group) of a
+    run with several OOD sets (metrics keys ``<set>::<detector>``); model-free baselines marked (mf)."""
+    import plotly.graph_objects as go
+
+    rows: Dict[str, Dict[str, float]] = {}
+    for key, entry in metrics.items():
+        if "::" not in key or "/" in key.split("::", 1)[1] or entry.get("optimistic") or entry.get("per") == "batch":
+            continue
+        name = key.split("::", 1)[1] + (" (mf)" if entry.get("model_free") else "")
+        rows.setdefault(name, {})[key.split("::", 1)[0]] = entry.get("auroc")
+    order = [n for g in ("near", "transform", "far", "real") for n, grp in sets if grp == g]
+    labels = sorted(rows)
+    z = [[rows[r].get(c, float("nan")) for c in order] for r in labels]
+    fig = go.Figure(go.Heatmap(z=z, x=[f"{c} ({dict(sets)[c]})" for c in order], y=labels, zmin=0, zmax=1,
+                               colorscale="RdBu", colorbar=dict(title="AUROC"),
+                               text=[[f"{v:.2f}" if v == v else "" for v in row] for row in z], texttemplate="%{text}"))
+    fig.update_layout(title=title, template="plotly_white", height=max(320, 18 * len(labels) + 160),
+                      width=max(640, 46 * len(order) + 320), xaxis=dict(tickangle=-45))
+    return fig
+
+
+def write_figures(figs: Dict[str, object], directory: Path, png: bool, warn: Callable[[str], None]) -> List[Path]:
+    """Write each figure as ``<name>.html`` (and ``.png`` when possible), atomically. Returns the paths."""
+    import plotly.io as pio
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in figs.items():
+        target = directory / f"{name}.html"
+        atomic_write(target, lambda p, f=fig: f.write_html(str(p), include_plotlyjs="directory", full_html=True))
+        written.append(target)
+    if png and figs:
+        paths = [directory / f"{name}.png" for name in figs]
+        tmp = [p.with_name(f".{p.stem}.tmp.png") for p in paths]
+        try:
+            sizes = [(f.layout.width or 900, f.layout.height or 520) for f in figs.values()]  # kaleido ignores layout size
+            pio.write_images(list(figs.values()), [str(t) for t in tmp], width=[w for w, _ in sizes],
+                             height=[h for _, h in sizes])
+            for t, p in zip(tmp, paths):
+                t.replace(p)
+            written.extend(paths)
+        except Exception as exc:  # no Chromium, or kaleido failed
+            for t in tmp:
+                t.unlink(missing_ok=True)
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            warn(f"PNG export skipped ({type(exc).__name__}: {first}); run `make setup` to install Chromium for kaleido.")
+    return written

@@ -1,0 +1,59 @@
+"""The ``lid`` score: local intrinsic dimension at a calibrated threshold, computed by a split-level
+stage over a seeded subset of each split (see :mod:`ood.lid_stage`). Its keys are ``lid.*``
+(spec: ``lid.yaml`` beside this file). Together with ``log_likelihood`` it feeds the dual-threshold
+detectors (:mod:`ood.detectors`)."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from genood.ood.scores import StageContext, StageOutput, register_stage
+from genood.runconfig import ConfigError
+
+
+@register_stage("lid", higher_is_in=True, unit="dimensions",
+                description="local intrinsic dimension at the chosen knob (flows: Jacobian; diffusions: FLIPD or the normal bundle; see ood.lid_stage)",
+                needs=[("generator", "encode"), ("score", "sde")])
+def lid_score(ctx: StageContext) -> StageOutput:
+    from genood.ood.lid_stage import run_lid_stage
+
+    lcfg = ctx.cfg["lid"]
+    wanted = set(lcfg.get("ood_groups") or [])  # OOD sets of other groups get no LID (it costs per point)
+    ins = set(lcfg.get("in_splits") or ["in_train", "in_val", "in_test", "generated"])
+    if lcfg["calibration"] == "lpca" and "in_train" not in ins:
+        raise ConfigError("lid.calibration lpca matches in_train's LID, so lid.in_splits must include in_train.")
+    splits = [sp for sp in ctx.splits if (ctx.groups[sp[0]] in wanted if sp[0] in ctx.groups else sp[0] in ins)]
+    result = run_lid_stage(ctx.model, splits, ctx.cfg, ctx.seed, ctx.log,
+                           cache_dir=ctx.run_dir / "lid_spectra" if ctx.run_dir else None,
+                           shared_dir=ctx.runs_root / "lid_cache" if ctx.runs_root else None)
+    ctx.log(f"lid: {sum(len(v) for v in result.values.values())} points, {result.method}, "
+            f"{result.knob} {result.log_tau:.3f} ({result.calibration['method']})")
+
+    def figures(table, metrics: Dict[str, Any], cfg: Dict[str, Any]) -> Dict[str, Any]:
+        from genood.ood.figures import lid_curve_figure, lid_scatter
+
+        in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
+        figs = {"lid_curves": lid_curve_figure(result.curves, result.log_tau, knob=result.knob,
+                                               title=f"LID curves ({result.method}), {cfg['model']['family']} trained on {in_name}; OOD: {ood_name}")}
+        if "log_likelihood" in table:
+            dual = metrics.get("dual_threshold", {}).get("auroc", float("nan"))
+            figs["lid_vs_likelihood"] = lid_scatter(
+                table, title=f"LID ({result.knob} = {result.log_tau:.2f}) vs log-likelihood; dual-threshold AUROC {dual:.3f} "
+                             f"(likelihood alone {metrics.get('log_likelihood', {}).get('auroc', float('nan')):.3f})")
+        return figs
+
+    from genood.ood.metrics import lid_error_metrics
+
+    errors = {}
+    for split, truth in ctx.truth.items():  # synthetic manifolds: the estimator against the known LID
+        if split not in result.values:
+            continue
+        errors[f"lid_error/{split}"] = dict(lid_error_metrics(result.values[split], truth[result.positions[split]]),
+                                            method=result.method, **{result.knob: result.log_tau})
+        ctx.log(f"lid error on {split}: MAE {errors[f'lid_error/{split}']['mae']:.3f}, "
+                f"within +-1 {errors[f'lid_error/{split}']['within_1']:.3f}")
+    info = {result.knob: result.log_tau}
+    if result.knob != "log_tau":  # the Jacobian estimator's entries stay as they were before estimators existed
+        info["lid_method"] = result.method
+    return StageOutput(result.positions, result.values, metric_info=info,
+                       artifacts={"lid_curves": result.curves}, figures=figures,
+                       extra={"calibration": result.calibration}, metrics=errors)

@@ -1,0 +1,1 @@
+"""Sweeps: meta-configuration expansion, the local SQLite backend, W&B sweeps, agents."""

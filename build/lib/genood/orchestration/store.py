@@ -1,0 +1,269 @@
+"""The local sweep backend's state: one SQLite file (WAL mode) under the runs root, or a PostgreSQL database.
+
+Runs move ``queued -> running -> finished | failed | stopped`` (stopped: ended early by the
+sweep's early-termination rule). An agent claims the next run inside one
+``BEGIN IMMEDIATE`` transaction, so no run is ever handed to two agents, and holds a lease it
+renews with heartbeats. A running run whose lease expired (its agent was killed or lost) is
+claimable again and resumes from its checkpoint. A run that raises is re-queued until it has
+failed ``max_attempts`` times, then marked failed; the sweep goes on.
+
+One interface, two implementations: :class:`Store` (SQLite: one host only, the default) and
+:class:`orchestration.store_postgres.PostgresStore` (any number of hosts), chosen by :func:`open_store`
+from a locator: a ``postgresql://`` URL (``--store`` or ``$OOD_SWEEP_STORE``) or else the SQLite file.
+Both run the same SQL below (``?`` placeholders; each dialect says how it locks).
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweeps (
+  id TEXT PRIMARY KEY, name TEXT, job TEXT, method TEXT, source TEXT, meta_json TEXT,
+  project TEXT, entity TEXT, max_attempts INTEGER, run_cap INTEGER, created REAL);
+CREATE TABLE IF NOT EXISTS runs (
+  sweep_id TEXT, seq INTEGER, name TEXT, digest TEXT, params_json TEXT, config_json TEXT,
+  status TEXT, failures INTEGER DEFAULT 0, claims INTEGER DEFAULT 0, agent TEXT, lease_until REAL,
+  error TEXT, run_dir TEXT, reused_from TEXT, created REAL, started REAL, finished REAL, metrics_json TEXT,
+  PRIMARY KEY (sweep_id, name));
+CREATE INDEX IF NOT EXISTS runs_queue ON runs (sweep_id, status, seq);
+CREATE INDEX IF NOT EXISTS runs_digest ON runs (digest, status);
+CREATE TABLE IF NOT EXISTS history (sweep_id TEXT, name TEXT, step INTEGER, value REAL);
+CREATE INDEX IF NOT EXISTS history_run ON history (sweep_id, name, step);
+CREATE TABLE IF NOT EXISTS agents (sweep_id TEXT, name TEXT, host TEXT, started REAL, PRIMARY KEY (sweep_id, name));
+"""
+STORE_ENV = "OOD_SWEEP_STORE"
+LOCAL_PREFIX = "local-"
+
+
+@dataclass
+class Claim:
+    sweep_id: str
+    name: str
+    config: Dict[str, Any]
+    params: Dict[str, str]
+    resumed: bool  # a previous agent held this run (lease expired or re-queued)
+
+
+def new_sweep_id() -> str:
+    """A fresh local sweep id ('local-' + 8 hex digits)."""
+    return LOCAL_PREFIX + secrets.token_hex(4)
+
+
+def store_path(runs_root: Path) -> Path:
+    return Path(runs_root) / "sweeps.sqlite"
+
+
+def store_locator(runs_root: Path, store: Optional[str] = None) -> str:
+    """Where the sweep state lives: ``store`` (``--store``), else ``$OOD_SWEEP_STORE``, else the runs root's SQLite file."""
+    import os
+    return str(store or os.environ.get(STORE_ENV) or store_path(runs_root))
+
+
+def is_server_locator(locator: str) -> bool:
+    return str(locator).startswith(("postgresql://", "postgres://"))
+
+
+def open_store(locator, runs_root: Optional[Path] = None) -> "Store":
+    """The store behind ``locator`` (a ``postgresql://`` URL or a SQLite file path)."""
+    if is_server_locator(str(locator)):
+        from genood.orchestration.store_postgres import PostgresStore
+        return PostgresStore(str(locator), runs_root=runs_root)
+    return Store(Path(locator), runs_root=runs_root)
+
+
+class Store:
+    """A connection to the sweep database (one per process; cheap to open). This class is the SQLite
+    implementation and holds the shared SQL; subclasses change the connection and the locking."""
+
+    lock_suffix = ""          # appended to SELECTs that pick rows to update inside a transaction
+    claim_suffix = ""         # appended to the claim's SELECT (PostgreSQL: FOR UPDATE SKIP LOCKED)
+    single_host = True        # SQLite's WAL needs shared memory: one host only
+
+    def __init__(self, path: Path, timeout: float = 60.0, runs_root: Optional[Path] = None):
+        self.path = Path(path)
+        self.locator = str(self.path)
+        self.runs_root = Path(runs_root) if runs_root is not None else self.path.parent
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        self.db.executescript(SCHEMA)
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _x(self, db, sql: str, args=()):
+        """Execute one statement (``?`` placeholders) on ``db`` (the connection or a transaction's)."""
+        return db.execute(sql, args)
+
+    def _many(self, db, sql: str, rows) -> None:
+        db.cursor().executemany(sql, rows)
+
+    def _lock_sweep(self, db, sweep_id: str) -> None:
+        """Serialise writers of one sweep inside a transaction (SQLite's BEGIN IMMEDIATE already does)."""
+
+    @contextmanager
+    def transaction(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # ---- hosts ----------------------------------------------------------------------------
+    def register_agent(self, sweep_id: str, agent: str, host: str) -> List[str]:
+        """Record an agent of ``sweep_id`` on ``host``; returns every host that has run agents of the sweep."""
+        with self.transaction() as db:
+            self._x(db, "INSERT INTO agents (sweep_id, name, host, started) VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                    (sweep_id, agent, host, time.time()))
+            return sorted({r[0] for r in self._x(db, "SELECT DISTINCT host FROM agents WHERE sweep_id=?", (sweep_id,)).fetchall()})
+
+    # ---- sweeps -------------------------------------------------------------------------
+    def create_sweep(self, sweep_id: str, name: str, job: str, method: str, source: str, meta: Dict[str, Any], project: str,
+                     entity: Optional[str], max_attempts: int, run_cap: Optional[int], runs: Iterable[dict],
+                     force: bool = False) -> tuple[str, int, int]:
+        """Insert a sweep and its runs; returns (sweep id, runs queued, runs reused from finished ones)."""
+        now = time.time()
+        queued = reused = 0
+        with self.transaction() as db:
+            self._x(db, "INSERT INTO sweeps VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (sweep_id, name, job, method, source, json.dumps(meta), project, entity, max_attempts, run_cap, now))
+            rows = []
+            for seq, run in enumerate(runs):
+                prior = None if force else self._x(db,
+                    "SELECT run_dir, metrics_json FROM runs WHERE digest=? AND status='finished' ORDER BY finished LIMIT 1", (run["digest"],)).fetchone()
+                status = "finished" if prior else "queued"
+                reused += bool(prior)
+                queued += not prior
+                rows.append((sweep_id, seq, run["name"], run["digest"], json.dumps(run["params"]), json.dumps(run["config"]),
+                             status, prior[0] if prior else None, prior[0] if prior else None, now,
+                             now if prior else None, prior[1] if prior else None))
+            self._many(db, "INSERT INTO runs (sweep_id, seq, name, digest, params_json, config_json, status, run_dir, "
+                           "reused_from, created, finished, metrics_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        return sweep_id, queued, reused
+
+    def sweep(self, sweep_id: str) -> Optional[Dict[str, Any]]:
+        row = self._x(self.db, "SELECT id, name, job, method, source, meta_json, project, entity, max_attempts, run_cap, created "
+                              "FROM sweeps WHERE id=?", (sweep_id,)).fetchone()
+        if row is None:
+            return None
+        keys = ["id", "name", "job", "method", "source", "meta", "project", "entity", "max_attempts", "run_cap", "created"]
+        out = dict(zip(keys, row))
+        out["meta"] = json.loads(out["meta"])
+        return out
+
+    def sweeps(self) -> List[Dict[str, Any]]:
+        return [self.sweep(r[0]) for r in self._x(self.db, "SELECT id FROM sweeps ORDER BY created")]
+
+    def add_run(self, sweep_id: str, run: dict) -> None:
+        """Append one run (random/bayes proposals) to a sweep's queue."""
+        with self.transaction() as db:
+            self._lock_sweep(db, sweep_id)
+            seq = self._x(db, "SELECT COALESCE(MAX(seq), -1) + 1 FROM runs WHERE sweep_id=?", (sweep_id,)).fetchone()[0]
+            self._x(db, "INSERT INTO runs (sweep_id, seq, name, digest, params_json, config_json, status, created) "
+                       "VALUES (?,?,?,?,?,?,'queued',?) ON CONFLICT DO NOTHING", (sweep_id, seq, run["name"], run["digest"], json.dumps(run["params"]),
+                                                          json.dumps(run["config"]), time.time()))
+
+    # ---- agent side ---------------------------------------------------------------------
+    def claim(self, sweep_id: str, agent: str, lease_seconds: float) -> Optional[Claim]:
+        """Atomically take the next queued (or lease-expired) run; None when nothing is claimable."""
+        now = time.time()
+        with self.transaction() as db:
+            row = self._x(db,
+                "SELECT name, config_json, params_json, claims FROM runs WHERE sweep_id=? AND "
+                "(status='queued' OR (status='running' AND lease_until < ?)) ORDER BY seq LIMIT 1" + self.claim_suffix,
+                (sweep_id, now)).fetchone()
+            if row is None:
+                return None
+            self._x(db, "UPDATE runs SET status='running', agent=?, lease_until=?, started=?, claims=claims+1 "
+                       "WHERE sweep_id=? AND name=?", (agent, now + lease_seconds, now, sweep_id, row[0]))
+        return Claim(sweep_id, row[0], json.loads(row[1]), json.loads(row[2]), resumed=row[3] > 0)
+
+    def heartbeat(self, sweep_id: str, name: str, agent: str, lease_seconds: float) -> bool:
+        """Renew the lease; False if this agent no longer holds the run."""
+        cur = self._x(self.db, "UPDATE runs SET lease_until=? WHERE sweep_id=? AND name=? AND agent=? AND status='running'",
+                              (time.time() + lease_seconds, sweep_id, name, agent))
+        return cur.rowcount == 1
+
+    def finish(self, sweep_id: str, name: str, agent: str, run_dir: str, metrics: Optional[dict]) -> None:
+        self._x(self.db, "UPDATE runs SET status='finished', run_dir=?, finished=?, metrics_json=?, error=NULL "
+                        "WHERE sweep_id=? AND name=? AND agent=?",
+                        (run_dir, time.time(), json.dumps(metrics) if metrics is not None else None, sweep_id, name, agent))
+
+    def fail(self, sweep_id: str, name: str, agent: str, error: str, max_attempts: int) -> str:
+        """Record a failure; re-queue unless it has now failed max_attempts times. Returns the new status."""
+        with self.transaction() as db:
+            row = self._x(db, "SELECT failures FROM runs WHERE sweep_id=? AND name=? AND agent=?" + self.lock_suffix,
+                         (sweep_id, name, agent)).fetchone()
+            if row is None:
+                return "lost"
+            failures = row[0] + 1
+            status = "failed" if failures >= max_attempts else "queued"
+            self._x(db, "UPDATE runs SET status=?, failures=?, error=?, agent=NULL, lease_until=NULL, finished=? "
+                       "WHERE sweep_id=? AND name=?", (status, failures, error, time.time() if status == "failed" else None,
+                                                       sweep_id, name))
+        return status
+
+    def stop(self, sweep_id: str, name: str, agent: str) -> None:
+        """Mark a run ended early by early termination (a terminal state, like W&B's 'stopped')."""
+        self._x(self.db, "UPDATE runs SET status='stopped', finished=?, lease_until=NULL WHERE sweep_id=? AND name=? AND agent=?",
+                        (time.time(), sweep_id, name, agent))
+
+    def record_history(self, sweep_id: str, name: str, step: int, value: float) -> None:
+        """Append one point of a run's metric history (used by early termination)."""
+        self._x(self.db, "INSERT INTO history VALUES (?,?,?,?)", (sweep_id, name, int(step), float(value)))
+
+    def histories(self, sweep_id: str) -> Dict[str, List[tuple]]:
+        out: Dict[str, List[tuple]] = {}
+        for name, step, value in self._x(self.db, "SELECT name, step, value FROM history WHERE sweep_id=? ORDER BY name, step",
+                                                 (sweep_id,)):
+            out.setdefault(name, []).append((step, value))
+        return out
+
+    def release(self, sweep_id: str, name: str, agent: str) -> None:
+        """Give a run back to the queue without counting a failure (SIGTERM/SIGINT)."""
+        self._x(self.db, "UPDATE runs SET status='queued', agent=NULL, lease_until=NULL WHERE sweep_id=? AND name=? "
+                        "AND agent=? AND status='running'", (sweep_id, name, agent))
+
+    # ---- inspection ---------------------------------------------------------------------
+    def counts(self, sweep_id: str) -> Dict[str, int]:
+        out = {"queued": 0, "running": 0, "finished": 0, "failed": 0, "stopped": 0}
+        for status, n in self._x(self.db, "SELECT status, COUNT(*) FROM runs WHERE sweep_id=? GROUP BY status", (sweep_id,)):
+            out[status] = n
+        return out
+
+    def runs(self, sweep_id: str) -> List[Dict[str, Any]]:
+        keys = ["seq", "name", "digest", "params", "config", "status", "failures", "claims", "agent", "lease_until", "error",
+                "run_dir", "reused_from", "created", "started", "finished", "metrics"]
+        out = []
+        for row in self._x(self.db, f"SELECT {', '.join(k + '_json' if k in ('params', 'config', 'metrics') else k for k in keys)} "
+                                   "FROM runs WHERE sweep_id=? ORDER BY seq", (sweep_id,)):
+            item = dict(zip(keys, row))
+            for k in ("params", "config", "metrics"):
+                item[k] = json.loads(item[k]) if item[k] else None
+            out.append(item)
+        return out
+
+    def requeue(self, sweep_id: str, name: Optional[str] = None, failed_only: bool = False) -> int:
+        """Put runs back in the queue (all finished/failed ones, only failed ones, or one by name)."""
+        where, args = "sweep_id=? AND status IN ('finished','failed','stopped')", [sweep_id]
+        if failed_only:
+            where = "sweep_id=? AND status='failed'"
+        if name:
+            where, args = "sweep_id=? AND name=?", [sweep_id, name]
+        cur = self._x(self.db, f"UPDATE runs SET status='queued', failures=0, agent=NULL, lease_until=NULL, error=NULL, "
+                              f"reused_from=NULL WHERE {where}", args)
+        return cur.rowcount

@@ -1,0 +1,342 @@
+"""One self-contained HTML report of a sweep: opens with no network and no sibling files.
+
+    python sweep.py report <sweep-id>            (also written by `sweep.py aggregate`)
+    python -m genood.reports.report runs/demo --out report.html
+
+Contents: per model, a pivot of detectors x (in -> ood) pairs with bootstrap (or across-seed) intervals,
+the best label-free detector of each pair marked; an AUROC heatmap; the LID-error table when runs
+measured one; then per run the log-likelihood histograms per split, every score against the
+log-likelihood (the seeds' scatter figures), LID curves, the ROC curves of every detector with the
+dual-threshold envelope, and the sample grid. plotly.js and the images are embedded.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+from genood import rundir
+from genood.reports.aggregate import (best_over_pairs, best_over_pairs_line, collect_lid_errors, collect_runs, pair_label, pivots,
+                               seed_summary)
+
+SPLIT_STYLE = {"in_train": ("in-distribution train", "#1f4e9c"), "in_val": ("in-distribution val", "#6a3d9a"),
+               "in_test": ("in-distribution test", "#8fb8de"), "ood": ("OOD", "#d1495b"),
+               "generated": ("generated", "#e0a526")}
+MAX_SCATTER = 1500   # points per split in a scatter (seeded subsample): keeps the page light
+MAX_ROC = 400        # points per ROC curve drawn
+
+CSS = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1180px;color:#222}"
+       "table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;"
+       "font-size:13px;text-align:left;white-space:nowrap}th{background:#f3f3f3}td.best{font-weight:bold;"
+       "background:#e8f4e8}tr.opt td{font-style:italic;color:#777}.bad{color:#c0392b}"
+       "details{margin:1em 0;border-top:1px solid #ddd;padding-top:0.5em}summary{font-size:1.1em;cursor:pointer}"
+       ".grid{display:flex;flex-wrap:wrap;gap:8px}.plot{width:560px;height:380px}img{border:1px solid #eee}")
+
+
+class Page:
+    """Collects HTML parts and plotly figures (each drawn into its own div by one embedded script)."""
+
+    def __init__(self):
+        self.parts: List[str] = []
+        self.figures: List[tuple] = []
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+    def figure(self, fig, width: int = 560, height: int = 380) -> None:
+        div = f"plot{len(self.figures)}"
+        fig.update_layout(width=width, height=height, margin=dict(l=50, r=20, t=50, b=45), template="plotly_white")
+        self.figures.append((div, fig.to_json()))
+        self.parts.append(f"<div class='plot' id='{div}' style='width:{width}px;height:{height}px'></div>")
+
+    def render(self, title: str) -> str:
+        from plotly.offline import get_plotlyjs
+
+        calls = "".join(f"draw('{div}',{spec});" for div, spec in self.figures)
+        script = ("function draw(id,spec){Plotly.newPlot(id,spec.data,spec.layout,"
+                  "{displaylogo:false,responsive:false,staticPlot:false});}" + calls)
+        return ("<!doctype html><html><head><meta charset='utf-8'>"
+                f"<title>{html.escape(title)}</title><style>{CSS}</style>"
+                f"<script>{get_plotlyjs()}</script></head><body>" + "".join(self.parts)
+                + f"<script>{script}</script></body></html>")
+
+
+def _pivot_html(frame: pd.DataFrame, page: Page) -> None:
+    over = best_over_pairs(frame)
+    for model, table in pivots(frame).items():
+        page.add(f"<h3>{html.escape(model)}</h3><table><tr><th>detector</th>"
+                 + "".join(f"<th>{html.escape(c)}</th>" for c in table.columns) + "</tr>")
+        for name, row in table.iterrows():
+            opt = name.endswith(" (opt)")
+            cells = []
+            for v in row:
+                best = v.endswith(" *")
+                text = html.escape(v[:-2] if best else v)
+                bad = v[:5].replace(".", "", 1).isdigit() and float(v[:5]) < 0.5
+                cls = "best" if best else ("bad" if bad else "")
+                cells.append(f"<td class='{cls}'>{text}{' &#9733;' if best else ''}</td>")
+            page.add(f"<tr class='{'opt' if opt else ''}'><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
+        page.add("</table>")
+        if model in over:
+            page.add(f"<p>{html.escape(best_over_pairs_line(over[model]))}</p>")
+
+
+def _heatmap(frame: pd.DataFrame, page: Page) -> None:
+    import plotly.graph_objects as go
+
+    summary = seed_summary(frame[~frame["detector"].str.startswith("generated_vs_ood/")])
+    for model, g in summary.groupby("model", sort=True):
+        g = g.assign(pair=[pair_label(a, b) for a, b in zip(g["in_dataset"], g["ood_dataset"])])
+        z = g.pivot_table(index="detector", columns="pair", values="auroc", aggfunc="mean")
+        fig = go.Figure(go.Heatmap(z=z.values, x=list(z.columns), y=list(z.index), zmin=0, zmax=1, colorscale="RdBu",
+                                   text=[[f"{v:.3f}" if v == v else "" for v in row] for row in z.values],
+                                   texttemplate="%{text}", colorbar=dict(title="AUROC")))
+        fig.update_layout(title=f"AUROC: {model}")
+        page.figure(fig, width=min(1100, 320 + 160 * z.shape[1]), height=max(320, 60 + 26 * z.shape[0]))
+
+
+def _histogram(table: pd.DataFrame, column: str, title: str):
+    import plotly.graph_objects as go
+
+    finite = table[np.isfinite(table[column].to_numpy(dtype=float))]
+    lo, hi = np.nanquantile(finite[column], [0.005, 0.995]) if len(finite) else (0.0, 1.0)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, 61)
+    fig = go.Figure()
+    for split, (label, colour) in SPLIT_STYLE.items():
+        v = finite.loc[finite["split"] == split, column].to_numpy(dtype=float)
+        if v.size:
+            dens, _ = np.histogram(np.clip(v, edges[0], edges[-1]), bins=edges, density=True)
+            fig.add_bar(x=0.5 * (edges[1:] + edges[:-1]), y=dens, name=f"{label} ({v.size})", marker_color=colour,
+                        opacity=0.55)
+    fig.update_layout(barmode="overlay", bargap=0, title=title, xaxis_title=column, yaxis_title="density")
+    return fig
+
+
+def _scatter(table: pd.DataFrame, column: str, title: str, seed: int = 0):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    rng = np.random.default_rng(seed)
+    for split, (label, colour) in SPLIT_STYLE.items():
+        part = table.loc[table["split"] == split, ["log_likelihood", column]].dropna()
+        part = part[np.isfinite(part.to_numpy(dtype=float)).all(axis=1)]
+        if len(part) > MAX_SCATTER:
+            part = part.iloc[np.sort(rng.choice(len(part), MAX_SCATTER, replace=False))]
+        if len(part):
+            fig.add_scatter(x=part["log_likelihood"], y=part[column], mode="markers", name=label,
+                            marker=dict(color=colour, size=4, opacity=0.6))
+    fig.update_layout(title=title, xaxis_title="log-likelihood (nats)", yaxis_title=column)
+    return fig
+
+
+def _thin(x: np.ndarray, y: np.ndarray, n: int):
+    if x.size <= n:
+        return x, y
+    keep = np.unique(np.linspace(0, x.size - 1, n).round().astype(int))
+    return x[keep], y[keep]
+
+
+def _roc(directory: Path, table: pd.DataFrame, metrics: Dict, title: str, prefix: str = ""):
+    import plotly.graph_objects as go
+
+    from genood.ood.detectors import dual_threshold_envelope
+    from genood.ood.metrics import roc_curve_points
+
+    fig = go.Figure()
+    path = directory / "detector_values.parquet"
+    if path.exists():
+        values = pd.read_parquet(path)
+        for key, g in values.groupby("detector", sort=True):
+            if not key.startswith(prefix) or "::" in key[len(prefix):]:
+                continue  # a run with several OOD sets: the curves of its first set (``prefix`` = "<set>::")
+            key = key[len(prefix):]
+            if key.startswith("generated_vs_ood/"):
+                continue
+            pos, neg = g.loc[g.side == "in", "value"].to_numpy(), g.loc[g.side == "ood", "value"].to_numpy()
+            if pos.size and neg.size:
+                fpr, tpr = _thin(*roc_curve_points(pos, neg), MAX_ROC)
+                auc = metrics.get(key, {}).get("auroc", float("nan"))
+                fig.add_scatter(x=fpr, y=tpr, mode="lines", name=f"{key} ({auc:.3f})", line=dict(width=1.5))
+    if {"lid", "log_likelihood"} <= set(table.columns):
+        has = table.dropna(subset=["lid"])
+        p, n = has[has.split == "in_test"], has[has.split == "ood"]
+        if len(p) and len(n):
+            g = dual_threshold_envelope(p["log_likelihood"], p["lid"], n["log_likelihood"], n["lid"])
+            k = np.arange(g.size) / (g.size - 1)
+            auc = metrics.get("dual_threshold", {}).get("auroc", float("nan"))
+            fig.add_scatter(x=k, y=g, mode="lines", line=dict(shape="hv", dash="dash", color="black"),
+                            name=f"dual-threshold envelope, optimistic ({auc:.3f})")
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dot"), showlegend=False)
+    fig.update_layout(title=title, xaxis_title="false positive rate (OOD accepted)", yaxis_title="true positive rate",
+                      legend=dict(font=dict(size=9)))
+    return fig
+
+
+def _lid_curves(directory: Path, title: str):
+    import plotly.graph_objects as go
+
+    path = directory / "lid_curves.parquet"
+    if not path.exists():
+        return None
+    curves = pd.read_parquet(path)
+    knob = next(c for c in curves.columns if c not in ("split", "dataset", "index", "lid"))
+    fig = go.Figure()
+    for split, (label, colour) in SPLIT_STYLE.items():
+        g = curves[curves.split == split]
+        if len(g):
+            mean = g.groupby(knob)["lid"].agg(["mean", "std"]).reset_index()
+            fig.add_scatter(x=mean[knob], y=mean["mean"], mode="lines+markers", name=label, line=dict(color=colour),
+                            error_y=dict(array=mean["std"].fillna(0), thickness=0.8))
+    fig.update_layout(title=title, xaxis_title=knob, yaxis_title="LID (mean +- sd over points)")
+    return fig
+
+
+def _run_section(directory: Path, page: Page) -> None:
+    import yaml
+
+    metrics = json.loads((directory / "metrics.json").read_text())
+    cfg = yaml.safe_load((directory / "config.yaml").read_text()) or {}
+    if "data" not in cfg:  # not an OOD job (e.g. the orchestration's sleep job): nothing to draw
+        return
+    from genood import runconfig
+    from genood.data.registry import canonical_name
+
+    sets = runconfig.ood_sets(cfg["data"]["ood"])
+    first = sets[0][0]
+    prefix = f"{first}::" if len(sets) > 1 else ""
+    pair = f"{cfg['data']['in_distribution']} -> {first}" + (f" (first of {len(sets)} OOD sets)" if prefix else "")
+    page.add(f"<details><summary>{html.escape(directory.name)} ({html.escape(pair)})</summary><div class='grid'>")
+    scores_path = directory / "scores.parquet"
+    table = pd.read_parquet(scores_path) if scores_path.exists() else pd.DataFrame()
+    if prefix and len(table):
+        table = table[(table["split"] != "ood") | (table["dataset"] == canonical_name(first))]
+        metrics = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    if "log_likelihood" in table:
+        page.figure(_histogram(table, "log_likelihood", f"log-likelihood per split ({pair})"))
+        skip = {"split", "dataset", "index", "log_likelihood", "bits_per_dim"}
+        for column in [c for c in table.columns if c not in skip]:
+            page.figure(_scatter(table, column, f"{column} vs log-likelihood"))
+    page.figure(_roc(directory, table, metrics, f"ROC of every detector ({pair})", prefix))
+    lid = _lid_curves(directory, "LID curves")
+    if lid is not None:
+        page.figure(lid)
+    samples = directory / "figures" / "samples.png"
+    if samples.exists():
+        data = base64.b64encode(samples.read_bytes()).decode()
+        page.add(f"<div><p>samples from the model</p><img alt='samples' width='380' src='data:image/png;base64,{data}'></div>")
+    page.add("</div></details>")
+
+
+def _table_html(table: pd.DataFrame, first: str = "detector") -> str:
+    head = f"<table><tr><th>{first}</th>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns) + "</tr>"
+    body = "".join("<tr><td>" + html.escape(str(name)) + "</td>"
+                   + "".join(f"<td class='{'bad' if str(v).endswith('!') else ''}'>{html.escape(str(v))}</td>" for v in row)
+                   + "</tr>" for name, row in table.iterrows())
+    return head + body + "</table>"
+
+
+def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]]) -> None:
+    """The OOD suite: per model the group summary (mean/worst per group), the detectors x sets table with the
+    sets a learned detector loses to the best model-free baseline marked '!', the selected detector's lines and
+    the severity curves."""
+    from genood.reports import suite
+    from genood.reports.aggregate import default_selection
+
+    sets = suite.per_set(frame)
+    page.add("<h2>OOD suite</h2><p>Groups: <b>near</b> (class splits: semantic shift), <b>transform</b> (the "
+             "in-distribution images transformed or blended), <b>far</b> (synthetic images), <b>real</b> (another "
+             "dataset). Cells of the group table: AUROC mean/worst over the group's sets. In the per-set table a "
+             "learned detector's cell ends in '!' where the best model-free baseline (mf) of that set is at least as "
+             "good.</p>")
+    for model, table in suite.group_table(sets).items():
+        page.add(f"<h3>{html.escape(model)}: groups</h3>" + _table_html(table))
+        g = sets[sets["model"] == model]
+        for ind, h in g.groupby("in_dataset", sort=True):
+            cells = {}
+            for r in h.itertuples(index=False):
+                mark = "" if r.model_free or r.beats_baselines else "!"
+                cells.setdefault(r.detector + (" (mf)" if r.model_free else ""), {})[f"{r.ood_dataset} ({r.ood_group})"] = \
+                    f"{r.auroc:.3f}{mark}"
+            order = list(dict.fromkeys(f"{r.ood_dataset} ({r.ood_group})" for r in h.itertuples(index=False)))
+            page.add(f"<details><summary>{html.escape(model)}, in-distribution {html.escape(str(ind))}: every set</summary>"
+                     + _table_html(pd.DataFrame(cells).T.reindex(columns=order).fillna("-").sort_index()) + "</details>")
+    tokens = select_on or default_selection(frame)
+    if tokens:
+        page.add("<h3>Selected detector</h3><p>" + "<br>".join(html.escape(line) for line in
+                 suite.selection_lines(suite.selection(sets, tokens))) + "</p>")
+    sev = suite.severity_rows(sets)
+    if len(sev):
+        picked = suite.selection(sets, tokens) if tokens else {}
+        keep = sorted({n for p in picked.values() for n in (p.get("detector"), p.get("baseline")) if n} | {"log_likelihood"})
+        page.add("<h3>AUROC against shift strength</h3>")
+        page.figure(suite.severity_figure(sev, keep), width=1100, height=320 * max(1, -(-sev.groupby(["model", "in_dataset", "axis"]).ngroups // 3)))
+
+
+def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-based OOD detection",
+          select_on: Optional[List[str]] = None) -> str:
+    """The report's HTML text for the aggregate ``frame`` of the runs in ``run_dirs``."""
+    page = Page()
+    page.add(f"<h1>{html.escape(title)}</h1><p>In-distribution test points are the positive class; every score "
+             "is oriented so that higher means more in-distribution, and an AUROC below 0.5 is reported as is "
+             "(for the likelihood it is the paradox). Cells: AUROC [95% interval] (bootstrap over points for one seed, "
+             "t-interval over seeds otherwise); &#9733; marks the best label-free detector of each pair (only "
+             "in-distribution data chose anything in it); <i>italic (opt)</i> rows chose something with OOD labels "
+             "and are upper envelopes, never headlines.</p>")
+    if frame.empty:
+        page.add("<p>No finished runs yet.</p>")
+    else:
+        from genood.reports.suite import has_suite
+        suite_runs = has_suite(frame)
+        _pivot_html(frame[frame["ood_group"] == "real"] if suite_runs and (frame["ood_group"] == "real").any() else frame, page)
+        if suite_runs:
+            _suite_html(frame, page, select_on)
+        elif frame["ood_dataset"].nunique() <= 8:
+            page.add("<h2>AUROC heatmap</h2>")
+            _heatmap(frame, page)
+    lid_errors = collect_lid_errors(run_dirs)
+    if not lid_errors.empty:
+        page.add("<h2>LID estimators against the known dimension</h2><table><tr>"
+                 + "".join(f"<th>{c}</th>" for c in lid_errors.columns if c != "run") + "</tr>")
+        for row in lid_errors.drop(columns=["run"]).itertuples(index=False):
+            page.add("<tr>" + "".join(f"<td>{v:.4f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>"
+                                      for v in row) + "</tr>")
+        page.add("</table>")
+    page.add("<h2>Runs</h2>")
+    for directory in dict.fromkeys(Path(d) for d in run_dirs):
+        if (directory / "metrics.json").exists():
+            _run_section(directory, page)
+    return page.render(title)
+
+
+def write(frame: pd.DataFrame, run_dirs: List[Path], path: Path, title: Optional[str] = None,
+          select_on: Optional[List[str]] = None) -> Path:
+    """Write the report atomically to ``path`` and return it."""
+    text = build(frame, run_dirs, title or "Likelihood-based OOD detection", select_on)
+    rundir.write_text(Path(path), text)
+    return Path(path)
+
+
+def main(argv=None) -> int:
+    from genood.reports.aggregate import parse_roots
+    parsed = parse_roots("python -m genood.reports.report", __doc__, "the HTML file (default: <first root>/report.html)", argv)
+    if parsed is None:
+        return 2
+    args, dirs = parsed
+    frame, _ = collect_runs(dirs)
+    from genood.reports.suite import SelectionError
+    try:
+        print(f"wrote {write(frame, dirs, args.out or args.roots[0] / 'report.html', select_on=args.select_on)}")
+    except SelectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

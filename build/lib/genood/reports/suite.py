@@ -1,0 +1,228 @@
+"""The OOD suite view of aggregated runs: per OOD set, per group (near / transform / far / real), and an
+honest selection of one detector.
+
+A detector is worth what it does on sets nobody tuned it on, so this module judges detectors by their
+mean and worst case over groups of OOD sets, and chooses one without looking at the sets it reports:
+
+* :func:`per_set`: one row per (model, in-distribution, OOD set, detector), label-free per-point entries
+  only, AUROC with its interval (bootstrap for one seed, t-interval across seeds), and whether the best
+  model-free baseline of that set is beaten.
+* :func:`group_summary`: per group, the mean and the worst AUROC over the group's sets. Their intervals are
+  interval arithmetic on the per-set intervals: [mean of the lower ends, mean of the upper ends] and
+  [min of the lower ends, min of the upper ends], which hold whenever every set's interval does.
+* :func:`select`: given the rows of the selection sets only, the learned detector with the best worst case
+  (ties: the best mean), and the model-free baseline chosen the same way. :func:`selection` applies it per
+  model and reports both on every other set.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional
+
+import pandas as pd
+
+GROUP_ORDER = ("near", "transform", "far", "real")
+SET_KEYS = ["model", "in_dataset", "ood_dataset"]
+
+
+class SelectionError(ValueError):
+    """A ``--select-on`` token names no group or set of the aggregated runs (one sentence)."""
+
+
+def per_set(frame: pd.DataFrame) -> pd.DataFrame:
+    """Label-free, per-point detector rows of in_test vs each OOD set (across seeds where a sweep varies them),
+    with ``beats_baselines``: whether the AUROC is above every model-free baseline's on the same set."""
+    from genood.reports.aggregate import seed_summary
+
+    rows = frame[~frame["detector"].str.contains("generated_vs_ood/", regex=False)]
+    if rows.empty:
+        return pd.DataFrame(columns=SET_KEYS + ["ood_group", "detector", "auroc", "auroc_lo", "auroc_hi", "model_free",
+                                                "n_seeds", "best_baseline", "best_baseline_auroc", "beats_baselines"])
+    s = seed_summary(rows)
+    s = s[s["label_free"] & ~s["optimistic"] & ~s["per_batch"] & s["auroc"].notna()].copy()
+    free = s[s["model_free"]]
+    best = free.loc[free.groupby(SET_KEYS)["auroc"].idxmax(), SET_KEYS + ["detector", "auroc"]] if len(free) else \
+        pd.DataFrame(columns=SET_KEYS + ["detector", "auroc"])
+    best = best.rename(columns={"detector": "best_baseline", "auroc": "best_baseline_auroc"})
+    s = s.merge(best, on=SET_KEYS, how="left")
+    s["beats_baselines"] = s["best_baseline_auroc"].isna() | (s["auroc"] > s["best_baseline_auroc"])
+    cols = SET_KEYS + ["ood_group", "detector", "auroc", "auroc_lo", "auroc_hi", "model_free", "n_seeds",
+                       "best_baseline", "best_baseline_auroc", "beats_baselines"]
+    order = {g: i for i, g in enumerate(GROUP_ORDER)}
+    s = s.assign(_g=s["ood_group"].map(lambda g: order.get(g, len(order))))
+    return s.sort_values(["model", "in_dataset", "_g", "ood_dataset", "detector"])[cols].reset_index(drop=True)
+
+
+def _bounds(g: pd.DataFrame) -> pd.DataFrame:
+    lo = g["auroc_lo"].fillna(g["auroc"])
+    hi = g["auroc_hi"].fillna(g["auroc"])
+    return g.assign(auroc_lo=lo, auroc_hi=hi)
+
+
+def group_summary(sets: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, in-distribution, group, detector): mean and worst AUROC over the group's sets, with
+    interval-arithmetic bounds, the worst set's name and how many sets the group has."""
+    rows = []
+    for key, g in _bounds(sets).groupby(["model", "in_dataset", "ood_group", "detector"], sort=False):
+        worst = g.loc[g["auroc"].idxmin()]
+        rows.append(dict(zip(["model", "in_dataset", "ood_group", "detector"], key), n_sets=len(g),
+                         model_free=bool(g["model_free"].all()),
+                         mean=float(g["auroc"].mean()), mean_lo=float(g["auroc_lo"].mean()), mean_hi=float(g["auroc_hi"].mean()),
+                         worst=float(g["auroc"].min()), worst_lo=float(g["auroc_lo"].min()), worst_hi=float(g["auroc_hi"].min()),
+                         worst_set=str(worst["ood_dataset"])))
+    return pd.DataFrame(rows)
+
+
+def selection_tokens(values: Optional[List[str]]) -> List[str]:
+    """``--select-on`` values (repeated and/or comma-separated) as one list of tokens."""
+    return [t.strip() for part in (values or []) for t in str(part).split(",") if t.strip()]
+
+
+def selection_mask(sets: pd.DataFrame, tokens: List[str]) -> pd.Series:
+    """Rows of ``sets`` that ``tokens`` name: a group (near, transform, far, real), an OOD set's name, or a pair
+    ``<in>-><ood>``. A token that names nothing present is a :class:`SelectionError`."""
+    mask = pd.Series(False, index=sets.index)
+    pairs = sets["in_dataset"].astype(str) + "->" + sets["ood_dataset"].astype(str)
+    for token in tokens:
+        hit = (sets["ood_group"] == token) | (sets["ood_dataset"] == token) | (pairs == token)
+        if not hit.any():
+            known = ", ".join(sorted(set(sets["ood_group"]))) or "none"
+            raise SelectionError(f"--select-on {token!r} names no group or OOD set of these runs; use a group "
+                                 f"({', '.join(GROUP_ORDER)}; present here: {known}) or an OOD set's name.")
+        mask |= hit
+    return mask
+
+
+def select(rows: pd.DataFrame) -> Dict[str, Any]:
+    """From the selection sets' rows only: the learned (not model-free) detector with the best worst-case AUROC
+    over those sets, ties broken by the mean, and the model-free baseline chosen the same way. Only detectors
+    present on every selection set compete. Returns {"detector", "worst", "mean", "baseline", "baseline_worst",
+    "baseline_mean", "sets"}; a side without candidates is None."""
+    n_sets = rows[SET_KEYS].drop_duplicates().shape[0]
+    out: Dict[str, Any] = {"sets": sorted(f"{a}->{b}" for a, b in rows[["in_dataset", "ood_dataset"]].drop_duplicates().itertuples(index=False))}
+    for side, free, key_w, key_m in (("detector", False, "worst", "mean"), ("baseline", True, "baseline_worst", "baseline_mean")):
+        cand = rows[rows["model_free"] == free]
+        stats = cand.groupby("detector")["auroc"].agg(["min", "mean", "count"])
+        stats = stats[stats["count"] == n_sets]
+        name = stats.sort_values(["min", "mean"], ascending=False).index[0] if len(stats) else None
+        out.update({side: name, key_w: float(stats.loc[name, "min"]) if name else None,
+                    key_m: float(stats.loc[name, "mean"]) if name else None})
+    return out
+
+
+def selection(sets: pd.DataFrame, tokens: List[str], chooser=select) -> Dict[str, Dict[str, Any]]:
+    """Per model: the detector (and baseline) ``chooser`` picks from the selection sets' rows alone, with its rows
+    on every held-out set (``held_out``: per set AUROC and the best model-free baseline there) and its group
+    summary over the held-out sets (``groups``)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    mask = selection_mask(sets, tokens)
+    for model, g in sets.groupby("model", sort=True):
+        chosen_on = g[mask.loc[g.index]]
+        if chosen_on.empty:
+            continue
+        pick = chooser(chosen_on.copy())
+        rest = g[~mask.loc[g.index]]
+        names = [n for n in (pick.get("detector"), pick.get("baseline")) if n]
+        held = rest[rest["detector"].isin(names)]
+        pick.update(held_out=held.reset_index(drop=True),
+                    groups=group_summary(held) if len(held) else pd.DataFrame(), tokens=list(tokens))
+        out[model] = pick
+    return out
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def selection_lines(picked: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Console lines: per model the selected detector, its held-out groups and sets, the baseline beside it."""
+    lines = []
+    for model, p in picked.items():
+        on = "+".join(p["tokens"])
+        lines.append(f"{model}: selected on {on} ({len(p['sets'])} sets, none of them reported below): "
+                     f"{p['detector'] or '(no learned detector on every set)'} (worst {_fmt(p['worst'])}, mean {_fmt(p['mean'])}); "
+                     f"model-free baseline chosen the same way: {p['baseline'] or '-'} (worst {_fmt(p['baseline_worst'])})")
+        groups = p["groups"]
+        held = p["held_out"]
+        for (ind, grp), gg in (groups.groupby(["in_dataset", "ood_group"], sort=False) if len(groups) else []):
+            cells = []
+            for name in (p["detector"], p["baseline"]):
+                r = gg[gg["detector"] == name]
+                if len(r):
+                    r = r.iloc[0]
+                    cells.append(f"{name}: mean {r['mean']:.3f} [{r['mean_lo']:.3f}, {r['mean_hi']:.3f}], "
+                                 f"worst {r['worst']:.3f} [{r['worst_lo']:.3f}, {r['worst_hi']:.3f}] ({r['worst_set']})")
+            lines.append(f"  held out, in {ind}, {grp} ({int(gg['n_sets'].iloc[0])} sets): " + "; ".join(cells))
+        mine = held[held["detector"] == p["detector"]]
+        if len(mine):
+            beaten = int((~mine["beats_baselines"]).sum())
+            lines.append(f"  per held-out set ({p['detector']}; '!' = not above the best model-free baseline of the set, "
+                         f"{beaten} of {len(mine)}): " + ", ".join(
+                             f"{r.in_dataset}->{r.ood_dataset} {r.auroc:.3f}{'' if r.beats_baselines else '!'}"
+                             for r in mine.itertuples(index=False)))
+    return lines
+
+
+def group_table(sets: pd.DataFrame) -> Dict[str, pd.DataFrame]:
+    """Per model: detectors (rows) x (in-distribution, group) columns of ``mean / worst`` cells; model-free
+    baselines marked (mf)."""
+    out = {}
+    summary = group_summary(sets)
+    if summary.empty:
+        return out
+    order = {g: i for i, g in enumerate(GROUP_ORDER)}
+    for model, g in summary.groupby("model", sort=True):
+        g = g.assign(col=[f"{i}:{grp}" for i, grp in zip(g["in_dataset"], g["ood_group"])],
+                     _o=[order.get(grp, 9) for grp in g["ood_group"]])
+        cols = list(dict.fromkeys(g.sort_values(["in_dataset", "_o"])["col"]))
+        table: Dict[str, Dict[str, str]] = {}
+        for r in g.itertuples(index=False):
+            name = r.detector + (" (mf)" if r.model_free else "")
+            table.setdefault(name, {})[r.col] = f"{r.mean:.3f}/{r.worst:.3f}"
+        out[model] = pd.DataFrame(table).T.reindex(columns=cols).fillna("-").sort_index()
+    return out
+
+
+def has_suite(frame: pd.DataFrame) -> bool:
+    """Whether the runs hold more than the classic pairs: a derived set, or several sets per in-distribution."""
+    if frame.empty:
+        return False
+    return bool((frame["ood_group"] != "real").any() or frame.groupby(["model", "in_dataset"])["ood_dataset"].nunique().max() > 1)
+
+
+def severity_rows(sets: pd.DataFrame) -> pd.DataFrame:
+    """Rows of sets on a severity axis (``<base>:<derivation>=<strength>``) with ``axis`` and ``strength``."""
+    from genood.data.derived import severity
+
+    found = []
+    for name in sets["ood_dataset"].unique():
+        try:
+            sev = severity(str(name))
+        except ValueError:
+            sev = None
+        if sev:
+            found.append({"ood_dataset": name, "axis": sev[0], "strength": sev[1]})
+    if not found:
+        return pd.DataFrame(columns=list(sets.columns) + ["axis", "strength"])
+    return sets.merge(pd.DataFrame(found), on="ood_dataset").sort_values(["model", "in_dataset", "axis", "detector", "strength"])
+
+
+def severity_figure(rows: pd.DataFrame, detectors: Optional[List[str]] = None):
+    """AUROC against strength, one panel per (model, in-distribution, axis), a line per detector."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = list(rows.groupby(["model", "in_dataset", "axis"], sort=True))
+    cols = min(3, max(1, len(panels)))
+    nrows = max(1, math.ceil(len(panels) / cols))
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[f"{a}" for (m, i, a), _ in panels])
+    for k, ((model, ind, axis), g) in enumerate(panels):
+        for name, h in g.groupby("detector"):
+            if detectors and name not in detectors:
+                continue
+            fig.add_trace(go.Scatter(x=h["strength"], y=h["auroc"], mode="lines+markers", name=name, legendgroup=name,
+                                     showlegend=k == 0), row=k // cols + 1, col=k % cols + 1)
+    fig.update_yaxes(range=[0, 1.02], title_text="AUROC")
+    fig.update_xaxes(title_text="strength")
+    fig.update_layout(height=300 * nrows, width=380 * cols, template="plotly_white", title="AUROC against shift strength")
+    return fig
