@@ -44,7 +44,8 @@ class Registry(MutableMapping, Generic[T]):
     def add(self, name: str, entry: T, module: str = None) -> T:
         """Register ``entry`` as ``name`` (``module``: where it is defined; default the caller's module)."""
         module = module or _caller_module()
-        self._discover()  # every module's names are in before a new one is checked against them
+        # no discovery here: a module registering while it is imported must not import its siblings (a later
+        # duplicate, from either side, still meets the first one in _items)
         with self._lock:
             if name in self._items and self._items[name][1] != module:
                 raise DuplicateRegistration(f"{self.kind} {name!r} is registered twice: in {self._items[name][1]} and "

@@ -120,6 +120,7 @@ def test_duplicate_registration_names_both_modules():
 def test_a_second_score_under_a_taken_name_is_refused_naming_both():
     from genood.ood import scores
 
+    assert "log_likelihood" in scores.REGISTRY  # the first lookup discovers the score modules
     with pytest.raises(DuplicateRegistration) as err:
         @scores.register("log_likelihood", higher_is_in=True, unit="nats", description="a clash")
         def clash(model, x, cache):
