@@ -292,7 +292,8 @@ def test_pip_install_into_a_fresh_venv_gives_an_importable_package(tmp_path):
     probe = ("import pathlib, genood; p = pathlib.Path(genood.__file__).parent; "
              "print(p); print((p / 'presets' / 'flow_rq_nsf_tiny.yaml').is_file(), (p / 'models' / 'flows.yaml').is_file(),"
              " (p / 'ood' / 'scores' / 'lid.yaml').is_file())")
-    out = subprocess.run([str(py), "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only what the venv itself holds
+    out = subprocess.run([str(py), "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     where, flags = out.stdout.splitlines()
     assert Path(where).is_relative_to(venv) and flags == "True True True"

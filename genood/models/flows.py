@@ -158,7 +158,8 @@ class ImageFlow(nn.Module):
     def sample(self, n: int, generator: Optional[torch.Generator] = None, temperature: float = 1.0) -> torch.Tensor:
         device = next(self.parameters()).device
         z = torch.randn((n, self.dim), generator=generator).to(device) * temperature
-        return self.generator(z)
+        # the data space is [0, 256)^D; a flow without a bounded preprocessing (affine) can map past it
+        return self.generator(z).clamp(0.0, 256.0 - 1e-4)
 
 
 class TabularFlow(nn.Module):
