@@ -312,3 +312,24 @@ def test_dysweep_create_creates_a_sweep(tmp_path):
     status = subprocess.run([sys.executable, "sweep.py", "status", sweep_id], cwd=ROOT, capture_output=True, text=True,
                             env=env, timeout=300)
     assert status.returncode == 0 and "2 queued" in status.stdout, status.stdout + status.stderr
+
+
+def test_dataset_pickles_build_arrays_only(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from genood.data import formats
+
+    good = tmp_path / "data_batch_1"
+    images = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    good.write_bytes(pickle.dumps({b"data": images, b"labels": [3, 7]}, protocol=2))
+    x, y = formats.read_cifar_batches([good], b"labels")
+    assert x.shape == (2, 32, 32, 3) and y.tolist() == [3, 7]
+    assert np.array_equal(x[0].transpose(2, 0, 1).reshape(-1), images[0])
+    marker = tmp_path / "payload-ran"
+    bad = tmp_path / "data_batch_2"
+    bad.write_bytes(pickle.dumps({b"data": _Payload(marker), b"labels": [1]}))
+    with pytest.raises(formats.FormatError, match="is not a pickle of arrays and plain data") as err:
+        formats.read_cifar_batches([bad], b"labels")
+    assert "posix.system" in str(err.value) and not marker.exists()

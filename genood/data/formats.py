@@ -122,12 +122,33 @@ def read_image_folder(path: str | os.PathLike, channels: Optional[int] = None) -
     return as_nhwc(np.stack(images), str(root)), np.asarray(labels, dtype=np.int64)
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Builds numpy arrays and plain types only: a dataset file from elsewhere never runs code."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "ndarray"),
+               ("numpy", "dtype"), ("_codecs", "encode")}  # protocol-2 pickles spell bytes as _codecs.encode(str)
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not an array or a plain type")
+
+
+def load_array_pickle(path: Path):
+    """A pickle holding only arrays, dicts, lists, numbers and strings (CIFAR's batches); one sentence otherwise."""
+    try:
+        with open(path, "rb") as fh:
+            return _ArrayUnpickler(fh, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise FormatError(f"{path} is not a pickle of arrays and plain data ({exc}); it was not loaded (nothing in "
+                          f"it ran); replace it with the dataset's original file.") from exc
+
+
 def read_cifar_batches(files: list[Path], label_key: bytes) -> Tuple[np.ndarray, np.ndarray]:
     """Read CIFAR-10/100 python pickles (torchvision's on-disk layout) into (N,32,32,3)."""
     images, labels = [], []
     for f in files:
-        with open(f, "rb") as fh:
-            entry = pickle.load(fh, encoding="bytes")
+        entry = load_array_pickle(f)
         images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(entry[label_key], dtype=np.int64))
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
