@@ -85,6 +85,7 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "mode": "auto",           # auto: online if logged in, else offline | offline | online
         "project": "likelihood-paradox",
         "entity": None,
+        "chart_points": 2000,     # rows per split in the W&B custom charts (a seeded subsample; building them is slow)
     },
 }
 
@@ -102,6 +103,7 @@ CORE_RANGES: Dict[str, tuple] = {
     "ood.n_in_val": (1, None, True),
     "ood.bootstrap": (0, None, True),
     "ood.confidence": (0.0, 1.0, False),
+    "tracking.chart_points": (1, None, True),
 }
 
 

@@ -406,7 +406,7 @@ def _score_run(cfg: Dict[str, Any], inputs: _Inputs, name: str, directory: Path,
             _figures(table, inputs.columns, metrics, cfg, directory, console, stages, oods)
         tracker.summary(_summaries(metrics, len(oods) > 1))
         tracker.table("scores", table)
-        tracker.charts(table, seed=seed)
+        tracker.charts(table, max_points=int(cfg["tracking"]["chart_points"]), seed=seed)
         tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
         _report_console(metrics, inputs.columns, cfg["data"]["in_distribution"], oods, console)
     finally:
