@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+__all__ = ["EXIT_USER_ERROR", "UserError", "guarded"]
+
 EXIT_USER_ERROR = 2
 
 

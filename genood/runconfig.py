@@ -24,6 +24,11 @@ import yaml
 
 from genood.paths import PACKAGE_DIR
 
+__all__ = ["PRESET_DIR", "ConfigError", "CORE_DEFAULTS", "CORE_CHOICES", "CORE_RANGES", "OOD_GROUPS", "ood_sets",
+           "IN_SPLITS", "CHECKS", "FREE_TYPED", "FamilySpec", "SectionSpec", "SPEC_GLOBS", "family_spec",
+           "schema_for", "copy_tree", "deep_merge", "validate", "parse_override", "load_yaml", "resolve", "load",
+           "model_identity", "used_sections", "run_name", "dump"]
+
 PRESET_DIR = PACKAGE_DIR / "presets"
 
 

@@ -15,6 +15,9 @@ from typing import Any, Callable, Dict
 
 from genood.paths import PROJECT_ROOT
 
+__all__ = ["runs_root", "run_dir", "atomic_write", "write_text", "write_json", "open_run_log", "TRACKED_PACKAGES",
+           "provenance", "RunLocked", "RunLock", "run_lock"]
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -13,6 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+__all__ = ["has_login", "resolve_mode", "artifact_name", "Tracker"]
+
 
 def has_login() -> bool:
     """True when W&B credentials are configured on this machine: WANDB_API_KEY, or a netrc entry (from

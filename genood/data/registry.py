@@ -18,6 +18,9 @@ from genood.data import formats
 
 from genood.paths import PROJECT_ROOT
 
+__all__ = ["SPLITS", "DatasetNotFoundError", "UnknownDatasetError", "data_dir", "ImageSet", "CELEBA_SIZE",
+           "FETCH_HINTS", "LOADERS", "ALIASES", "known_datasets", "canonical_name", "load_split", "file_checksums"]
+
 SPLITS = ("train", "test")
 
 

@@ -10,6 +10,9 @@ from typing import Protocol, Tuple, runtime_checkable
 
 import torch
 
+__all__ = ["DensityModel", "REQUIRED", "CAPABILITIES", "undeclared", "check_family", "capabilities",
+           "autograd_log_prob_grad", "nats_to_bits_per_dim"]
+
 
 @runtime_checkable
 class DensityModel(Protocol):

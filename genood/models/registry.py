@@ -10,6 +10,8 @@ import importlib
 from typing import Any, Callable, Dict, Tuple
 
 from genood import runconfig
+
+__all__ = ["model_class", "builder", "build_model"]
 def _import(ref: str):
     module, _, name = ref.partition(":")
     return getattr(importlib.import_module(module), name)

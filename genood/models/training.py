@@ -24,6 +24,10 @@ from genood import runconfig
 from genood.data.transforms import dequantize_uniform
 from genood.rundir import atomic_write
 
+__all__ = ["CHECKPOINT", "TrainingDiverged", "CheckpointError", "TrainResult", "pick_device", "batch_indices",
+           "save_checkpoint", "CHECKPOINT_KEYS", "RESUME_KEYS", "load_checkpoint", "train", "fit", "load_trained",
+           "run_training"]
+
 CHECKPOINT = "checkpoint.pt"
 
 

@@ -28,6 +28,8 @@ import numpy as np
 from genood.ood import scores as score_registry
 from genood.ood.detectors import TaskView, register_detector, scored
 
+__all__ = ["oriented_matrix", "fit_density", "fit_log_pvalues", "fit_pvalues", "fit_min_p", "set_label", "combined"]
+
 
 def oriented_matrix(frame, names: List[str]) -> np.ndarray:
     return np.column_stack([score_registry.oriented(n, frame[n].to_numpy(dtype=float)) for n in names])

@@ -35,6 +35,10 @@ import numpy as np
 from genood.ood.metrics import _clean, detection_metrics, percentile_interval, with_intervals
 from genood.registry import Registry
 
+__all__ = ["SPLIT_ORDER", "TaskView", "Detector", "DETECTORS", "register_detector", "evaluate", "present", "scored",
+           "single_score", "dual_threshold_envelope", "dual_threshold_auroc", "dual_threshold_fpr95",
+           "fixed_second_threshold", "gated_score", "envelope_bootstrap", "dual_threshold_metrics", "dual_threshold"]
+
 SPLIT_ORDER = ("in_train", "in_val", "in_test", "ood", "generated")
 
 

@@ -41,6 +41,8 @@ from genood.ood.lpca import lpca
 from genood.registry import Registry
 from genood.ood.stages import fingerprint as _fingerprint, model_digest as _model_digest, resumable_blocks as _blocks
 
+__all__ = ["LidResult", "LidEstimator", "ESTIMATORS", "register_estimator", "choose_estimator", "run_lid_stage"]
+
 
 @dataclass
 class LidResult:

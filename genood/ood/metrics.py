@@ -18,6 +18,9 @@ from typing import Dict
 import numpy as np
 from scipy.stats import rankdata
 
+__all__ = ["auroc", "average_precision", "fpr_at_tpr", "detection_metrics", "roc_curve_points", "lid_error_metrics",
+           "METRIC_KEYS", "bootstrap_metrics", "percentile_interval", "with_intervals"]
+
 
 def _clean(a) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64).reshape(-1)

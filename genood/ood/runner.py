@@ -30,6 +30,8 @@ from genood.ood.stages import fingerprint, model_digest, resumable_blocks
 
 from genood.ood.detectors import evaluate
 
+__all__ = ["SplitData", "score_images", "load_checkpoint_path", "OodSet", "evaluate_sets", "run_ood"]
+
 
 @dataclass
 class SplitData:

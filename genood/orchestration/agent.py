@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, Optional
 from genood.orchestration.jobs import JOBS
 from genood.orchestration.store import Store, open_store
 
+__all__ = ["Terminated", "EarlyStopped", "agent_name", "run_agent"]
+
 
 class Terminated(BaseException):
     """Raised in the agent's main thread on SIGTERM/SIGINT."""

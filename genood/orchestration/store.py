@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
+__all__ = ["SCHEMA", "STORE_ENV", "LOCAL_PREFIX", "Claim", "new_sweep_id", "store_path", "store_locator",
+           "is_server_locator", "open_store", "Store"]
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
   id TEXT PRIMARY KEY, name TEXT, job TEXT, method TEXT, source TEXT, meta_json TEXT,

@@ -21,6 +21,12 @@ import yaml
 
 from genood import runconfig
 from genood import rundir
+
+__all__ = ["METRICS", "COLUMNS", "EXTRA_COLUMNS", "run_dirs_under", "collect", "config_group", "collect_runs",
+           "LID_COLUMNS", "collect_lid_errors", "lid_error_section", "seed_summary", "cell", "short_dataset",
+           "pair_label", "pivots", "best_over_pairs", "best_over_pairs_line", "format_pivot", "default_selection",
+           "format_suite", "format_table", "to_markdown", "auroc_heatmap", "write_outputs", "log_to_wandb",
+           "parse_roots", "main"]
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 COLUMNS = ["model", "in_dataset", "ood_dataset", "detector", "auroc", "aupr_in", "aupr_out", "fpr95", "n_in", "n_ood", "run"]
 # numeric interval columns and flags kept in the CSV beside COLUMNS (the text tables show COLUMNS)

@@ -21,6 +21,10 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
+__all__ = ["GROUP_ORDER", "SET_KEYS", "SelectionError", "per_set", "group_summary", "selection_tokens",
+           "selection_mask", "select", "selection", "selection_lines", "group_table", "has_suite", "severity_rows",
+           "severity_figure"]
+
 GROUP_ORDER = ("near", "transform", "far", "real")
 SET_KEYS = ["model", "in_dataset", "ood_dataset"]
 

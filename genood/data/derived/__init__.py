@@ -26,6 +26,10 @@ import numpy as np
 
 from genood.registry import Registry
 
+__all__ = ["GROUPS", "DerivationError", "Derivation", "DERIVATIONS", "register_derivation", "Step",
+           "parse_class_list", "split_name", "is_derived", "unknown_step_message", "group_of", "severity",
+           "seeded_rng", "apply", "to_uint8", "describe"]
+
 GROUPS = ("near", "transform", "far", "real")
 
 

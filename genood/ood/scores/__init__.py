@@ -32,6 +32,10 @@ import torch
 
 from genood.registry import Registry
 
+__all__ = ["ScoreUnavailable", "StageContext", "StageOutput", "Score", "REGISTRY", "register", "expand_columns",
+           "register_stage", "register_derived", "with_requirements", "get", "has_capabilities", "check_needs",
+           "model_free", "two_sided", "oriented"]
+
 
 class ScoreUnavailable(ValueError):
     """The configured model cannot provide what a score needs (one sentence for the user)."""
