@@ -440,7 +440,7 @@ def _report_console(metrics, columns, in_name: str, oods: List[OodSet], console)
 def _figures(table, names, metrics, cfg, directory: Path, console: _Console, stages=None, oods=None) -> None:
     """The run's figures. With several OOD sets: the single-set figures for the first set, and the suite's
     AUROC heatmap (every label-free per-point detector against every set)."""
-    from genood.ood.figures import roc_figure, score_histogram, suite_heatmap, write_figures
+    from genood.ood.figures import roc_figure, suite_heatmap, write_figures
 
     figs = {}
     if oods and len(oods) > 1:
@@ -452,11 +452,10 @@ def _figures(table, names, metrics, cfg, directory: Path, console: _Console, sta
         metrics = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
         cfg = dict(cfg, data=dict(cfg["data"], ood=first.name))
     in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
-    if "log_likelihood" in names:
-        auc = metrics.get("log_likelihood", {}).get("auroc", float("nan"))
-        figs["likelihood_histogram"] = score_histogram(
-            table, "log_likelihood",
-            title=f"Log-likelihood (nats) of a {_model_label(cfg)} model trained on {in_name}; OOD: {ood_name} (AUROC {auc:.3f})")
+    for name in dict.fromkeys(n.split("@", 1)[0] for n in names):  # the figures a score's registration brings
+        spec = score_registry.get(name)
+        if spec.figures is not None and name in table:
+            figs.update(spec.figures(table, metrics, cfg))
     curves = {}
     for name in names:
         if name in metrics:

@@ -13,8 +13,20 @@ def _log_prob(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
     return cache["log_prob"]
 
 
+def _histogram(table, metrics, cfg):
+    from genood.ood.figures import score_histogram
+    from genood.runconfig import family_spec
+
+    m = cfg["model"]
+    model = "/".join(str(m[k]) for k in ("family", *family_spec(m["family"]).run_name))
+    auc = metrics.get("log_likelihood", {}).get("auroc", float("nan"))
+    return {"likelihood_histogram": score_histogram(
+        table, "log_likelihood", title=f"Log-likelihood (nats) of a {model} model trained on "
+                                       f"{cfg['data']['in_distribution']}; OOD: {cfg['data']['ood']} (AUROC {auc:.3f})")}
+
+
 @register("log_likelihood", higher_is_in=True, unit="nats",
-          description="log p(x) in nats of the dequantized data in [0,256)^D", needs=("log_prob",))
+          description="log p(x) in nats of the dequantized data in [0,256)^D", needs=("log_prob",), figures=_histogram)
 def log_likelihood(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
     return _log_prob(model, x, cache)
 
