@@ -101,7 +101,7 @@ def _heatmap(frame: pd.DataFrame, page: Page) -> None:
         page.figure(fig, width=min(1100, 320 + 160 * z.shape[1]), height=max(320, 60 + 26 * z.shape[0]))
 
 
-def _histogram(table: pd.DataFrame, column: str, title: str):
+def histogram(table: pd.DataFrame, column: str, title: str):
     import plotly.graph_objects as go
 
     finite = table[np.isfinite(table[column].to_numpy(dtype=float))]
@@ -118,21 +118,8 @@ def _histogram(table: pd.DataFrame, column: str, title: str):
     return fig
 
 
-def _scatter(table: pd.DataFrame, column: str, title: str, seed: int = 0):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    rng = np.random.default_rng(seed)
-    for split, (label, colour) in SPLIT_STYLE.items():
-        part = table.loc[table["split"] == split, ["log_likelihood", column]].dropna()
-        part = part[np.isfinite(part.to_numpy(dtype=float)).all(axis=1)]
-        if len(part) > MAX_SCATTER:
-            part = part.iloc[np.sort(rng.choice(len(part), MAX_SCATTER, replace=False))]
-        if len(part):
-            fig.add_scatter(x=part["log_likelihood"], y=part[column], mode="markers", name=label,
-                            marker=dict(color=colour, size=4, opacity=0.6))
-    fig.update_layout(title=title, xaxis_title="log-likelihood (nats)", yaxis_title=column)
-    return fig
+# drawn beside the selected detector and baseline in the severity curves: the likelihood itself (the paradox)
+SEVERITY_REFERENCE = ("log_likelihood",)
 
 
 def _thin(x: np.ndarray, y: np.ndarray, n: int):
@@ -142,10 +129,9 @@ def _thin(x: np.ndarray, y: np.ndarray, n: int):
     return x[keep], y[keep]
 
 
-def _roc(directory: Path, table: pd.DataFrame, metrics: Dict, title: str, prefix: str = ""):
+def roc_figure(directory: Path, table: pd.DataFrame, metrics: Dict, title: str, prefix: str = "", only=None):
     import plotly.graph_objects as go
 
-    from genood.ood.detectors import dual_threshold_envelope
     from genood.ood.metrics import roc_curve_points
 
     fig = go.Figure()
@@ -156,44 +142,16 @@ def _roc(directory: Path, table: pd.DataFrame, metrics: Dict, title: str, prefix
             if not key.startswith(prefix) or "::" in key[len(prefix):]:
                 continue  # a run with several OOD sets: the curves of its first set (``prefix`` = "<set>::")
             key = key[len(prefix):]
-            if key.startswith("generated_vs_ood/"):
+            if key.startswith("generated_vs_ood/") or (only is not None and key not in only):
                 continue
             pos, neg = g.loc[g.side == "in", "value"].to_numpy(), g.loc[g.side == "ood", "value"].to_numpy()
             if pos.size and neg.size:
                 fpr, tpr = _thin(*roc_curve_points(pos, neg), MAX_ROC)
                 auc = metrics.get(key, {}).get("auroc", float("nan"))
                 fig.add_scatter(x=fpr, y=tpr, mode="lines", name=f"{key} ({auc:.3f})", line=dict(width=1.5))
-    if {"lid", "log_likelihood"} <= set(table.columns):
-        has = table.dropna(subset=["lid"])
-        p, n = has[has.split == "in_test"], has[has.split == "ood"]
-        if len(p) and len(n):
-            g = dual_threshold_envelope(p["log_likelihood"], p["lid"], n["log_likelihood"], n["lid"])
-            k = np.arange(g.size) / (g.size - 1)
-            auc = metrics.get("dual_threshold", {}).get("auroc", float("nan"))
-            fig.add_scatter(x=k, y=g, mode="lines", line=dict(shape="hv", dash="dash", color="black"),
-                            name=f"dual-threshold envelope, optimistic ({auc:.3f})")
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dot"), showlegend=False)
     fig.update_layout(title=title, xaxis_title="false positive rate (OOD accepted)", yaxis_title="true positive rate",
                       legend=dict(font=dict(size=9)))
-    return fig
-
-
-def _lid_curves(directory: Path, title: str):
-    import plotly.graph_objects as go
-
-    path = directory / "lid_curves.parquet"
-    if not path.exists():
-        return None
-    curves = pd.read_parquet(path)
-    knob = next(c for c in curves.columns if c not in ("split", "dataset", "index", "lid"))
-    fig = go.Figure()
-    for split, (label, colour) in SPLIT_STYLE.items():
-        g = curves[curves.split == split]
-        if len(g):
-            mean = g.groupby(knob)["lid"].agg(["mean", "std"]).reset_index()
-            fig.add_scatter(x=mean[knob], y=mean["mean"], mode="lines+markers", name=label, line=dict(color=colour),
-                            error_y=dict(array=mean["std"].fillna(0), thickness=0.8))
-    fig.update_layout(title=title, xaxis_title=knob, yaxis_title="LID (mean +- sd over points)")
     return fig
 
 
@@ -217,15 +175,13 @@ def _run_section(directory: Path, page: Page) -> None:
     if prefix and len(table):
         table = table[(table["split"] != "ood") | (table["dataset"] == canonical_name(first))]
         metrics = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
-    if "log_likelihood" in table:
-        page.figure(_histogram(table, "log_likelihood", f"log-likelihood per split ({pair})"))
-        skip = {"split", "dataset", "index", "log_likelihood", "bits_per_dim"}
-        for column in [c for c in table.columns if c not in skip]:
-            page.figure(_scatter(table, column, f"{column} vs log-likelihood"))
-    page.figure(_roc(directory, table, metrics, f"ROC of every detector ({pair})", prefix))
-    lid = _lid_curves(directory, "LID curves")
-    if lid is not None:
-        page.figure(lid)
+    from genood.ood import scores as score_registry
+
+    for name in dict.fromkeys(c.split("@", 1)[0] for c in table.columns if c not in ("split", "dataset", "index")):
+        spec = score_registry.REGISTRY.get(name)
+        for fig in (spec.report(directory, table, metrics, pair) if spec is not None and spec.report else []):
+            page.figure(fig)  # the figures a score's registration brings
+    page.figure(roc_figure(directory, table, metrics, f"ROC of every detector ({pair})", prefix))
     samples = directory / "figures" / "samples.png"
     if samples.exists():
         data = base64.b64encode(samples.read_bytes()).decode()
@@ -273,7 +229,7 @@ def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]])
     sev = suite.severity_rows(sets)
     if len(sev):
         picked = suite.selection(sets, tokens) if tokens else {}
-        keep = sorted({n for p in picked.values() for n in (p.get("detector"), p.get("baseline")) if n} | {"log_likelihood"})
+        keep = sorted({n for p in picked.values() for n in (p.get("detector"), p.get("baseline")) if n} | set(SEVERITY_REFERENCE))
         page.add("<h3>AUROC against shift strength</h3>")
         page.figure(suite.severity_figure(sev, keep), width=1100, height=320 * max(1, -(-sev.groupby(["model", "in_dataset", "axis"]).ngroups // 3)))
 

@@ -84,6 +84,7 @@ class Score:
     tails: str = "lower"  # which tail of in_val is unusual for p-value combinations: lower | both
     model_free: bool = False  # a statistic of the stored image alone (no model): a reference baseline
     figures: Optional[Callable[[Any, Dict[str, Any], Dict[str, Any]], Dict[str, Any]]] = None  # (table, metrics, cfg)
+    report: Optional[Callable[..., List[Any]]] = None  # (run directory, table, metrics, pair) -> report.html figures
 
     def column_names(self, cfg: Dict[str, Any]) -> List[str]:
         """The table columns this score fills: its name, or ``<name>@<label>`` per component of a vector score."""
@@ -111,14 +112,15 @@ def _alternatives(needs) -> Tuple[Tuple[str, ...], ...]:
 
 
 def register(name: str, higher_is_in: bool, unit: str, description: str, needs=(), columns=None, tails: str = "lower",
-             model_free: bool = False, figures=None):
+             model_free: bool = False, figures=None, report=None):
     """Decorator registering a per-batch score function ``(model, x, cache) -> Tensor[B]``; with ``columns``
     (``cfg -> labels``) a vector score ``-> Tensor[B, K]`` whose components become the columns
     ``<name>@<label>``, each oriented and reported like a score of its own (combined sets may name the
     whole vector by ``<name>`` or one component by ``<name>@<label>``). ``tails``: see the module docstring.
     ``model_free``: the score reads the stored image only (no model); such scores are the reference
     baselines every learned detector is read against (``ood.baselines``, :mod:`ood.baselines`). ``figures``:
-    ``(table, metrics, cfg) -> {name: figure}``, the run figures that belong to this score."""
+    ``(table, metrics, cfg) -> {name: figure}``, the run figures that belong to this score; ``report``:
+    ``(run directory, table, metrics, pair) -> [figure]``, its figures in report.html's run sections."""
     if tails not in ("lower", "both"):
         raise ValueError(f"score {name!r}: tails must be 'lower' or 'both', got {tails!r}")
 
@@ -126,7 +128,8 @@ def register(name: str, higher_is_in: bool, unit: str, description: str, needs=(
         if model_free and needs:
             raise ValueError(f"score {name!r}: a model-free score needs no model capability, got needs={needs!r}")
         REGISTRY.add(name, Score(name, fn, higher_is_in, unit, description, needs=_alternatives(needs), columns=columns,
-                                 tails=tails, model_free=model_free, figures=figures), fn.__module__)
+                                 tails=tails, model_free=model_free, figures=figures, report=report),
+                     fn.__module__)
         return fn
     return wrap
 
@@ -136,11 +139,11 @@ def expand_columns(names, cfg: Dict[str, Any]) -> List[str]:
     return [c for n in names for c in get(n).column_names(cfg)]
 
 
-def register_stage(name: str, higher_is_in: bool, unit: str, description: str, needs=()):
+def register_stage(name: str, higher_is_in: bool, unit: str, description: str, needs=(), report=None):
     """Decorator registering a split-level stage ``(StageContext) -> StageOutput``."""
     def wrap(fn):
-        REGISTRY.add(name, Score(name, None, higher_is_in, unit, description, stage=fn, needs=_alternatives(needs)),
-                     fn.__module__)
+        REGISTRY.add(name, Score(name, None, higher_is_in, unit, description, stage=fn, needs=_alternatives(needs),
+                                 report=report), fn.__module__)
         return fn
     return wrap
 

@@ -10,9 +10,57 @@ from genood.ood.scores import StageContext, StageOutput, register_stage
 from genood.runconfig import ConfigError
 
 
+def _dual_envelope_figure(directory, table, metrics, title: str):
+    """The dual threshold's optimistic envelope (both thresholds swept with OOD labels) beside the ROC of its two
+    inputs alone (the ``lid`` score's report figure)."""
+    import numpy as np
+
+    from genood.ood.detectors import dual_threshold_envelope
+    from genood.reports.report import roc_figure
+
+    has = table.dropna(subset=["lid"]) if {"lid", "log_likelihood"} <= set(table.columns) else table.iloc[:0]
+    p, n = has[has.split == "in_test"], has[has.split == "ood"]
+    if not (len(p) and len(n)):
+        return None
+    fig = roc_figure(directory, table, metrics, title, only={"lid", "log_likelihood", "dual_threshold_fixed"})
+    g = dual_threshold_envelope(p["log_likelihood"], p["lid"], n["log_likelihood"], n["lid"])
+    auc = metrics.get("dual_threshold", {}).get("auroc", float("nan"))
+    fig.add_scatter(x=np.arange(g.size) / (g.size - 1), y=g, mode="lines", line=dict(shape="hv", dash="dash", color="black"),
+                    name=f"dual-threshold envelope, optimistic ({auc:.3f})")
+    return fig
+
+
+def _lid_curves_figure(directory, title: str):
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from genood.reports.report import SPLIT_STYLE
+
+    path = directory / "lid_curves.parquet"
+    if not path.exists():
+        return None
+    curves = pd.read_parquet(path)
+    knob = next(c for c in curves.columns if c not in ("split", "dataset", "index", "lid"))
+    fig = go.Figure()
+    for split, (label, colour) in SPLIT_STYLE.items():
+        g = curves[curves.split == split]
+        if len(g):
+            mean = g.groupby(knob)["lid"].agg(["mean", "std"]).reset_index()
+            fig.add_scatter(x=mean[knob], y=mean["mean"], mode="lines+markers", name=label, line=dict(color=colour),
+                            error_y=dict(array=mean["std"].fillna(0), thickness=0.8))
+    fig.update_layout(title=title, xaxis_title=knob, yaxis_title="LID (mean +- sd over points)")
+    return fig
+
+
+def _report(directory, table, metrics, pair):
+    figs = [_dual_envelope_figure(directory, table, metrics, f"the dual threshold's envelope ({pair})")]
+    curves = _lid_curves_figure(directory, "LID curves")
+    return [f for f in figs + [curves] if f is not None]
+
+
 @register_stage("lid", higher_is_in=True, unit="dimensions",
                 description="local intrinsic dimension at the chosen knob (flows: Jacobian; diffusions: FLIPD or the normal bundle; see ood.lid_stage)",
-                needs=[("generator", "encode"), ("score", "sde")])
+                needs=[("generator", "encode"), ("score", "sde")], report=_report)
 def lid_score(ctx: StageContext) -> StageOutput:
     from genood.ood.lid_stage import run_lid_stage
 

@@ -25,8 +25,37 @@ def _histogram(table, metrics, cfg):
                                        f"{cfg['data']['in_distribution']}; OOD: {cfg['data']['ood']} (AUROC {auc:.3f})")}
 
 
+def _scatter(table, column: str, title: str, seed: int = 0):
+    import numpy as np
+    import plotly.graph_objects as go
+
+    from genood.reports.report import MAX_SCATTER, SPLIT_STYLE
+
+    fig = go.Figure()
+    rng = np.random.default_rng(seed)
+    for split, (label, colour) in SPLIT_STYLE.items():
+        part = table.loc[table["split"] == split, ["log_likelihood", column]].dropna()
+        part = part[np.isfinite(part.to_numpy(dtype=float)).all(axis=1)]
+        if len(part) > MAX_SCATTER:
+            part = part.iloc[np.sort(rng.choice(len(part), MAX_SCATTER, replace=False))]
+        if len(part):
+            fig.add_scatter(x=part["log_likelihood"], y=part[column], mode="markers", name=label,
+                            marker=dict(color=colour, size=4, opacity=0.6))
+    fig.update_layout(title=title, xaxis_title="log-likelihood (nats)", yaxis_title=column)
+    return fig
+
+
+def _report(directory, table, metrics, pair):
+    from genood.reports.report import histogram
+
+    figs = [histogram(table, "log_likelihood", f"log-likelihood per split ({pair})")]
+    skip = {"split", "dataset", "index", "log_likelihood", "bits_per_dim"}
+    return figs + [_scatter(table, column, f"{column} vs log-likelihood") for column in table.columns if column not in skip]
+
+
 @register("log_likelihood", higher_is_in=True, unit="nats",
-          description="log p(x) in nats of the dequantized data in [0,256)^D", needs=("log_prob",), figures=_histogram)
+          description="log p(x) in nats of the dequantized data in [0,256)^D", needs=("log_prob",), figures=_histogram,
+          report=_report)
 def log_likelihood(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
     return _log_prob(model, x, cache)
 

@@ -1,1 +1,0 @@
-"""Density models behind one interface (:mod:`models.base`) and the training loop."""

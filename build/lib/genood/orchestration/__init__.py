@@ -1,1 +1,0 @@
-"""Sweeps: meta-configuration expansion, the local SQLite backend, W&B sweeps, agents."""

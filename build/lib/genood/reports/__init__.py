@@ -1,1 +1,0 @@
-"""Aggregation of run directories into tables and reports."""
