@@ -7,25 +7,19 @@ partial one.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from genood import entrypoint
+from genood.commands import config_command
+
+
+def _job(cfg):
+    from genood.ood.runner import run_ood
+
+    return run_ood(cfg)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="run configuration YAML (see configurations/)")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. training.steps=200")
-    args = parser.parse_args(argv)
-
-    def job():
-        from genood import runconfig
-        from genood.ood.runner import run_ood
-
-        cfg = runconfig.load(args.config, args.overrides)
-        directory = run_ood(cfg)
-        print(directory)
-
-    return entrypoint.guarded(job)
+    return config_command(__doc__, argv, _job)
 
 
 if __name__ == "__main__":

@@ -8,24 +8,19 @@ after a crash resumes from the last checkpoint.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from genood import entrypoint
+from genood.commands import config_command
+
+
+def _job(cfg):
+    from genood.models.training import run_training
+
+    return run_training(cfg)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="run configuration YAML (see configurations/)")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. training.steps=200")
-    args = parser.parse_args(argv)
-
-    def job():
-        from genood import runconfig
-        from genood.models.training import run_training
-
-        cfg = runconfig.load(args.config, args.overrides)
-        print(run_training(cfg))
-
-    return entrypoint.guarded(job)
+    return config_command(__doc__, argv, _job)
 
 
 if __name__ == "__main__":
