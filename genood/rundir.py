@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -118,6 +119,7 @@ class RunLock:
         self.depth = 0
         self._fd = None
         self._stop = None
+        self._io = threading.Lock()  # the heartbeat never writes to a descriptor release() closed
 
     def _record(self) -> Dict[str, Any]:
         import socket
@@ -165,12 +167,14 @@ class RunLock:
 
     def _write(self) -> None:
         data = (json.dumps(self._record()) + "\n").encode()
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, data)
+        with self._io:
+            if self._fd is None:
+                return
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, data)
 
     def _start_heartbeat(self) -> None:
-        import threading
         stop = threading.Event()
 
         def beat():
@@ -188,13 +192,14 @@ class RunLock:
         if self.depth > 0 or self._fd is None:
             return
         self._stop.set()
-        try:
-            os.ftruncate(self._fd, 0)  # no owner; the file stays (removing a locked file races)
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-            _HELD.pop(str(self.path.parent.resolve()), None)
+        with self._io:
+            try:
+                os.ftruncate(self._fd, 0)  # no owner; the file stays (removing a locked file races)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+                self._fd = None
+                _HELD.pop(str(self.path.parent.resolve()), None)
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
