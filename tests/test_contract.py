@@ -44,6 +44,14 @@ def _data(shape, n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, *shape), generator=gen).float() + torch.rand(n, *shape, generator=gen)
 
 
+def _reloaded(model, shape, cfg, tmp_path):
+    """A fresh model of the same configuration given ``model``'s weights through a saved file (eval mode)."""
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    other = build_model(shape, cfg["model"])
+    other.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
+    return other.eval()
+
+
 def test_every_family_has_a_preset_and_every_preset_a_family():
     families = {_cfg(p)["model"]["family"] for p in PRESETS}
     assert families == set(runconfig.FAMILIES)
@@ -78,10 +86,7 @@ def test_the_model_contract(preset, tmp_path):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert torch.isfinite(loss) and any(g is not None and float(g.abs().sum()) > 0 for g in grads)
     model.eval()
-    torch.save(model.state_dict(), tmp_path / "weights.pt")
-    other = build_model(shape, cfg["model"])
-    other.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
-    other.eval()
+    other = _reloaded(model, shape, cfg, tmp_path)
     with torch.no_grad():
         assert torch.equal(other.log_prob(x), model.log_prob(x))
 
@@ -111,11 +116,8 @@ def test_paper_presets_build_train_and_round_trip(preset, tmp_path):
     loss = model.training_loss(x).mean()
     loss.backward()
     assert torch.isfinite(loss)
-    torch.save(model.state_dict(), tmp_path / "weights.pt")
-    other = build_model(shape, cfg["model"])
-    other.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
     model.eval()
-    other.eval()
+    other = _reloaded(model, shape, cfg, tmp_path)
     with torch.no_grad():
         torch.manual_seed(7)
         a = model.training_loss(x)

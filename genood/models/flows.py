@@ -90,7 +90,22 @@ def build_transform(shape: Tuple[int, int, int], cfg: Dict[str, Any]) -> Transfo
     return CompositeTransform([DataToLogit(float(cfg["logit_alpha"])), multiscale])
 
 
-class ImageFlow(nn.Module):
+class _FlowObjective:
+    """What both flows compute from their exact ``log_prob`` over ``dim`` dimensions."""
+
+    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
+        return nats_to_bits_per_dim(self.log_prob(x), self.dim)
+
+    def log_prob_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """grad_x log p(x) in data space, exact (autograd through the flow)."""
+        return autograd_log_prob_grad(self, x)
+
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample training objective: bits/dim (the NLL in bits per dimension)."""
+        return self.bits_per_dim(x)
+
+
+class ImageFlow(_FlowObjective, nn.Module):
     """A normalizing flow on images implementing :class:`models.base.DensityModel`.
 
     ``log_prob(x)``: x (B,C,H,W) in [0,256) -> (B,) nats. ``encode(x)``: data -> latent (B,D).
@@ -136,17 +151,6 @@ class ImageFlow(nn.Module):
             terms[f"level{i}_latent"] = -0.5 * (flat ** 2).sum(1) - 0.5 * flat.shape[1] * math.log(2 * math.pi)
         return terms
 
-    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
-        return nats_to_bits_per_dim(self.log_prob(x), self.dim)
-
-    def log_prob_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """grad_x log p(x) in data space, exact (autograd through the flow)."""
-        return autograd_log_prob_grad(self, x)
-
-    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample training objective: bits/dim (the NLL in bits per dimension)."""
-        return self.bits_per_dim(x)
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(x)[0]
 
@@ -162,7 +166,7 @@ class ImageFlow(nn.Module):
         return self.generator(z).clamp(0.0, 256.0 - 1e-4)
 
 
-class TabularFlow(nn.Module):
+class TabularFlow(_FlowObjective, nn.Module):
     """An RQ-NSF (or affine) coupling flow on vectors in R^D, for synthetic manifolds.
 
     Per layer: a fixed random permutation, then a coupling whose parameters come from a
@@ -201,17 +205,6 @@ class TabularFlow(nn.Module):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         z, logabsdet = self.transform(x.reshape(x.shape[0], -1))
         return self.base.log_prob(z) + logabsdet
-
-    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
-        return nats_to_bits_per_dim(self.log_prob(x), self.dim)
-
-    def log_prob_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """grad_x log p(x) in data space, exact (autograd through the flow)."""
-        return autograd_log_prob_grad(self, x)
-
-    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample training objective: bits/dim (the NLL in bits per dimension)."""
-        return self.bits_per_dim(x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(x.reshape(x.shape[0], -1))[0]
