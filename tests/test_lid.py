@@ -194,3 +194,65 @@ def test_runs_share_complete_spectra_through_the_shared_store(tmp_path, monkeypa
     for split in ("in_train", "ood"):
         spectra = np.load(tmp_path / "run2" / f"{split}.npz")["spectra"]
         assert np.array_equal(second.values[split], lid.lid_from_spectra(spectra, [0.5])[:, 0])
+
+
+def test_rho_r_of_a_linear_flow_matches_the_gaussian_convolution_in_closed_form():
+    """A linear flow x = A z + b, z ~ N(0, I) is exactly N(b, A A^T); convolved with N(0, e^{2r} I) it is
+    N(b, A A^T + e^{2r} I): log rho_r and its r-derivative from the cached decomposition must match."""
+    from scipy.stats import multivariate_normal
+
+    torch.manual_seed(3)
+    d = 9
+    u, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    a = u @ torch.diag(torch.logspace(-3, 0.5, d, dtype=torch.float64)) @ v.T
+    model = LinearGenerator(a)
+    x = model.generator(torch.randn(4, d, dtype=torch.float64) * 1.5)
+    spectra, proj = lid.exact_spectra(model, x, chunk_size=4, batch_points=3, projections=True)
+    assert np.allclose(spectra, lid.exact_spectra(model, x, chunk_size=4, batch_points=3))
+    rs = np.linspace(-9.0, 2.0, 23)
+    log_rho, slope = lid.log_rho_r(spectra, proj, rs)
+    cov = (a @ a.T).numpy()
+    closed = lambda r: np.array([multivariate_normal(mean=np.full(d, 0.25), cov=cov + np.exp(2 * r) * np.eye(d)).logpdf(p)
+                                 for p in x.numpy()])
+    h = 1e-5
+    for k, r in enumerate(rs):
+        assert np.allclose(log_rho[:, k], closed(r), rtol=1e-9, atol=1e-8)
+        assert np.allclose(slope[:, k], (closed(r + h) - closed(r - h)) / (2 * h), rtol=1e-5, atol=1e-5)
+    # as r -> -inf the convolved density is the flow's own; LIDL -> D (full rank) and -> 0 for a huge radius
+    flow = multivariate_normal(mean=np.full(d, 0.25), cov=cov).logpdf(x.numpy())
+    assert np.allclose(lid.log_rho_r(spectra, proj, [-30.0])[0][:, 0], flow, atol=1e-6)
+    assert np.allclose(d + lid.log_rho_r(spectra, proj, [-30.0])[1][:, 0], d, atol=1e-6)
+    assert np.all(d + lid.log_rho_r(spectra, proj, [12.0])[1][:, 0] < 1e-6)
+
+
+def test_fast_lidl_stage_reuses_the_lid_stage_decomposition(tmp_path, monkeypatch):
+    from genood import runconfig
+    from genood.models.flows import build_model
+    from genood.ood.scores import StageContext, get
+
+    cfg = runconfig.resolve({"preset": "flow_tabular", "training": {"progress": False},
+                             "lid": {"n_per_split": 5, "batch_points": 2, "log_tau": -1.0, "in_splits": ["in_test"]},
+                             "rho_r": {"r_grid": [-12.0, 3.0, 31], "r": -1.0}})
+    torch.manual_seed(0)
+    model = build_model((6,), cfg["model"]).eval()
+    gen = torch.Generator().manual_seed(1)
+    splits = [("in_test", "a", torch.randn(12, 6, generator=gen), np.arange(12)),
+              ("ood:b", "b", 2 * torch.randn(9, 6, generator=gen), np.arange(9))]
+    ctx = StageContext(model, splits, cfg, 0, lambda m: None, tmp_path / "run", tmp_path, groups={"ood:b": "far"})
+    lid_out = get("lid").stage(ctx)
+    real, calls = lid.exact_spectra, []
+    monkeypatch.setattr(lid, "exact_spectra", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = get("fast_lidl").stage(ctx)
+    assert calls == []  # every point's decomposition came from the LID stage's cache
+    for split in ("in_test", "ood:b"):
+        assert np.array_equal(out.positions[split], lid_out.positions[split])
+        raw = np.load(tmp_path / "run" / "lid_spectra" / f"{split}.npz")
+        expect = 6 + lid.log_rho_r(raw["spectra"], raw["latent_proj_sq"], [-1.0])[1][:, 0]
+        assert np.allclose(out.values[split], expect)
+    trend = out.artifacts["rho_r_trend"]
+    assert len(trend) == 31 * 10 and set(trend.columns) == {"split", "dataset", "index", "r", "log_rho", "lid"}
+    assert "rho_r_trend" in out.figures(None, {}, dict(cfg, data={"in_distribution": "a", "ood": "b"}))
+    fast = runconfig.resolve({"preset": "flow_tabular", "lid": {"mode": "fast"}})
+    with pytest.raises(Exception, match="lid.mode: exact"):
+        get("fast_lidl").stage(StageContext(model, splits, fast, 0, print, None, None))

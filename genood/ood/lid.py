@@ -185,15 +185,58 @@ def spectrum_from_jacobians(jac: torch.Tensor) -> torch.Tensor:
     return evals.clamp_min(0.0).flip(-1)
 
 
-def exact_spectra(model, x: torch.Tensor, chunk_size: int = 128, batch_points: int = 8) -> np.ndarray:
-    """sigma_i(J)^2 for every point of x (N, C, H, W): float64 array (N, D), descending."""
+def decomposition_from_jacobians(jac: torch.Tensor, z: torch.Tensor):
+    """(sigma^2 (B, D) descending, (V^T z)^2 (B, D) in the same order): the spectrum of J^T J = V S^2 V^T and
+    the squared coordinates of the latent in its eigenbasis, which the linearised Gaussian-convolved density
+    (:func:`log_rho_r`) needs besides the spectrum."""
+    j64 = jac.double()
+    evals, vecs = torch.linalg.eigh(j64.transpose(1, 2) @ j64)
+    proj = torch.einsum("bdk,bd->bk", vecs, z.double().reshape(z.shape[0], -1))
+    return evals.clamp_min(0.0).flip(-1), proj.pow(2).flip(-1)
+
+
+def exact_spectra(model, x: torch.Tensor, chunk_size: int = 128, batch_points: int = 8, projections: bool = False):
+    """sigma_i(J)^2 for every point of x (N, C, H, W): float64 array (N, D), descending. With ``projections``
+    a pair (spectra, (V^T z)^2) (see :func:`decomposition_from_jacobians`)."""
     g = _scaled_generator(model)
-    out = []
+    out, proj = [], []
     for s in range(0, x.shape[0], batch_points):
         z = latents(model, x[s:s + batch_points])
         with torch.no_grad():
-            out.append(spectrum_from_jacobians(jacobians(g, z, chunk_size, model=model)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0))
+            jac = jacobians(g, z, chunk_size, model=model)
+            if projections:
+                ev, pz = decomposition_from_jacobians(jac, z)
+                out.append(ev.cpu().numpy())
+                proj.append(pz.cpu().numpy())
+            else:
+                out.append(spectrum_from_jacobians(jac).cpu().numpy())
+    spectra = np.concatenate(out) if out else np.zeros((0, 0))
+    if projections:
+        return spectra, (np.concatenate(proj) if proj else np.zeros((0, 0)))
+    return spectra
+
+
+def log_rho_r(spectra: np.ndarray, proj_sq: np.ndarray, rs: Sequence[float]):
+    """The flow's density convolved with N(0, e^{2r} I) at each point, under the local linearisation of its
+    generator (Fast-LIDL, seed 000), and its derivative in r; data in [0, 1] units.
+
+    With z = f(x) and J = dg/dz = U S V^T, the linearised flow near x is N(x - J z, J J^T), so
+    rho_r(x) = N(J z; 0, J J^T + e^{2r} I) and, with lambda_i = s_i^2 and w = V^T z,
+
+        log rho_r = -D/2 log 2 pi - 1/2 sum log(lambda_i + e^{2r}) - 1/2 sum lambda_i w_i^2 / (lambda_i + e^{2r}),
+        d log rho_r / dr = -sum e^{2r} / (lambda_i + e^{2r}) + sum lambda_i w_i^2 e^{2r} / (lambda_i + e^{2r})^2,
+
+    so that D + d log rho_r / dr (the LIDL estimate of LID) counts the singular values above e^r softly, plus
+    the latent's term. As r -> -inf, log rho_r -> the flow's log-density in [0, 1] units.
+    Returns (log_rho (N, R), dlog_rho_dr (N, R)) in float64."""
+    lam = np.asarray(spectra, np.float64)[:, :, None]
+    w2 = np.asarray(proj_sq, np.float64)[:, :, None]
+    e2r = np.exp(2.0 * np.asarray(rs, np.float64))[None, None, :]
+    denom = lam + e2r
+    dim = lam.shape[1]
+    log_rho = -0.5 * dim * math.log(2 * math.pi) - 0.5 * np.log(denom).sum(1) - 0.5 * (lam * w2 / denom).sum(1)
+    slope = -(e2r / denom).sum(1) + (lam * w2 * e2r / denom ** 2).sum(1)
+    return log_rho, slope
 
 
 def lid_from_spectra(spectra: np.ndarray, log_taus: Sequence[float]) -> np.ndarray:

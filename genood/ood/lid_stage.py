@@ -41,7 +41,7 @@ from genood.ood.lpca import lpca
 from genood.registry import Registry
 from genood.ood.stages import fingerprint as _fingerprint, model_digest as _model_digest, resumable_blocks as _blocks
 
-__all__ = ["LidResult", "LidEstimator", "ESTIMATORS", "register_estimator", "choose_estimator", "run_lid_stage"]
+__all__ = ["LidResult", "LidEstimator", "ESTIMATORS", "register_estimator", "choose_estimator", "raw_results", "run_lid_stage"]
 
 
 @dataclass
@@ -89,7 +89,9 @@ def register_estimator(est: LidEstimator) -> LidEstimator:
 def _jacobian_compute(model, xb, start, lcfg, seed, knobs):
     block = int(lcfg["batch_points"])
     if lcfg["mode"] == "exact":
-        return {"spectra": lidlib.exact_spectra(model, xb, chunk_size=int(lcfg["chunk_size"]), batch_points=block)}
+        spectra, proj = lidlib.exact_spectra(model, xb, chunk_size=int(lcfg["chunk_size"]), batch_points=block,
+                                             projections=True)
+        return {"spectra": spectra, "latent_proj_sq": proj}
     probes, steps = int(lcfg["probes"]), int(lcfg["lanczos_steps"])
     width = min(steps, int(np.prod(xb.shape[1:])))
     # probes seeded per block, so a resumed run draws the same probes as an uninterrupted one
@@ -107,7 +109,7 @@ def _jacobian_curve(raw, knobs, lcfg):
 
 register_estimator(LidEstimator(
     "jacobian", needs=("generator", "encode"), knob="log_tau", fixed_key="log_tau", grid_key="log_tau_grid",
-    settings=lambda lcfg, seed: "exact" if lcfg["mode"] == "exact" else f"fast {lcfg['probes']} {lcfg['lanczos_steps']} {seed}",
+    settings=lambda lcfg, seed: "exact+proj" if lcfg["mode"] == "exact" else f"fast {lcfg['probes']} {lcfg['lanczos_steps']} {seed}",
     compute=_jacobian_compute, curve=_jacobian_curve, progress_label=lambda lcfg: f"lid ({lcfg['mode']})"))
 
 
@@ -130,18 +132,20 @@ def choose_estimator(model, lcfg: Dict[str, Any]) -> LidEstimator:
     return est
 
 
-def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callable[[str], None],
-                  cache_dir: Optional[Path] = None, shared_dir: Optional[Path] = None) -> LidResult:
-    """``splits``: (name, dataset, x (N,C,H,W) float data in [0,256), index (N,)) per split; ``cache_dir``
-    makes the stage resumable and ``shared_dir`` lets runs share raw results (see the module docstring)."""
+def raw_results(model, splits: List[tuple], cfg: Dict, seed: int, log: Callable[[str], None],
+                cache_dir: Optional[Path] = None, shared_dir: Optional[Path] = None,
+                est: Optional[LidEstimator] = None) -> Tuple[LidEstimator, Dict[str, np.ndarray], Dict[str, Dict[str, np.ndarray]]]:
+    """The estimator's raw per-point results for the seeded ``lid.n_per_split`` points of every split, from this
+    run's cache, the shared store or computed (resumable): (estimator, positions per split, raw arrays per split).
+    Other stages that read the same decomposition (the rho_r trend) call this and so reuse what LID computed."""
     lcfg = cfg["lid"]
-    est = choose_estimator(model, lcfg)
+    est = est or choose_estimator(model, lcfg)
     lo, hi, num = lcfg[est.grid_key]
     grid = np.linspace(float(lo), float(hi), int(num))
     fixed = float(lcfg[est.fixed_key])
     knobs = np.unique(np.append(grid, fixed)) if est.per_knob else grid
     n_per = int(lcfg["n_per_split"])
-    positions, raws, curves = {}, {}, {}
+    positions, raws = {}, {}
     total = sum(min(n_per, x.shape[0]) for _, _, x, _ in splits)
     from tqdm.auto import tqdm
     bar = tqdm(total=total, desc=est.progress_label(lcfg), unit="pt", dynamic_ncols=True, mininterval=1.0,
@@ -160,8 +164,20 @@ def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callabl
         shared = Path(shared_dir) / f"{fp[:40]}.npz" if shared_dir is not None else None
         raws[name] = _blocks(lambda xb, s: est.compute(model, xb, s, lcfg, seed, knobs), sub, block, cache, shared, fp,
                              bar.update, log, label=name)
-        curves[name] = est.curve(raws[name], grid, lcfg)
     bar.close()
+    return est, positions, raws
+
+
+def run_lid_stage(model, splits: List[tuple], cfg: Dict, seed: int, log: Callable[[str], None],
+                  cache_dir: Optional[Path] = None, shared_dir: Optional[Path] = None) -> LidResult:
+    """``splits``: (name, dataset, x (N,C,H,W) float data in [0,256), index (N,)) per split; ``cache_dir``
+    makes the stage resumable and ``shared_dir`` lets runs share raw results (see the module docstring)."""
+    lcfg = cfg["lid"]
+    est, positions, raws = raw_results(model, splits, cfg, seed, log, cache_dir, shared_dir)
+    lo, hi, num = lcfg[est.grid_key]
+    grid = np.linspace(float(lo), float(hi), int(num))
+    fixed = float(lcfg[est.fixed_key])
+    curves = {name: est.curve(raws[name], grid, lcfg) for name in raws}
 
     calibration: Dict[str, float] = {"method": lcfg["calibration"]}
     if lcfg["calibration"] == "lpca" and "in_train" in curves:

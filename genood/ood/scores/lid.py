@@ -52,6 +52,21 @@ def _lid_curves_figure(directory, title: str):
     return fig
 
 
+def lid_splits(ctx: StageContext) -> list:
+    """The splits that get per-point LID work (``lid.in_splits`` and the OOD sets of ``lid.ood_groups``); other
+    stages over the same decomposition (the rho_r trend) use the same ones, so they share its cache."""
+    lcfg = ctx.cfg["lid"]
+    wanted = set(lcfg.get("ood_groups") or [])  # OOD sets of other groups get no LID (it costs per point)
+    ins = set(lcfg.get("in_splits") or ["in_train", "in_val", "in_test", "generated"])
+    return [sp for sp in ctx.splits if (ctx.groups[sp[0]] in wanted if sp[0] in ctx.groups else sp[0] in ins)]
+
+
+def lid_caches(ctx: StageContext) -> Dict[str, Any]:
+    """The run's resumable cache and the runs root's shared store of per-point LID work."""
+    return {"cache_dir": ctx.run_dir / "lid_spectra" if ctx.run_dir else None,
+            "shared_dir": ctx.runs_root / "lid_cache" if ctx.runs_root else None}
+
+
 def _report(directory, table, metrics, pair):
     figs = [_dual_envelope_figure(directory, table, metrics, f"the dual threshold's envelope ({pair})")]
     curves = _lid_curves_figure(directory, "LID curves")
@@ -65,14 +80,9 @@ def lid_score(ctx: StageContext) -> StageOutput:
     from genood.ood.lid_stage import run_lid_stage
 
     lcfg = ctx.cfg["lid"]
-    wanted = set(lcfg.get("ood_groups") or [])  # OOD sets of other groups get no LID (it costs per point)
-    ins = set(lcfg.get("in_splits") or ["in_train", "in_val", "in_test", "generated"])
-    if lcfg["calibration"] == "lpca" and "in_train" not in ins:
+    if lcfg["calibration"] == "lpca" and "in_train" not in set(lcfg.get("in_splits") or ["in_train"]):
         raise ConfigError("lid.calibration lpca matches in_train's LID, so lid.in_splits must include in_train.")
-    splits = [sp for sp in ctx.splits if (ctx.groups[sp[0]] in wanted if sp[0] in ctx.groups else sp[0] in ins)]
-    result = run_lid_stage(ctx.model, splits, ctx.cfg, ctx.seed, ctx.log,
-                           cache_dir=ctx.run_dir / "lid_spectra" if ctx.run_dir else None,
-                           shared_dir=ctx.runs_root / "lid_cache" if ctx.runs_root else None)
+    result = run_lid_stage(ctx.model, lid_splits(ctx), ctx.cfg, ctx.seed, ctx.log, **lid_caches(ctx))
     ctx.log(f"lid: {sum(len(v) for v in result.values.values())} points, {result.method}, "
             f"{result.knob} {result.log_tau:.3f} ({result.calibration['method']})")
 
