@@ -41,7 +41,7 @@ from genood.ood.lpca import lpca
 from genood.registry import Registry
 from genood.ood.stages import fingerprint as _fingerprint, model_digest as _model_digest, resumable_blocks as _blocks
 
-__all__ = ["LidResult", "LidEstimator", "ESTIMATORS", "register_estimator", "choose_estimator", "raw_results", "run_lid_stage"]
+__all__ = ["LidResult", "LidEstimator", "ESTIMATORS", "register_estimator", "choose_estimator", "point_positions", "raw_results", "run_lid_stage"]
 
 
 @dataclass
@@ -132,6 +132,11 @@ def choose_estimator(model, lcfg: Dict[str, Any]) -> LidEstimator:
     return est
 
 
+def point_positions(split: str, n_rows: int, n_per: int, seed: int) -> np.ndarray:
+    """The seeded rows (sorted positions within the split) that get per-point LID work: ``lid.n_per_split`` of them."""
+    return np.sort(np.random.default_rng([seed, 7, len(split)]).permutation(n_rows)[:n_per])
+
+
 def raw_results(model, splits: List[tuple], cfg: Dict, seed: int, log: Callable[[str], None],
                 cache_dir: Optional[Path] = None, shared_dir: Optional[Path] = None,
                 est: Optional[LidEstimator] = None) -> Tuple[LidEstimator, Dict[str, np.ndarray], Dict[str, Dict[str, np.ndarray]]]:
@@ -156,7 +161,7 @@ def raw_results(model, splits: List[tuple], cfg: Dict, seed: int, log: Callable[
         settings += " " + ",".join(f"{k:.6g}" for k in knobs)
     block = int(lcfg["batch_points"])
     for name, dataset, x, index in splits:
-        pos = np.sort(np.random.default_rng([seed, 7, len(name)]).permutation(x.shape[0])[:n_per])
+        pos = point_positions(name, x.shape[0], n_per, seed)
         positions[name] = pos
         sub = x[torch.from_numpy(pos)].to(next(model.parameters()).device)
         cache = Path(cache_dir) / f"{name}.npz" if cache_dir is not None else None

@@ -1,0 +1,81 @@
+"""Seed 000's sampling experiments: Monte Carlo ball masses and Gaussian-convolved likelihoods from model samples."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from genood.ood.scores import sampling
+
+
+def test_ball_mass_and_convolution_match_a_gaussian_in_closed_form():
+    from scipy.stats import multivariate_normal, ncx2
+
+    dim, s, n = 3, 0.05, 200_000
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.full((dim,), 0.5, dtype=torch.float64)
+    samples = mean + s * torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    points = torch.stack([mean, mean + 0.03, mean + torch.tensor([0.1, -0.05, 0.0], dtype=torch.float64)])
+    rs = np.log(np.array([0.01, 0.03, 0.06]))
+    sq = sampling.squared_distances(points, samples)
+    mass = np.exp(sampling.ball_log_mass(sq, rs, dim))
+    log_rho = sampling.kde_log_rho(sq, rs, dim)
+    for j, p in enumerate(points.numpy()):
+        nc = float(((p - 0.5) ** 2).sum()) / s ** 2
+        for k, r in enumerate(rs):
+            truth = ncx2.cdf(np.exp(2 * r) * dim / s ** 2, df=dim, nc=nc)
+            assert abs(mass[j, k] - truth) < 4 * math.sqrt(truth * (1 - truth) / n) + 1e-4, (j, k, mass[j, k], truth)
+            exact = multivariate_normal(mean=np.full(dim, 0.5), cov=(s ** 2 + np.exp(2 * r)) * np.eye(dim)).logpdf(p)
+            kern = np.exp(-0.5 * sq[j].numpy() / np.exp(2 * r))  # the estimate's relative Monte Carlo error
+            rel_se = kern.std() / (kern.mean() * math.sqrt(n))
+            assert abs(log_rho[j, k] - exact) < 4 * rel_se + 1e-3, (j, k, log_rho[j, k], exact, rel_se)
+
+
+class GaussianSampler(torch.nn.Module):
+    """A model whose samples are N(128, 20^2 I) in stored-data units; counts its sample calls."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.full((dim,), 128.0))
+        self.calls = 0
+
+    def sample(self, n, generator=None):
+        self.calls += 1
+        return self.loc.detach() + 20.0 * torch.randn(n, self.loc.numel(), generator=generator)
+
+
+def test_sampling_stage_scores_the_lid_points_and_resumes_from_its_sample_cache(tmp_path):
+    from genood import runconfig
+    from genood.ood.lid_stage import point_positions
+    from genood.ood.scores import StageContext, get
+
+    cfg = runconfig.resolve({"preset": "flow_tabular", "training": {"progress": False},
+                             "lid": {"n_per_split": 4, "in_splits": ["in_test"]},
+                             "sampling": {"n_samples": 3000, "batch_size": 1000, "r_grid": [-4.0, 0.0, 9], "r": -2.0}})
+    model = GaussianSampler(4)
+    gen = torch.Generator().manual_seed(1)
+    splits = [("in_test", "a", 128 + 20 * torch.randn(10, 4, generator=gen), np.arange(10)),
+              ("ood:far", "b", 200 + 5 * torch.randn(8, 4, generator=gen), np.arange(8))]
+    ctx = StageContext(model, splits, cfg, 0, lambda m: None, tmp_path / "run", tmp_path, groups={"ood:far": "far"})
+    out = get("sampled_rho_r").stage(ctx)
+    assert model.calls == 3
+    assert np.array_equal(out.positions["in_test"], point_positions("in_test", 10, 4, 0))
+    # the in-distribution points sit in the bulk of the samples, the far ones in its tail
+    assert out.values["in_test"].mean() > out.values["ood:far"].mean() + 2
+    exact = [np.sum([-0.5 * ((p / 256 - 0.5) ** 2) / (math.exp(-4) + (20 / 256) ** 2) - 0.5 * math.log(
+        2 * math.pi * (math.exp(-4) + (20 / 256) ** 2)) for p in row]) for row in splits[0][2][out.positions["in_test"]].numpy()]
+    assert np.allclose(out.values["in_test"], exact, atol=0.1)
+    trend = out.artifacts["sampling_trend"]
+    assert len(trend) == 9 * 8 and trend.groupby(["split", "index"])["log_mass"].apply(lambda v: v.is_monotonic_increasing).all()
+    again = get("sampled_rho_r").stage(ctx)  # the samples come from the run's cache
+    assert model.calls == 3 and np.array_equal(again.values["in_test"], out.values["in_test"])
+    figs = out.figures(None, {}, dict(cfg, data={"in_distribution": "a", "ood": "b"}))
+    assert set(figs) == {"sampling_rho_r", "sampling_ball_mass"}
+
+
+@pytest.mark.parametrize("bad", [{"n_samples": 0}, {"r_grid": [1.0, 0.0, 3]}])
+def test_bad_sampling_settings_are_one_sentence(bad):
+    from genood import runconfig
+
+    with pytest.raises(runconfig.ConfigError, match="sampling"):
+        runconfig.resolve({"preset": "flow_tabular", "sampling": bad})
