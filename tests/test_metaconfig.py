@@ -124,7 +124,7 @@ SHIPPED = {  # file -> (job, runs)
     "ood/diffusion_lid_likelihood_tiny.yaml": ("ood", 4),
     "ood/diffusion_lid_likelihood_paper.yaml": ("ood", 4),
     "ood/diffusion_likelihood.yaml": ("ood", 8),
-    "ood/manifold_lid_estimators.yaml": ("ood", 9),
+    "ood/manifold_lid_estimators.yaml": ("ood", 12),
     "training/diffusions.yaml": ("train", 36),
     "ood/grayscale_baselines.yaml": ("ood", 4),
     "ood/rgb_baselines.yaml": ("ood", 4),

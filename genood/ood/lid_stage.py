@@ -10,6 +10,9 @@ and those into LID over a grid of its knob:
   ``lid.log_t0_grid``); see :mod:`ood.lid_diffusion`.
 * ``normal_bundle`` (diffusions): Stanczuk et al.'s estimator, knob the log singular-value threshold
   (``lid.nb_log_threshold``, ``lid.nb_log_threshold_grid``).
+* ``lidl`` (diffusions): LIDL (Tempczyk et al. 2022) with the diffusion's Fokker-Planck equation (seed 001):
+  log rho_delta integrated over a grid of log t from the score, LID = D + the slope on log delta; knob log t
+  (``lid.lidl_log_t``, ``lid.lidl_log_t_grid``, ``lid.lidl_window``); see :mod:`ood.lid_diffusion`.
 
 For ``n_per_split`` seeded points of each split it computes the LID curve over the knob's grid, then
 picks the knob: ``fixed`` (the configured value) or ``lpca`` (the grid value where the mean in_train
