@@ -136,7 +136,74 @@ SHIPPED = {  # file -> (job, runs)
     "training/background_pixelcnn.yaml": ("train", 20),
     "ood/suite_tiny.yaml": ("ood", 16),
     "ood/suite_flow_seeds.yaml": ("ood", 12),
+    "ood/rgb_lid_likelihood.yaml": ("ood", 2),
+    # seed 000's own file names, thin files over ours (extends)
+    "ood/grayscale_ID_vs_likelihood.yaml": ("ood", 4),
+    "ood/rgb_ID_vs_likelihood.yaml": ("ood", 2),
+    "ood/rgb_likelihoods_comparison.yaml": ("ood", 32),
+    "ood/grayscale_sampling.yaml": ("ood", 4),
+    "ood/rgb_sampling.yaml": ("ood", 2),
+    "ood/grayscale_rho_r_trend.yaml": ("ood", 4),
+    "ood/rgb_rho_r_trend.yaml": ("ood", 2),
+    "ood/grayscale_complexity.yaml": ("ood", 4),
+    "ood/rgb_complexity.yaml": ("ood", 2),
+    "ood/grayscale_ratios.yaml": ("ood", 4),
+    "ood/rgb_ratios.yaml": ("ood", 2),
+    "ood/grayscale_JEM_vol.yaml": ("ood", 4),
+    "ood/rgb_JEM_vol.yaml": ("ood", 2),
+    "training/colorful_flows.yaml": ("train", 16),
+    "training/grayscale_background_flows.yaml": ("train", 36),
+    "training/colorful_background_flows.yaml": ("train", 36),
 }
+
+
+def test_the_seed_sweep_names_are_thin_files_that_score_what_the_seed_experiment_plots():
+    """Every sweep seed 000's README names (listed here: the seeds are not part of a clone) exists under its name."""
+    named = ["ood/rgb_ID_vs_likelihood.yaml", "ood/grayscale_ID_vs_likelihood.yaml", "ood/rgb_likelihoods_comparison.yaml",
+             "ood/rgb_sampling.yaml", "ood/grayscale_sampling.yaml", "ood/rgb_rho_r_trend.yaml",
+             "ood/grayscale_rho_r_trend.yaml", "ood/rgb_complexity.yaml", "ood/grayscale_complexity.yaml",
+             "ood/rgb_ratios.yaml", "ood/grayscale_ratios.yaml", "ood/rgb_JEM_vol.yaml", "ood/grayscale_JEM_vol.yaml",
+             "training/colorful_flows.yaml", "training/grayscale_flows.yaml", "training/colorful_background_flows.yaml",
+             "training/grayscale_background_flows.yaml"]
+    for rel in named:
+        assert (ROOT / "meta_configurations" / rel).exists(), rel
+        assert rel in SHIPPED, rel
+    scores = lambda rel: {s for r in mc.expand(mc.load(ROOT / "meta_configurations" / rel)) for s in r.config["ood"]["scores"]}
+    for kind in ("grayscale", "rgb"):
+        assert {"lid", "log_likelihood"} <= scores(f"ood/{kind}_ID_vs_likelihood.yaml")
+        assert "fast_lidl" in scores(f"ood/{kind}_rho_r_trend.yaml")
+        assert {"sampled_rho_r", "fast_lidl"} <= scores(f"ood/{kind}_sampling.yaml")
+        assert "complexity" in scores(f"ood/{kind}_complexity.yaml")
+        assert "likelihood_ratio" in scores(f"ood/{kind}_ratios.yaml")
+        assert "derivative_norm" in scores(f"ood/{kind}_JEM_vol.yaml")
+
+
+def test_extends_merges_base_config_and_replaces_the_rest(tmp_path):
+    (tmp_path / "parent.yaml").write_text("""
+project: p
+sweep_name: parent
+job: ood
+base_config: {preset: flow_tabular, ood: {scores: [log_likelihood], n_ood: 64}}
+sweep_configuration:
+  run: {seed: {sweep: true, values: [0, 1]}}
+""")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("""
+extends: ../parent.yaml
+sweep_name: child
+base_config: {ood: {scores: [log_likelihood, complexity]}}
+""")
+    meta = mc.load(tmp_path / "sub" / "child.yaml")
+    runs = mc.expand(meta)
+    assert meta.raw["sweep_name"] == "child" and len(runs) == 2
+    assert all(r.config["ood"]["scores"] == ["log_likelihood", "complexity"] and r.config["ood"]["n_ood"] == 64 for r in runs)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="makes a cycle"):
+        mc.load(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml.*does not exist"):
+        mc.load(tmp_path / "c.yaml")
 
 
 @pytest.mark.parametrize("rel", sorted(SHIPPED))

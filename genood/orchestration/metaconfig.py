@@ -10,6 +10,9 @@ Grammar (dysweep's, implemented here from its documented rules):
 * ``dy__upsert: [...]`` under a node lists sub-trees deep-*merged* into that node after its
   ordinary keys, in list order; an entry may itself be an axis whose values are sub-trees.
 * any other mapping recurses; any other value overrides the base at that path.
+Ours, beyond dysweep: a file may start from another with ``extends: <file>`` (relative to its folder): its
+``base_config`` is deep-merged into the other's and its other top-level keys replace the other's, so a sweep
+known under another name (the seeds' file names) is a few lines over ours.
 The run's config is the base config with all of that applied. Axes are enumerated in
 document order, the last axis varying fastest. ``dy__eval`` (code in YAML) is refused.
 """
@@ -172,9 +175,37 @@ def parse(raw: Dict[str, Any], source: str = "<meta>") -> MetaConfig:
     return meta
 
 
+def _load_raw(path: Path, chain: Tuple[Path, ...] = ()) -> Any:
+    """The file's mapping with ``extends: <file>`` applied: the named meta-configuration (a path relative to this
+    file's folder, itself possibly extending another) is the starting point; this file's ``base_config`` is
+    deep-merged into its base_config and every other top-level key of this file replaces the parent's."""
+    raw = runconfig.load_yaml(path)
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw
+    raw = dict(raw)
+    parent = raw.pop("extends")
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: 'extends' must name a meta-configuration file (relative to {path.parent}).")
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in chain + (path.resolve(),):
+        names = " -> ".join(str(p) for p in chain + (path.resolve(), parent_path))
+        raise ConfigError(f"{path}: 'extends' makes a cycle ({names}); one of these files must stop extending.")
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: 'extends: {parent}' names {parent_path}, which does not exist; give a path relative "
+                          f"to {path.parent}.")
+    base = _load_raw(parent_path, chain + (path.resolve(),))
+    if not isinstance(base, dict):
+        raise ConfigError(f"{parent_path} (extended by {path}) must hold a mapping at the top level.")
+    merged = dict(base)
+    for key, value in raw.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = deep_merge(base[key], value) if key == "base_config" and both else value
+    return merged
+
+
 def load(path: str | Path) -> MetaConfig:
-    """Read and validate a meta-configuration YAML file."""
-    return parse(runconfig.load_yaml(path), str(path))
+    """Read and validate a meta-configuration YAML file (with ``extends`` applied, see :func:`_load_raw`)."""
+    return parse(_load_raw(Path(path)), str(path))
 
 
 def _resolve_node(meta: MetaConfig, node: Any, path: Tuple[str, ...], choice: Dict[str, int]) -> Any:
