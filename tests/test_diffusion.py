@@ -250,3 +250,36 @@ def test_lidl_on_the_trained_subspace_diffusion_is_near_its_dimension(trained_su
     est = lid_diffusion._lidl_curve(raw, [-3.0], lcfg)[:, 0]
     assert np.mean(np.abs(est - 2) <= 1) >= 0.8, est
     assert lid_stage.ESTIMATORS["lidl"].needs == ("score", "sde")
+
+
+def test_path_statistics_follow_the_closed_form_probability_flow_path_of_a_gaussian():
+    """For data N(0, C) the probability-flow path is known: in C's eigenbasis u(t) = u(0) sqrt(m(t) / m(0)) with
+    m(t) = psi^2 c + sigma^2, and eps(t) = sigma u(t) / m(t). The features (log size of eps at each step, log size
+    of its finite-difference rate) from the Euler path must approach those of the exact path."""
+    from genood.ood.scores import path_statistics as ps
+
+    sde = VPSDE(0.1, 20.0)
+    cov = _random_cov(6, 4)
+    model = GaussianScoreModel(sde, cov, t_eps=1e-3)
+    c, q = torch.linalg.eigh(cov)
+    y0 = torch.randn(5, 6, dtype=torch.float64) @ torch.diag(c.sqrt()) @ q.T
+    steps = 10
+    coarse = ps.path_times(model.t_eps, 1.0, steps)
+
+    def exact_eps(t):
+        psi, sigma = sde.marginal(torch.tensor(float(t), dtype=torch.float64))
+        m0 = sde.marginal(torch.tensor(model.t_eps, dtype=torch.float64))
+        m0 = m0[0] ** 2 * c + m0[1] ** 2
+        m = psi ** 2 * c + sigma ** 2
+        u = (y0 @ q) * torch.sqrt(m / m0)
+        return (sigma * u / m) @ q.T
+    truth = ps.path_features([exact_eps(t) for t in coarse[:-1]], coarse)
+    # the same statistics read off a fine Euler path at the coarse times
+    fine = ps.path_times(model.t_eps, 1.0, steps * 200)
+    eps_fine = ps.noise_predictions_along_path(model, y0, fine)
+    got = ps.path_features([eps_fine[200 * k] for k in range(steps)], coarse)
+    assert torch.allclose(got, truth, atol=0.03), (got - truth).abs().max()
+    # the score's own 10-step path: close to the truth in its size terms, and the features are 2K - 1 columns
+    ten = ps.path_features(ps.noise_predictions_along_path(model, y0, coarse), coarse)
+    assert ten.shape == (5, 2 * steps - 1) and torch.allclose(ten[:, :steps], truth[:, :steps], atol=0.5)
+    assert ps._labels({"path_statistics": {"steps": 3}}) == ["eps0", "eps1", "eps2", "rate0", "rate1"]
