@@ -43,6 +43,7 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "runs_root": "runs",
         "sweep_id": "single",
         "seed": 0,
+        "holdout_seed": None,    # the seed of the in_val holdout; null = run.seed (ensemble members share their ensemble's)
         "device": "auto",        # auto: cuda if CUDA_VISIBLE_DEVICES exposes a GPU, else cpu
         "num_threads": None,     # torch CPU threads; null = torch's default
     },
@@ -461,7 +462,14 @@ def load(path: Optional[str | Path], overrides: Iterable[str] = ()) -> Dict[str,
 def model_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """What determines a trained model: architecture, training, in-distribution data, seed."""
     return {"model": cfg["model"], "training": {k: v for k, v in cfg["training"].items() if k not in ("progress", "sample_grid", "checkpoint_every")},
-            "data": {k: cfg["data"][k] for k in ("in_distribution", "shape", "train_subsample", "val_fraction")}, "seed": cfg["run"]["seed"]}
+            "data": {k: cfg["data"][k] for k in ("in_distribution", "shape", "train_subsample", "val_fraction")}, "seed": cfg["run"]["seed"],
+            **({"holdout_seed": cfg["run"]["holdout_seed"]} if cfg["run"].get("holdout_seed") is not None else {})}
+
+
+def holdout_seed(cfg: Dict[str, Any]) -> int:
+    """The seed of the in_val holdout: ``run.holdout_seed``, else ``run.seed``."""
+    value = cfg["run"].get("holdout_seed")
+    return int(cfg["run"]["seed"] if value is None else value)
 
 
 def used_sections(cfg: Dict[str, Any]) -> Dict[str, Any]:

@@ -246,7 +246,8 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
         torch.set_num_threads(int(cfg["run"]["num_threads"]))
     seed = int(cfg["run"]["seed"])
     from genood.data.splits import holdout
-    keep_train, _ = holdout(len(train_images), float(cfg["data"].get("val_fraction") or 0.0), seed)  # in_val never trains
+    from genood.runconfig import holdout_seed
+    keep_train, _ = holdout(len(train_images), float(cfg["data"].get("val_fraction") or 0.0), holdout_seed(cfg))  # in_val never trains
     images = torch.from_numpy(np.ascontiguousarray(train_images[keep_train]))
     if images.dtype == torch.uint8:  # (N,H,W,C) stored images -> (N,C,H,W)
         images = images.permute(0, 3, 1, 2).contiguous()

@@ -221,7 +221,7 @@ def _build_splits(cfg, train_set, test_set, oods: List[OodSet], train_images, sh
     from genood.data.splits import holdout
 
     ocfg = cfg["ood"]
-    trained_on, held_out = holdout(len(train_set), float(cfg["data"]["val_fraction"]), seed)
+    trained_on, held_out = holdout(len(train_set), float(cfg["data"]["val_fraction"]), runconfig.holdout_seed(cfg))
     i_tr = trained_on[_subsample(trained_on.size, ocfg["n_in_train"], seed, 1)]
     i_va = held_out[_subsample(held_out.size, ocfg["n_in_val"], seed, 4)]
     i_te = _subsample(len(test_set), ocfg["n_in_test"], seed, 2)

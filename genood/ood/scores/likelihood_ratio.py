@@ -82,9 +82,10 @@ def find_trained(cfg: Dict[str, Any], runs_root: Path):
     return None
 
 
-def find_or_train(bg_cfg: Dict[str, Any], runs_root: Path, log) -> Tuple[Any, Path]:
-    """The finished background model of ``bg_cfg``: a finished training run of the same name anywhere under
-    ``runs_root``, else trained (or resumed) now into ``runs_root/background/<name>``."""
+def find_or_train(bg_cfg: Dict[str, Any], runs_root: Path, log, folder: str = "background",
+                  what: str = "likelihood_ratio: background model") -> Tuple[Any, Path]:
+    """The finished model of ``bg_cfg`` (a background model, an ensemble member): a finished training run of the
+    same model identity anywhere under ``runs_root``, else trained (or resumed) now into ``runs_root/<folder>/<name>``."""
     from genood import runconfig
     from genood.data.registry import load_split
     from genood.data.transforms import match_shape
@@ -93,15 +94,15 @@ def find_or_train(bg_cfg: Dict[str, Any], runs_root: Path, log) -> Tuple[Any, Pa
     name = runconfig.run_name(bg_cfg, "train")
     found = find_trained(bg_cfg, Path(runs_root))
     if found is not None:
-        log(f"likelihood_ratio: background model {name} found in {found.parent}")
+        log(f"{what} {name} found in {found.parent}")
         return load_trained(found)[0], found.parent
-    directory = Path(runs_root) / "background" / name
-    with _locked(Path(runs_root) / "background" / f".{name}.lock"):  # another agent may be training it
+    directory = Path(runs_root) / folder / name
+    with _locked(Path(runs_root) / folder / f".{name}.lock"):  # another agent may be training it
         ckpt = directory / CHECKPOINT
         if ckpt.exists() and load_checkpoint(ckpt).get("finished"):
             return load_trained(ckpt)[0], directory
-        log(f"likelihood_ratio: training background model {name} (mutation_rate "
-            f"{bg_cfg['training']['mutation_rate']}, l2_penalty {bg_cfg['training']['l2_penalty']}) into {directory}")
+        log(f"{what}: training {name} (seed {bg_cfg['run']['seed']}, mutation_rate {bg_cfg['training']['mutation_rate']}, "
+            f"l2_penalty {bg_cfg['training']['l2_penalty']}) into {directory}")
         train_set = load_split(bg_cfg["data"]["in_distribution"], "train")
         shape = tuple(bg_cfg["data"]["shape"] or train_set.shape_chw)
         from genood import rundir
@@ -110,7 +111,7 @@ def find_or_train(bg_cfg: Dict[str, Any], runs_root: Path, log) -> Tuple[Any, Pa
     return model, directory
 
 
-def _log_likelihoods(model, x: torch.Tensor, batch: int, cache: Path, log, label: str) -> np.ndarray:
+def _log_likelihoods(model, x: torch.Tensor, batch: int, cache: Path, log, label: str, desc: str = "background") -> np.ndarray:
     from genood.ood.stages import fingerprint, model_digest, resumable_blocks
 
     device = next(model.parameters()).device
@@ -120,7 +121,7 @@ def _log_likelihoods(model, x: torch.Tensor, batch: int, cache: Path, log, label
             return {"ll": model.log_prob(xb.to(device)).double().cpu().numpy()}
     key = fingerprint(model_digest(model), x, "background log_prob")
     from tqdm.auto import tqdm
-    with tqdm(total=x.shape[0], desc="background", unit="img", leave=False, dynamic_ncols=True, mininterval=1.0) as bar:
+    with tqdm(total=x.shape[0], desc=desc, unit="img", leave=False, dynamic_ncols=True, mininterval=1.0) as bar:
         return resumable_blocks(compute, x, batch, cache, None, key, bar.update, log, label=label,
                                 stage="likelihood_ratio")["ll"]
 

@@ -1,0 +1,74 @@
+"""Ensembles (WAIC, Choi et al. 2018) and likelihood regret (Xiao et al. 2020) against brute force."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from genood import runconfig
+
+
+@pytest.fixture
+def npz_pair(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "in.npz", images=rng.integers(0, 120, size=(120, 8, 8), dtype=np.uint8))
+    np.savez(tmp_path / "ood.npz", images=(60 + rng.integers(0, 3, size=(60, 8, 8))).astype(np.uint8))
+    return tmp_path
+
+
+def _cfg(tmp, scores, **extra):
+    from tests.conftest import TINY_MODEL
+    return runconfig.resolve(dict({
+        "run": {"runs_root": str(tmp / "runs")},
+        "data": {"in_distribution": f"npz:{tmp / 'in.npz'}", "ood": f"npz:{tmp / 'ood.npz'}", "val_fraction": 0.2},
+        "model": dict(TINY_MODEL), "tracking": {"wandb": False},
+        "training": {"steps": 12, "batch_size": 16, "progress": False, "sample_grid": 0},
+        "ood": {"scores": scores, "n_generated": 0, "png": False, "bootstrap": 50}}, **extra))
+
+
+def test_waic_members_are_distinct_trainings_that_hold_out_this_runs_in_val(npz_pair):
+    import yaml
+
+    from genood.models.training import load_trained
+    from genood.ood.runner import run_ood
+
+    cfg = _cfg(npz_pair, ["log_likelihood", "waic", "ensemble_variance"], ensemble={"members": 3, "steps": 10})
+    directory = run_ood(cfg, echo=False)
+    members = sorted((npz_pair / "runs" / "ensemble").glob("*/checkpoint.pt"))
+    assert len(members) == 2  # trained once, shared by both scores
+    configs = [yaml.safe_load((p.parent / "config.yaml").read_text()) for p in members]
+    assert sorted(c["run"]["seed"] for c in configs) == [1, 2] and all(c["run"]["holdout_seed"] == 0 for c in configs)
+    assert all(c["training"]["steps"] == 10 for c in configs)
+    weights = [torch.cat([p.detach().flatten() for p in load_trained(m)[0].parameters()]) for m in members]
+    assert not torch.equal(weights[0], weights[1])  # distinct trainings
+
+    table = pd.read_parquet(directory / "scores.parquet")
+    member_dirs = sorted((directory / "ensemble_blocks").iterdir())
+    assert len(member_dirs) == 3 and member_dirs[0].name.startswith("member0_")
+    for split in table["split"].unique():
+        v = np.stack([np.load(d / f"{split}.npz")["ll"] for d in member_dirs])
+        col = table.loc[table.split == split]
+        assert np.allclose(v[0], col["log_likelihood"], atol=1e-4)  # member 0 is this run's own model
+        # and the others are the trained members, evaluated afresh
+        assert {d.name.split("_", 1)[1] for d in member_dirs[1:]} == {m.parent.name for m in members}
+        assert np.allclose(col["waic"], v.mean(0) - v.var(0, ddof=1))
+        assert np.allclose(col["ensemble_variance"], v.var(0, ddof=1))
+        assert not np.allclose(v[1], v[2])
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert metrics["waic"]["seeds"] == [0, 1, 2] and len(metrics["waic"]["members"]) == 3
+    # a second run of the same configuration finds the members instead of training them
+    cfg2 = _cfg(npz_pair, ["log_likelihood", "waic"], ensemble={"members": 3, "steps": 10}, ood={"scores": ["waic"], "n_generated": 0,
+                                                                                                 "png": False, "bootstrap": 20})
+    run2 = run_ood(cfg2, echo=False)
+    assert (run2 / "run.log").read_text().count("found in") == 2
+    assert len(list((npz_pair / "runs" / "ensemble").glob("*/checkpoint.pt"))) == 2
+
+
+def test_waic_refuses_a_member_seed_equal_to_its_own(npz_pair):
+    from genood.ood.scores.ensemble import member_seeds
+
+    assert member_seeds(_cfg(npz_pair, ["waic"], ensemble={"members": 4})) == [0, 1, 2, 3]
+    assert member_seeds(_cfg(npz_pair, ["waic"], ensemble={"seeds": [7, 9]})) == [0, 7, 9]
+    with pytest.raises(runconfig.ConfigError, match="ensemble.seeds"):
+        member_seeds(_cfg(npz_pair, ["waic"], ensemble={"seeds": [0, 1]}))
