@@ -72,3 +72,55 @@ def test_waic_refuses_a_member_seed_equal_to_its_own(npz_pair):
     assert member_seeds(_cfg(npz_pair, ["waic"], ensemble={"seeds": [7, 9]})) == [0, 7, 9]
     with pytest.raises(runconfig.ConfigError, match="ensemble.seeds"):
         member_seeds(_cfg(npz_pair, ["waic"], ensemble={"seeds": [0, 1]}))
+
+
+def test_likelihood_regret_reaches_the_best_elbo_an_independent_optimiser_finds_and_leaves_the_model_alone():
+    """One-layer linear-Gaussian HVAE with a perturbed encoder: with the posterior noise eps fixed, the single-sample
+    ELBO of (mu, log sd) is log N(x; W (mu + sd eps) + b, s^2 I) - KL(N(mu, sd^2) || N(0, I)); its maximum by
+    scipy's L-BFGS minus the encoder's ELBO is the regret the model's Adam loop must reach."""
+    from scipy.optimize import minimize
+
+    from tests.test_families import _linear_gaussian
+
+    model, _, (w, b, s) = _linear_gaussian(perturb=0.4)
+    x = torch.tensor(np.random.default_rng(5).normal(size=(4, 4)) * 1.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    regret = model.likelihood_regret(x, steps=2500, lr=0.02)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert (regret >= 0).all() and (regret > 1e-3).all()
+
+    gens = model._generators(x, 5)  # the fixed noise the model uses for each image
+    with torch.no_grad():
+        posts = model._posteriors(model._encoder_input(model._seeded_targets(x, gens)))
+    eps = model._seeded_noise(posts, gens, 1)[0].numpy()
+    mu0, lsd0 = (v.numpy() for v in posts[0])
+    latent = w.shape[1]
+
+    def neg_elbo(theta, xi, e):
+        mu, lsd = theta[:latent], theta[latent:]
+        z = mu + np.exp(lsd) * e
+        r = xi - (w @ z + b)
+        rec = -0.5 * (r @ r) / s ** 2 - len(xi) * (np.log(s) + 0.5 * np.log(2 * np.pi))
+        kl = 0.5 * np.sum(np.exp(2 * lsd) + mu ** 2 - 1 - 2 * lsd)
+        return -(rec - kl)
+    for j in range(len(x)):
+        start = -neg_elbo(np.r_[mu0[j], lsd0[j]], x[j].numpy(), eps[j])
+        best = minimize(neg_elbo, np.r_[mu0[j], lsd0[j]], args=(x[j].numpy(), eps[j]), method="L-BFGS-B")
+        assert abs(regret[j].item() - (-best.fun - start)) < 2e-3, (j, regret[j].item(), -best.fun - start)
+
+
+def test_likelihood_regret_is_per_point_and_grows_with_steps():
+    from tests.test_families import _conv_hvae
+
+    model, cfg = _conv_hvae()
+    x = torch.rand(4, 1, 12, 12) * 256
+    batch = model.likelihood_regret(x, steps=5, lr=0.05)
+    alone = torch.cat([model.likelihood_regret(x[j:j + 1], steps=5, lr=0.05) for j in range(4)])
+    assert torch.allclose(batch, alone, atol=1e-4)  # Adam is elementwise: a batch is every point on its own
+    assert torch.equal(model.likelihood_regret(x, steps=0, lr=0.05), torch.zeros(4))
+    more = model.likelihood_regret(x, steps=15, lr=0.05)
+    assert (more >= batch - 1e-5).all() and (more > 0).all()
+    from genood.ood.scores import get
+    cols = get("likelihood_regret").fn(model, x, {"cfg": runconfig.deep_merge(cfg, {"likelihood_regret": {"steps": 5, "lr": 0.05}})})
+    assert torch.allclose(cols, batch)
