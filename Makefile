@@ -67,6 +67,7 @@ bench: setup data
 	$(PY) benchmarks/bench_scores.py
 	$(PY) benchmarks/bench_families.py
 	$(PY) benchmarks/bench_suite.py
+	$(PY) benchmarks/bench_seed_experiments.py
 
 clean-runs:
 	rm -rf runs/demo
