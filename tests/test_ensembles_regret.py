@@ -124,3 +124,38 @@ def test_likelihood_regret_is_per_point_and_grows_with_steps():
     from genood.ood.scores import get
     cols = get("likelihood_regret").fn(model, x, {"cfg": runconfig.deep_merge(cfg, {"likelihood_regret": {"steps": 5, "lr": 0.05}})})
     assert torch.allclose(cols, batch)
+
+
+def test_seed_detectors_run_end_to_end_with_their_tables_figures_and_report(npz_pair):
+    """Through main_ood's runner on small images: the flow's fast_lidl and sampled_rho_r (with their trend tables,
+    figures and report sections), the diffusion's path_statistics with its density detector and LIDL as the LID."""
+    from genood.ood.runner import run_ood
+    from genood.reports.report import build
+
+    flow = _cfg(npz_pair, ["log_likelihood", "lid", "fast_lidl", "sampled_rho_r"],
+                lid={"n_per_split": 4, "in_splits": ["in_val", "in_test"]}, rho_r={"r_grid": [-12.0, 2.0, 15]},
+                sampling={"n_samples": 300, "batch_size": 100, "r_grid": [-5.0, 1.0, 7]})
+    flow["ood"].update(figures=True, n_in_test=24)
+    directory = run_ood(flow, echo=False)
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert metrics["fast_lidl"]["r"] == -3.0 and 0.0 <= metrics["fast_lidl"]["auroc"] <= 1.0
+    assert metrics["sampled_rho_r"]["n_samples"] == 300
+    trend = pd.read_parquet(directory / "rho_r_trend.parquet")
+    assert set(trend.split) == {"in_val", "in_test", "ood"} and trend.r.nunique() == 15
+    assert len(pd.read_parquet(directory / "sampling_trend.parquet")) == 7 * 12
+    figures = {p.stem for p in (directory / "figures").glob("*.html")}
+    assert {"rho_r_trend", "sampling_rho_r", "sampling_ball_mass"} <= figures
+    html = build(pd.DataFrame(), [directory])  # the run's section: the figures the scores' registrations bring
+    assert "rho_r trend" in html and "by sampling" in html
+
+    diffusion = _cfg(npz_pair, ["complexity", "path_statistics", "lid"],
+                     model={"family": "diffusion", "network": "unet", "channels": [8, 8], "norm_groups": 4},
+                     lid={"method": "lidl", "n_per_split": 3, "in_splits": ["in_val", "in_test"],
+                          "lidl_log_t_grid": [-6.0, 0.0, 7], "lidl_log_t": -3.0},
+                     path_statistics={"steps": 4}, combined={"sets": [["path_statistics"]], "density": "gmm"})
+    directory = run_ood(diffusion, echo=False)
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert metrics["lid"]["lid_method"] == "lidl" and metrics["lid"]["log_t"] == -3.0
+    assert "density:path_statistics" in metrics
+    table = pd.read_parquet(directory / "scores.parquet")
+    assert len([c for c in table.columns if c.startswith("path_statistics@")]) == 7
