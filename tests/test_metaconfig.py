@@ -136,6 +136,7 @@ SHIPPED = {  # file -> (job, runs)
     "training/background_pixelcnn.yaml": ("train", 20),
     "ood/suite_tiny.yaml": ("ood", 16),
     "ood/suite_flow_seeds.yaml": ("ood", 12),
+    "ood/suite_seed_detectors.yaml": ("ood", 12),
     "ood/rgb_lid_likelihood.yaml": ("ood", 2),
     # seed 000's own file names, thin files over ours (extends)
     "ood/grayscale_ID_vs_likelihood.yaml": ("ood", 4),
