@@ -61,6 +61,7 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "batch_size": 64,
         "lr": 1e-3,
         "lr_schedule": "cosine",  # cosine | constant
+        "optimizer": "adam",      # adam | rmsprop (seed 003's Glow)
         "warmup_steps": 50,
         "weight_decay": 0.0,
         "mutation_rate": 0.0,     # Ren et al.'s background models: replace each pixel with another value at this rate
@@ -97,6 +98,7 @@ CORE_DEFAULTS: Dict[str, Any] = {
 
 CORE_CHOICES = {
     "training.lr_schedule": ("cosine", "constant"),
+    "training.optimizer": ("adam", "rmsprop"),
     "data.eval_dequantization": ("uniform", "midpoint"),
     "tracking.mode": ("auto", "offline", "online"),
 }
@@ -461,7 +463,10 @@ def load(path: Optional[str | Path], overrides: Iterable[str] = ()) -> Dict[str,
 
 def model_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """What determines a trained model: architecture, training, in-distribution data, seed."""
-    return {"model": cfg["model"], "training": {k: v for k, v in cfg["training"].items() if k not in ("progress", "sample_grid", "checkpoint_every")},
+    # keys added after runs existed leave the identity when at their default, so earlier runs keep their names
+    training = {k: v for k, v in cfg["training"].items() if k not in ("progress", "sample_grid", "checkpoint_every")
+                and not (k == "optimizer" and v == "adam")}
+    return {"model": cfg["model"], "training": training,
             "data": {k: cfg["data"][k] for k in ("in_distribution", "shape", "train_subsample", "val_fraction")}, "seed": cfg["run"]["seed"],
             **({"holdout_seed": cfg["run"]["holdout_seed"]} if cfg["run"].get("holdout_seed") is not None else {})}
 

@@ -174,7 +174,8 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
     ckpt_path = Path(run_directory) / CHECKPOINT
     torch.manual_seed(int(cfg["run"]["seed"]))
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
+    make = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[tcfg.get("optimizer", "adam")]
+    optimizer = make(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg))
     start = _restore(model, optimizer, scheduler, ckpt_path, device, log)
     if start >= total:
