@@ -69,6 +69,8 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "grad_clip": 5.0,
         "checkpoint_every": 100,
         "sample_grid": 64,        # images in the sample grid PNG (0: none)
+        "ood_curve_every": 0,     # > 0: every N steps, bits/dim and AUROC of in_test and every data.ood set (models.ood_curves)
+        "ood_curve_points": 500,  # images per set in those curves
         "progress": True,
     },
     "ood": {
@@ -112,6 +114,8 @@ CORE_RANGES: Dict[str, tuple] = {
     "ood.bootstrap": (0, None, True),
     "ood.confidence": (0.0, 1.0, False),
     "tracking.chart_points": (1, None, True),
+    "training.ood_curve_every": (0, None, True),
+    "training.ood_curve_points": (1, None, True),
 }
 
 
@@ -464,7 +468,8 @@ def load(path: Optional[str | Path], overrides: Iterable[str] = ()) -> Dict[str,
 def model_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """What determines a trained model: architecture, training, in-distribution data, seed."""
     # keys added after runs existed leave the identity when at their default, so earlier runs keep their names
-    training = {k: v for k, v in cfg["training"].items() if k not in ("progress", "sample_grid", "checkpoint_every")
+    training = {k: v for k, v in cfg["training"].items() if k not in ("progress", "sample_grid", "checkpoint_every",
+                                                                      "ood_curve_every", "ood_curve_points")
                 and not (k == "optimizer" and v == "adam")}
     return {"model": cfg["model"], "training": training,
             "data": {k: cfg["data"][k] for k in ("in_distribution", "shape", "train_subsample", "val_fraction")}, "seed": cfg["run"]["seed"],

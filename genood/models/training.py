@@ -261,6 +261,9 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
     label = "/".join(str(cfg["model"][k]) for k in ("family", *runconfig.family_spec(cfg["model"]["family"]).run_name))
     log(f"model: {label}, {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"data {tuple(images.shape)}")
+    for cb in callbacks or []:  # callbacks that read the model (OOD curves) get it before training
+        if hasattr(cb, "attach"):
+            cb.attach(model)
     result = train(model, images, cfg, run_directory, log=log, callbacks=callbacks)
     n_grid = int(cfg["training"].get("sample_grid") or 0)
     grid_path = Path(run_directory) / "figures" / "samples.png"
@@ -288,6 +291,19 @@ def load_trained(path: Path, map_location="cpu"):
                               f"retrain it with `python train.py --config <yaml>`.") from exc
     model.eval()
     return model, state
+
+
+def ood_curves(cfg: Dict[str, Any], directory: Path, shape, log, tracker) -> list:
+    """[the OOD-curves callback] when ``training.ood_curve_every`` > 0 (see :mod:`models.ood_curves`), else []."""
+    if not int(cfg["training"].get("ood_curve_every") or 0):
+        return []
+    from genood.models.ood_curves import OodCurves
+
+    if len(shape) != 3:
+        raise runconfig.ConfigError("training.ood_curve_every scores images of the in-distribution and OOD test sets; "
+                                    "this data holds vectors: set it to 0.")
+
+    return [OodCurves(cfg, directory, tuple(shape), log, tracker)]
 
 
 def run_training(cfg: Dict[str, Any], echo: bool = True,
@@ -318,9 +334,14 @@ def run_training(cfg: Dict[str, Any], echo: bool = True,
         tracker = Tracker(cfg, directory, name, job_type="train", warn=log)
         try:
             _, result = fit(cfg, directory, match_shape(train_set.images, shape), log=log,
-                            callbacks=[tracker.training_curve]
+                            callbacks=[tracker.training_curve] + ood_curves(cfg, directory, shape, log, tracker)
                             + list(callbacks or []))
             tracker.summary({f"train/final_{runconfig.family_spec(cfg['model']['family']).loss}": result.final_loss, "train/images_per_second": result.images_per_second})
+            from genood.models.ood_curves import curves_figure
+            curves = curves_figure(directory, f"OOD curves during training ({name})")
+            if curves is not None:
+                from genood.ood.figures import write_figures
+                write_figures({"ood_curves": curves}, directory / "figures", False, log)
             tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
         finally:
             tracker.finish()

@@ -141,8 +141,11 @@ def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Con
         console(f"loaded checkpoint {path} (step {state['step']})")
         model = model.to(device)
     else:
+        from genood.models.training import ood_curves
+
+        shape = tuple(train_images.shape[1:]) if train_images.ndim == 2 else (train_images.shape[3], *train_images.shape[1:3])
         model, result = fit(cfg, directory, train_images, log=console,
-                            callbacks=[tracker.training_curve]
+                            callbacks=[tracker.training_curve] + ood_curves(cfg, directory, shape, console, tracker)
                             + list(callbacks or []))
     if hasattr(model, "configure"):  # families with evaluation settings of their own (diffusions: ode.*)
         model.configure(cfg)
@@ -469,4 +472,8 @@ def _figures(table, names, metrics, cfg, directory: Path, console: _Console, sta
     for out in (stages or {}).values():
         if out.figures is not None:
             figs.update(out.figures(table, metrics, cfg))
+    from genood.models.ood_curves import curves_figure
+    curves = curves_figure(directory, f"OOD curves during training, {_model_label(cfg)} on {in_name}")
+    if curves is not None:
+        figs["ood_curves"] = curves
     write_figures(figs, directory / "figures", bool(cfg["ood"]["png"]), console.warn)

@@ -182,6 +182,10 @@ def _run_section(directory: Path, page: Page) -> None:
         for fig in (spec.report(directory, table, metrics, pair) if spec is not None and spec.report else []):
             page.figure(fig)  # the figures a score's registration brings
     page.figure(roc_figure(directory, table, metrics, f"ROC of every detector ({pair})", prefix))
+    from genood.models.ood_curves import curves_figure
+    curves = curves_figure(directory, f"OOD curves during training ({pair})")  # a run artifact, when training made one
+    if curves is not None:
+        page.figure(curves)
     samples = directory / "figures" / "samples.png"
     if samples.exists():
         data = base64.b64encode(samples.read_bytes()).decode()
