@@ -66,6 +66,9 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "weight_decay": 0.0,
         "mutation_rate": 0.0,     # Ren et al.'s background models: replace each pixel with another value at this rate
         "l2_penalty": 0.0,        # Ren et al.'s L2 weight lambda (on the per-image NLL in nats; 0 = none)
+        "negative_ood": None,     # seed 003's negative training: a dataset whose likelihood training pushes down (never an evaluation set)
+        "negative_val": -30000.0, # ... down to this log-likelihood floor (nats per image; the seed's -30000 for FashionMNIST / MNIST)
+        "negative_weight": 1.0,   # ... with this weight on max(0, log p(x_ood) - floor) in bits/dim
         "grad_clip": 5.0,
         "checkpoint_every": 100,
         "sample_grid": 64,        # images in the sample grid PNG (0: none)
@@ -468,9 +471,10 @@ def load(path: Optional[str | Path], overrides: Iterable[str] = ()) -> Dict[str,
 def model_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """What determines a trained model: architecture, training, in-distribution data, seed."""
     # keys added after runs existed leave the identity when at their default, so earlier runs keep their names
+    negative = cfg["training"].get("negative_ood") is not None
     training = {k: v for k, v in cfg["training"].items() if k not in ("progress", "sample_grid", "checkpoint_every",
                                                                       "ood_curve_every", "ood_curve_points")
-                and not (k == "optimizer" and v == "adam")}
+                and not (k == "optimizer" and v == "adam") and (negative or not k.startswith("negative_"))}
     return {"model": cfg["model"], "training": training,
             "data": {k: cfg["data"][k] for k in ("in_distribution", "shape", "train_subsample", "val_fraction")}, "seed": cfg["run"]["seed"],
             **({"holdout_seed": cfg["run"]["holdout_seed"]} if cfg["run"].get("holdout_seed") is not None else {})}

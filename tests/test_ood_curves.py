@@ -69,3 +69,61 @@ def test_curves_on_vectors_are_one_sentence(tmp_path):
     cfg = runconfig.resolve({"preset": "flow_tabular", "training": {"ood_curve_every": 5}})
     with pytest.raises(runconfig.ConfigError, match="ood_curve_every"):
         ood_curves(cfg, tmp_path, (6,), print, None)
+
+
+# --- negative training (seed 003, Appendix B) -----------------------------------------------------------------
+
+def _neg_cfg(tmp, neg, ood, root="runs", **training):
+    from tests.conftest import TINY_MODEL
+    return runconfig.resolve({
+        "run": {"runs_root": str(tmp / root)},
+        "data": {"in_distribution": f"npz:{tmp / 'in.npz'}", "ood": ood, "val_fraction": 0.2},
+        "model": dict(TINY_MODEL), "tracking": {"wandb": False},
+        "ood": {"scores": ["log_likelihood"], "n_generated": 0, "png": False, "bootstrap": 20},
+        "training": dict({"steps": 30, "batch_size": 16, "progress": False, "sample_grid": 0, "lr": 3e-3,
+                          "negative_ood": neg, "negative_val": -1.0e9, "negative_weight": 1.0}, **training)})
+
+
+def test_negative_training_pushes_down_only_its_own_set_and_refuses_to_be_evaluated_on_it(npz_pair):
+    import json
+    import math
+
+    from genood.data.transforms import dequantize_uniform
+    from genood.models.training import load_trained, run_training
+    from genood.models.training_hooks import _negative_set, _negative_term
+    from genood.ood.runner import run_ood
+
+    rng = np.random.default_rng(1)
+    np.savez(npz_pair / "neg.npz", images=(200 + rng.integers(0, 50, size=(80, 8, 8))).astype(np.uint8))
+    neg, ood = f"npz:{npz_pair / 'neg.npz'}", f"npz:{npz_pair / 'ood.npz'}"
+    # the term: a pure function of (seed, step) over the negative set only, zero once the floor is reached
+    cfg = _neg_cfg(npz_pair, neg, ood)
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    bound = _negative_set(cfg["training"], images)
+    from genood.data.registry import load_split
+    n = len(load_split(neg, "train"))  # the negative set's training split only
+    assert bound.name == neg and bound.images.shape == (n, 1, 8, 8) and n < 80
+    model = load_trained(run_training(_neg_cfg(npz_pair, None, ood, root="plain"), echo=False) / "checkpoint.pt")[0]
+    term = _negative_term(model, bound, 5, 0, "cpu")
+    gen = torch.Generator().manual_seed(0 * 1_000_003 + 5 + 0x4E47)
+    idx = torch.randint(0, n, (16,), generator=gen)
+    x = dequantize_uniform(bound.images[idx].float(), gen)
+    assert torch.isclose(term, torch.relu(model.log_prob(x) + 1.0e9).mean() / (64 * math.log(2.0)))
+    bound.floor = 1.0e9
+    assert _negative_term(model, bound, 5, 0, "cpu").item() == 0.0
+
+    plain = run_ood(_neg_cfg(npz_pair, None, ood, root="plain"), echo=False)
+    pushed = run_ood(_neg_cfg(npz_pair, neg, ood), echo=False)
+    metrics = json.loads((pushed / "metrics.json").read_text())
+    assert metrics["negative_training"]["negative_ood"] == neg
+    assert "negative_training" not in json.loads((plain / "metrics.json").read_text())
+    neg_images = torch.from_numpy(np.load(npz_pair / "neg.npz")["images"][:, None].astype(np.float32)) + 0.5
+    lp = {k: load_trained(d / "checkpoint.pt")[0].log_prob(neg_images).mean().item() for k, d in (("plain", plain), ("pushed", pushed))}
+    assert lp["pushed"] < lp["plain"] - 50, lp  # the negative set's likelihood went down
+
+    with pytest.raises(runconfig.ConfigError, match="negative training pushed down"):
+        run_ood(_neg_cfg(npz_pair, neg, neg), echo=False)
+    from_ckpt = _neg_cfg(npz_pair, None, neg, root="other")
+    from_ckpt["ood"]["checkpoint"] = str(pushed / "checkpoint.pt")
+    with pytest.raises(runconfig.ConfigError, match="negative training pushed down"):
+        run_ood(from_ckpt, echo=False)

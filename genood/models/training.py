@@ -153,7 +153,7 @@ def _loss(model, images: torch.Tensor, step: int, total: int, cfg: Dict[str, Any
     loss = model.training_loss(x).mean()
     dim = int(np.prod(images.shape[1:]))
     for hook in hooks:
-        loss = loss + hook.penalty(model, dim)
+        loss = loss + hook.penalty(model, dim) + hook.term(model, step, seed, device)
     return loss
 
 

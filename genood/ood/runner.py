@@ -357,10 +357,33 @@ def _check_inputs(cfg: Dict[str, Any]) -> _Inputs:
     names, columns = _checked_scores(cfg, images=train_set.images.ndim == 4)
     if cfg["ood"]["checkpoint"]:
         load_checkpoint_path(cfg["ood"]["checkpoint"])
+    _check_negative_training(cfg, oods)
     shape = tuple(cfg["data"]["shape"] or train_set.shape_chw)
     files = train_set.files + test_set.files + [f for o in oods for f in o.images.files]
     return _Inputs(train_set, test_set, oods, names, columns, shape, match_shape(train_set.images, shape),
                    file_checksums(list(dict.fromkeys(files))))
+
+
+def negative_training_set(cfg: Dict[str, Any]) -> Optional[str]:
+    """The OOD set the evaluated model was trained to push down (``training.negative_ood`` of this configuration,
+    or of the checkpoint's when ``ood.checkpoint`` is set), or None."""
+    if cfg["ood"]["checkpoint"]:
+        from genood.models.training import load_checkpoint
+
+        trained = load_checkpoint(load_checkpoint_path(cfg["ood"]["checkpoint"])).get("config") or {}
+        return (trained.get("training") or {}).get("negative_ood")
+    return cfg["training"].get("negative_ood")
+
+
+def _check_negative_training(cfg: Dict[str, Any], oods: List["OodSet"]) -> None:
+    """A model trained to push a set's likelihood down is never evaluated on that set (one sentence otherwise)."""
+    from genood.data.registry import canonical_name
+
+    neg = negative_training_set(cfg)
+    if neg and canonical_name(neg) in {canonical_name(o.name) for o in oods}:
+        raise runconfig.ConfigError(f"data.ood includes '{neg}', the set the model's negative training pushed down "
+                                    f"(training.negative_ood): evaluating on it would be optimistic; drop it from "
+                                    f"data.ood or train with another training.negative_ood.")
 
 
 def run_ood(cfg: Dict[str, Any], echo: bool = True, callbacks=None) -> Path:
@@ -423,6 +446,8 @@ def _evaluate_and_write(table, columns, info, cfg, oods, stages, directory: Path
     and provenance.json written (atomically); returns the metrics."""
     detector_values: Dict[str, Any] = {}
     metrics = evaluate_sets(table, columns, info, cfg, oods, detector_values)
+    if negative_training_set(cfg):  # the results say which set the model was trained to push down
+        metrics["negative_training"] = {"negative_ood": negative_training_set(cfg), "label_free": False}
     _write_detector_values(directory, detector_values)
     for out in stages.values():
         metrics.update(out.metrics)
