@@ -397,12 +397,16 @@ class HierarchicalVAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Ancestral samples in data space: z_L ~ N(0, I), each z_i from its conditional prior, then x."""
+        return self._decode(n, {}, generator)
+
+    def _decode(self, n: int, fixed: Dict[int, torch.Tensor], generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Top-down: layers in ``fixed`` take the given z, the others a draw from their conditional prior; then x."""
         device = next(self.parameters()).device
         h = None
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i]
             mu, lsd = layer.prior(h, n, torch.zeros(1, device=device))
-            z = mu + torch.exp(lsd) * torch.randn(mu.shape, generator=generator).to(device)
+            z = fixed[i].reshape(mu.shape) if i in fixed else mu + torch.exp(lsd) * torch.randn(mu.shape, generator=generator).to(device)
             h = layer.down(z, h if self.skip else None)
         params = self.out(h)
         if self.lik == "dlml":
@@ -412,6 +416,29 @@ class HierarchicalVAE(nn.Module):
             return (u < torch.sigmoid(params)).float() * 255.0
         mu, lsd = params.chunk(2, dim=1)
         return mu + torch.exp(lsd) * torch.randn(mu.shape, generator=generator).to(device)
+
+    # --- features (flows on features, seed 003) ------------------------------------------------------------------
+    def _feature_layers(self) -> List[int]:
+        return [i for i, layer in enumerate(self.layers) if layer.kind == "dense"] or [len(self.layers) - 1]
+
+    def feature_dim(self) -> int:
+        """K, the size of :meth:`features`."""
+        return sum(int(math.prod(self.layers[i].z_shape)) for i in self._feature_layers())
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K) embedding of stored images: the encoder's posterior means of the dense (top) stochastic layers,
+        concatenated lowest first; deterministic (binarization, if any, seeded by each image)."""
+        t = self._seeded_targets(x, self._generators(x, 3))
+        posts = self._posteriors(self._encoder_input(t))
+        return torch.cat([posts[i][0].flatten(1) for i in self._feature_layers()], dim=1)
+
+    @torch.no_grad()
+    def decode_features(self, f: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Images (B, C, H, W) whose top latents are the features ``f`` (B, K), lower layers from their priors."""
+        sizes = [int(math.prod(self.layers[i].z_shape)) for i in self._feature_layers()]
+        parts = torch.split(f, sizes, dim=1)
+        return self._decode(f.shape[0], dict(zip(self._feature_layers(), parts)), generator)
 
 
 def build_hvae(shape: Tuple[int, ...], model_cfg: Dict[str, Any]) -> HierarchicalVAE:

@@ -261,6 +261,8 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
     label = "/".join(str(cfg["model"][k]) for k in ("family", *runconfig.family_spec(cfg["model"]["family"]).run_name))
     log(f"model: {label}, {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"data {tuple(images.shape)}")
+    if hasattr(model, "configure"):  # the run's settings (and the family's checks of them) before training
+        model.configure(cfg)
     for cb in callbacks or []:  # callbacks that read the model (OOD curves) get it before training
         if hasattr(cb, "attach"):
             cb.attach(model)
