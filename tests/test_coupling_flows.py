@@ -107,3 +107,31 @@ def test_bad_scales_are_one_sentence():
     cfg = runconfig.resolve({"model": {"family": "glow", "num_scales": 3}})
     with pytest.raises(ValueError, match="num_scales=3 needs the image side to halve"):
         build_model((1, 28, 28), cfg["model"])
+
+
+def test_coupling_views_are_stored_and_drawn_in_the_run_and_the_report(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from genood.models.views import VIEWS_FILE
+    from genood.ood.runner import run_ood
+    from genood.reports.report import build
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "in.npz", images=rng.integers(0, 120, size=(60, 8, 8), dtype=np.uint8))
+    np.savez(tmp_path / "ood.npz", images=(60 + rng.integers(0, 3, size=(30, 8, 8))).astype(np.uint8))
+    cfg = runconfig.resolve({
+        "run": {"runs_root": str(tmp_path / "runs")}, "tracking": {"wandb": False},
+        "data": {"in_distribution": f"npz:{tmp_path / 'in.npz'}", "ood": f"npz:{tmp_path / 'ood.npz'}"},
+        "model": {"family": "realnvp", "num_blocks": 1, "mid_channels": 4, "realnvp_checkerboard": 2, "realnvp_channel": 2},
+        "training": {"steps": 5, "batch_size": 8, "progress": False, "sample_grid": 0},
+        "ood": {"scores": ["log_likelihood"], "n_generated": 0, "png": False, "bootstrap": 20, "figures": True}})
+    directory = run_ood(cfg, echo=False)
+    with np.load(directory / VIEWS_FILE) as f:
+        titles = [str(t) for t in f["titles"]]
+        assert titles[0] == "input" and titles[-1] == "latent, scale 1" and len(f["rows"]) == 8
+        assert f["view0"].shape == (8, 8, 8)
+        assert f["view0"].min() >= 0 and f["view0"].max() < 256 and f["view0"][:4].max() < 121  # inputs: in (<120) rows first
+    assert (directory / "figures" / "model_views.html").exists()
+    assert "coupling layers and latents" in (directory / "figures" / "model_views.html").read_text()
+    assert "model views" in build(pd.DataFrame(), [directory])

@@ -50,6 +50,7 @@ CAPABILITIES = {
                       "method likelihood_term_labels(model_cfg) names them (flows, HVAEs)",
     "likelihood_term_labels": "class method naming log_prob_terms' labels for a model configuration",
     "bounds": "HVAEs: bounds(x) -> per-level ELBO bounds (the likelihood-ratio score llr)",
+    "model_views": "model_views(x) -> [(title, (B, H, W))]: internals drawn for chosen images (coupling flows: s, t, latents)",
     "features": "HVAEs: features(x) -> (B, K) encoder embedding (the feature_flow family's input)",
     "likelihood_regret": "HVAEs: likelihood_regret(x, steps, lr) -> the ELBO gained by fitting each point's posterior "
                          "alone (Xiao et al.)",

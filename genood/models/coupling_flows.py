@@ -285,6 +285,19 @@ class CouplingFlow(_FlowObjective, nn.Module):
         return [{"scale": i, "mask": f"{step.mask}{step.parity}", "s": step.last_st[0], "t": step.last_st[1], "out": out}
                 for i, step, out in views]
 
+    def model_views(self, x: torch.Tensor) -> List[Tuple[str, torch.Tensor]]:
+        """Seed 003's views of ``x``: the input, each coupling layer's s and t (mean over channels, at the
+        layer's resolution) and the latent of every scale (mean over channels): [(title, (B, H, W))]."""
+        panels = [("input", x.reshape(x.shape[0], *self.shape).mean(1))]
+        for k, view in enumerate(self.coupling_views(x)):
+            tag = f"c{k} {view['mask']} s{view['scale']}"
+            panels += [(f"{tag}: s", view["s"].mean(1)), (f"{tag}: t", view["t"].mean(1))]
+        z = self.encode(x).detach()
+        sizes = [int(math.prod(s)) for s in self.latent_shapes]
+        for i, (piece, shp) in enumerate(zip(torch.split(z, sizes, dim=1), self.latent_shapes)):
+            panels.append((f"latent, scale {i}", piece.reshape(x.shape[0], *shp).mean(1)))
+        return panels
+
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None, temperature: float = 1.0) -> torch.Tensor:
         param = next(self.parameters())

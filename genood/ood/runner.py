@@ -424,6 +424,8 @@ def _score_run(cfg: Dict[str, Any], inputs: _Inputs, name: str, directory: Path,
         stages = _run_stages(model, scored, frames, [n for n in names if score_registry.get(n).stage is not None],
                              cfg, seed, console, directory, {sp.key: sp.true_lid for sp in splits if sp.true_lid is not None},
                              {o.key: o.group for o in oods})
+        from genood.models.views import write_model_views
+        write_model_views(model, scored, directory)  # families with internals to show (coupling flows)
         table = pd.concat(frames, ignore_index=True)
         info = _metric_info(model, stages)
         _derive(table, [n for n in names if score_registry.get(n).derived is not None], cfg, info)
@@ -501,4 +503,8 @@ def _figures(table, names, metrics, cfg, directory: Path, console: _Console, sta
     curves = curves_figure(directory, f"OOD curves during training, {_model_label(cfg)} on {in_name}")
     if curves is not None:
         figs["ood_curves"] = curves
+    from genood.models.views import views_figure
+    views = views_figure(directory, f"{_model_label(cfg)}: coupling layers and latents, {in_name} (in) and {ood_name} (OOD)")
+    if views is not None:
+        figs["model_views"] = views
     write_figures(figs, directory / "figures", bool(cfg["ood"]["png"]), console.warn)

@@ -186,6 +186,10 @@ def _run_section(directory: Path, page: Page) -> None:
     curves = curves_figure(directory, f"OOD curves during training ({pair})")  # a run artifact, when training made one
     if curves is not None:
         page.figure(curves)
+    from genood.models.views import views_figure
+    views = views_figure(directory, f"model views ({pair})")  # coupling layers and latents, when the family has them
+    if views is not None:
+        page.figure(views)
     samples = directory / "figures" / "samples.png"
     if samples.exists():
         data = base64.b64encode(samples.read_bytes()).decode()
