@@ -199,6 +199,7 @@ class FamilySpec:
     loss: str                    # what training_loss measures (logged as train/<loss>)
     sections: Tuple[str, ...]    # extra top-level sections this family reads (hashed into OOD run names)
     source: str
+    run_keys: Tuple[str, ...] = ()  # model keys naming another run (a path, or a preset trained on this run's data)
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,7 @@ def _load_specs():
                 c, r, k = _rules(fam, "model.")
                 families[name] = FamilySpec(name, fam["builder"], fam["model_class"], dict(fam.get("keys") or {}), c, r,
                                             tuple(fam.get("run_name") or ()), fam.get("loss", "loss"),
-                                            tuple(fam.get("sections") or ()), rel)
+                                            tuple(fam.get("sections") or ()), rel, tuple(fam.get("run_keys") or ()))
                 checks.update(k)
             for name, sec in (raw.get("sections") or {}).items():
                 if name in CORE_DEFAULTS or name in sections:

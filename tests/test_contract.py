@@ -46,8 +46,8 @@ def _cfg(preset: str):
     cfg = runconfig.resolve({"preset": preset, "training": {"steps": 6, "batch_size": 4, "checkpoint_every": 2,
                                                             "warmup_steps": 1, "progress": False, "sample_grid": 0},
                              "tracking": {"wandb": False}, "run": {"seed": 0, "device": "cpu"}})
-    if "features" in cfg["model"] and cfg["model"]["features"] is None:  # the family reads a trained extractor run
-        cfg["model"]["features"] = _extractor(_shape(preset, cfg))
+    for key in runconfig.family_spec(cfg["model"]["family"]).run_keys:  # the family reads another run: a saved one here
+        cfg["model"][key] = _extractor(_shape(preset, cfg))
     return cfg
 
 

@@ -69,3 +69,25 @@ def test_feature_flow_run_names_its_extractor_and_refuses_one_trained_elsewhere(
         run_ood(_flow_cfg(tmp, run, ind="other.npz"), echo=False)
     with pytest.raises(ValueError, match="model.features"):
         run_ood(_flow_cfg(tmp, tmp / "nowhere"), echo=False)
+
+
+def test_a_preset_named_extractor_is_trained_on_this_runs_data_then_found(extractor):
+    from genood.ood.runner import run_ood
+
+    tmp, _ = extractor
+    cfg = _flow_cfg(tmp, "hvae_tiny")
+    cfg["training"]["steps"] = 4
+    first = run_ood(cfg, echo=False)
+    deps = sorted((tmp / "runs" / "dependencies").glob("*/checkpoint.pt"))
+    assert len(deps) == 1
+    import yaml
+    dep_cfg = yaml.safe_load((deps[0].parent / "config.yaml").read_text())
+    assert dep_cfg["data"]["in_distribution"] == cfg["data"]["in_distribution"] and dep_cfg["model"]["family"] == "hvae"
+    assert dep_cfg["run"]["holdout_seed"] == 0
+    metrics = json.loads((first / "metrics.json").read_text())
+    assert metrics["log_likelihood"]["features"] == deps[0].parent.name
+    cfg2 = _flow_cfg(tmp, "hvae_tiny", ood={"scores": ["log_likelihood", "bits_per_dim"], "n_generated": 0, "png": False,
+                                            "bootstrap": 20})
+    cfg2["training"]["steps"] = 4
+    second = run_ood(cfg2, echo=False)
+    assert "found in" in (second / "run.log").read_text() and len(list((tmp / "runs" / "dependencies").glob("*/checkpoint.pt"))) == 1

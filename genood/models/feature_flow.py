@@ -3,7 +3,8 @@ images instead of their pixels: the ``feature_flow`` family.
 
 No pretrained network can be downloaded here, so the feature extractor is one of our own runs trained on the
 in-distribution training split: ``model.features`` names a finished hierarchical-VAE training run (its run
-directory or checkpoint.pt), and its encoder's posterior means of the top (dense) stochastic layers are the
+directory or checkpoint.pt) or an hvae preset (the default ``hvae_tiny``), which is then trained on this run's
+data, seed and in_val holdout, or found among finished runs of that identity (:mod:`models.runs`); its encoder's posterior means of the top (dense) stochastic layers are the
 features (``HierarchicalVAE.features``, K numbers per image). The extractor is frozen and stored inside this
 model's checkpoint. Before training and scoring (``configure``) the extractor's configuration is checked
 against this run's: the same in-distribution dataset and the same held-out in_val, so it never saw in_val,

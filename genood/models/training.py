@@ -241,8 +241,10 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
     Returns ``(model, TrainResult)``; the model is in eval mode on its training device.
     """
     from genood.models.registry import build_model
+    from genood.models.runs import resolve_run_keys
     from genood.models.sample_grid import image_grid, samples_to_uint8
 
+    cfg = resolve_run_keys(cfg, log)  # model keys naming another run by preset: found or trained now
     if cfg["run"].get("num_threads"):
         torch.set_num_threads(int(cfg["run"]["num_threads"]))
     seed = int(cfg["run"]["seed"])

@@ -22,26 +22,14 @@ the derived score ``likelihood_ratio`` is the difference of the two columns.
 from __future__ import annotations
 
 import copy
-import fcntl
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
 
+from genood.models.runs import find_or_train, find_trained  # noqa: F401  (re-exported: their old home)
 from genood.ood.scores import StageContext, StageOutput, register_derived, register_stage
-
-
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def background_config(cfg: Dict[str, Any], mutation_rate: float, l2_penalty: float) -> Dict[str, Any]:
@@ -58,57 +46,6 @@ def background_config(cfg: Dict[str, Any], mutation_rate: float, l2_penalty: flo
     bg["tracking"] = dict(bg["tracking"], wandb=False)
     runconfig.validate(bg)
     return bg
-
-
-def find_trained(cfg: Dict[str, Any], runs_root: Path):
-    """The checkpoint of a finished run under ``runs_root`` (any sweep, any run name) whose model identity
-    (architecture, training, data, seed) is ``cfg``'s, or None."""
-    import json
-
-    import yaml
-
-    from genood import runconfig
-    from genood.models.training import CHECKPOINT, load_checkpoint
-
-    key = lambda c: json.dumps(runconfig.model_identity(c), sort_keys=True, default=str)
-    want = key(cfg)
-    for cfg_path in sorted(Path(runs_root).glob("*/*/config.yaml")):
-        ckpt = cfg_path.parent / CHECKPOINT
-        try:
-            if ckpt.exists() and key(yaml.safe_load(cfg_path.read_text())) == want and load_checkpoint(ckpt).get("finished"):
-                return ckpt
-        except (KeyError, TypeError, yaml.YAMLError):  # another kind of run, or a config from an older version
-            continue
-    return None
-
-
-def find_or_train(bg_cfg: Dict[str, Any], runs_root: Path, log, folder: str = "background",
-                  what: str = "likelihood_ratio: background model") -> Tuple[Any, Path]:
-    """The finished model of ``bg_cfg`` (a background model, an ensemble member): a finished training run of the
-    same model identity anywhere under ``runs_root``, else trained (or resumed) now into ``runs_root/<folder>/<name>``."""
-    from genood import runconfig
-    from genood.data.registry import load_split
-    from genood.data.transforms import match_shape
-    from genood.models.training import CHECKPOINT, fit, load_checkpoint, load_trained
-
-    name = runconfig.run_name(bg_cfg, "train")
-    found = find_trained(bg_cfg, Path(runs_root))
-    if found is not None:
-        log(f"{what} {name} found in {found.parent}")
-        return load_trained(found)[0], found.parent
-    directory = Path(runs_root) / folder / name
-    with _locked(Path(runs_root) / folder / f".{name}.lock"):  # another agent may be training it
-        ckpt = directory / CHECKPOINT
-        if ckpt.exists() and load_checkpoint(ckpt).get("finished"):
-            return load_trained(ckpt)[0], directory
-        log(f"{what}: training {name} (seed {bg_cfg['run']['seed']}, mutation_rate {bg_cfg['training']['mutation_rate']}, "
-            f"l2_penalty {bg_cfg['training']['l2_penalty']}) into {directory}")
-        train_set = load_split(bg_cfg["data"]["in_distribution"], "train")
-        shape = tuple(bg_cfg["data"]["shape"] or train_set.shape_chw)
-        from genood import rundir
-        rundir.write_text(directory / "config.yaml", runconfig.dump(bg_cfg))
-        model, _ = fit(bg_cfg, directory, match_shape(train_set.images, shape), log=log)
-    return model, directory
 
 
 def _log_likelihoods(model, x: torch.Tensor, batch: int, cache: Path, log, label: str, desc: str = "background") -> np.ndarray:
