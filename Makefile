@@ -59,6 +59,8 @@ test: setup data
 	$(VENV)/bin/ruff check -q .
 	$(PY) -m pytest -q
 
+# the benchmarks import each other (benchmarks.bench_diffusion's inputs): the checkout is on their path
+bench: export PYTHONPATH := $(CURDIR)
 bench: setup data
 	$(PY) benchmarks/bench_flows.py
 	$(PY) benchmarks/bench_sweeps.py

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""HVAE and PixelCNN++ benchmarks on 28x28 Fashion-MNIST, one run, identical inputs for every measurement.
+"""HVAE, PixelCNN++, RealNVP and Glow benchmarks on 28x28 Fashion-MNIST, one run, identical inputs for every
+measurement.
 
 For the tiny presets (and, with --paper, the paper presets at a CPU-sized batch) it measures:
 * training images/s: ``models.training.train`` (per-step seeding, dequantization, schedule, clipping, NaN guard,
@@ -9,7 +10,7 @@ For the tiny presets (and, with --paper, the paper presets at a CPU-sized batch)
 * scoring images/s: ``log_prob`` (HVAE: the bound with S = 1 and S = 10; PixelCNN++: exact), batch 64;
 * the cost of LLR>k per image relative to one bound (k = 1, 2, plus the full bound they share);
 * sampling images/s (PixelCNN++ needs one network evaluation per pixel).
-Usage: python benchmarks/bench_families.py [--quick] [--paper] [--json out.json]
+Usage: python benchmarks/bench_families.py [--quick] [--paper] [--only PRESET,...] [--json out.json]
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def train_pair(model, cfg, images, steps: int, warm: int) -> tuple:
     from genood.models.training import train
     bs = int(cfg["training"]["batch_size"])
     clip = float(cfg["training"]["grad_clip"]) if cfg["training"].get("grad_clip") else None
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    make = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[cfg["training"].get("optimizer", "adam")]
+    opt = make(model.parameters(), lr=1e-4)  # the preset's optimiser, as ours uses
     g = torch.Generator().manual_seed(1)
     model.train()
     for step in range(warm + steps):
@@ -85,13 +87,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--paper", action="store_true", help="also the paper presets (CPU: small batch, few steps)")
+    parser.add_argument("--only", help="comma-separated presets to run (default: all)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     images = _images(4096)
     x_eval = images[-64:].float() + torch.rand((64, 1, 28, 28), generator=torch.Generator().manual_seed(5))
-    plans = [("hvae_tiny", (), 3, 20 if args.quick else 40), ("pixelcnn_tiny", (), 3, 10 if args.quick else 25)]
+    plans = [("hvae_tiny", (), 3, 20 if args.quick else 40), ("pixelcnn_tiny", (), 3, 10 if args.quick else 25),
+             ("realnvp_tiny", (), 3, 10 if args.quick else 25), ("glow_tiny", (), 3, 10 if args.quick else 25)]
     if args.paper:
-        plans += [("hvae_paper", ("training.batch_size=16",), 1, 4), ("pixelcnn_paper", ("training.batch_size=8",), 1, 3)]
+        plans += [("hvae_paper", ("training.batch_size=16",), 1, 4), ("pixelcnn_paper", ("training.batch_size=8",), 1, 3),
+                  ("realnvp_paper", ("training.batch_size=16",), 1, 4), ("glow_paper", ("training.batch_size=4",), 1, 3)]
+    if args.only:
+        plans = [p for p in plans if p[0] in args.only.split(",")]
     results = {"device": "cpu", "threads": torch.get_num_threads()}
     for preset, overrides, warm, steps in plans:
         model, cfg = _model(preset, overrides)
