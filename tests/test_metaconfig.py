@@ -137,6 +137,11 @@ SHIPPED = {  # file -> (job, runs)
     "ood/suite_tiny.yaml": ("ood", 16),
     "ood/suite_flow_seeds.yaml": ("ood", 12),
     "ood/suite_seed_detectors.yaml": ("ood", 12),
+    "ood/coupling_flows_tiny.yaml": ("ood", 4),
+    "ood/coupling_flows_paper.yaml": ("ood", 4),
+    "ood/coupling_variants_tiny.yaml": ("ood", 12),
+    "ood/negative_training_tiny.yaml": ("ood", 4),
+    "ood/feature_flow_tiny.yaml": ("ood", 4),
     "ood/rgb_lid_likelihood.yaml": ("ood", 2),
     # seed 000's own file names, thin files over ours (extends)
     "ood/grayscale_ID_vs_likelihood.yaml": ("ood", 4),
