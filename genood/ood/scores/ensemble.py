@@ -72,7 +72,8 @@ def member_log_likelihoods(ctx: StageContext) -> Tuple[List[str], Dict[str, np.n
     for k, (model, name) in enumerate(models):
         for split, _, x, _ in ctx.splits:
             cache = blocks / f"member{k}_{name}" / f"{split}.npz" if blocks is not None else None
-            values[split].append(_log_likelihoods(model, x, batch, cache, ctx.log, split, desc=f"ensemble member {k}"))
+            values[split].append(_log_likelihoods(model, x, batch, cache, ctx.log, split, desc=f"ensemble member {k}",
+                                                  stage="ensemble"))
     return [n for _, n in models], {split: np.stack(v) for split, v in values.items()}
 
 

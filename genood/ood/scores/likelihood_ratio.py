@@ -48,7 +48,8 @@ def background_config(cfg: Dict[str, Any], mutation_rate: float, l2_penalty: flo
     return bg
 
 
-def _log_likelihoods(model, x: torch.Tensor, batch: int, cache: Path, log, label: str, desc: str = "background") -> np.ndarray:
+def _log_likelihoods(model, x: torch.Tensor, batch: int, cache: Path, log, label: str, desc: str = "background",
+                     stage: str = "likelihood_ratio") -> np.ndarray:
     from genood.ood.stages import fingerprint, model_digest, resumable_blocks
 
     device = next(model.parameters()).device
@@ -59,8 +60,7 @@ def _log_likelihoods(model, x: torch.Tensor, batch: int, cache: Path, log, label
     key = fingerprint(model_digest(model), x, "background log_prob")
     from tqdm.auto import tqdm
     with tqdm(total=x.shape[0], desc=desc, unit="img", leave=False, dynamic_ncols=True, mininterval=1.0) as bar:
-        return resumable_blocks(compute, x, batch, cache, None, key, bar.update, log, label=label,
-                                stage="likelihood_ratio")["ll"]
+        return resumable_blocks(compute, x, batch, cache, None, key, bar.update, log, label=label, stage=stage)["ll"]
 
 
 def _validation_points(ctx: StageContext) -> torch.Tensor:
