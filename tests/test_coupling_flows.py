@@ -38,6 +38,8 @@ LAYERS = {
     "channel0": lambda: cf.AffineCoupling(3, "channel", 0, dict(CFG, st_type="convnet")),
     "channel1": lambda: cf.AffineCoupling(3, "channel", 1, dict(CFG, st_type="mlp_bottleneck")),
     "squeeze": lambda: cf.Squeeze(),
+    "cycle0": lambda: cf.AffineCoupling(3, "cycle", 0, dict(CFG)),
+    "cycle3": lambda: cf.AffineCoupling(3, "cycle", 3, dict(CFG, kernel_size=1)),
 }
 
 
@@ -75,6 +77,10 @@ def test_masks_partition_the_input(h, w):
     flipped = cf.AffineCoupling(5, "channel", 1, dict(CFG))
     cond, other = flipped._split(torch.arange(5.0).reshape(1, 5, 1, 1))
     assert cond.flatten().tolist() == [2.0, 3.0, 4.0] and other.flatten().tolist() == [0.0, 1.0]
+    quads = [cf.quadrant(h, w, k) for k in range(4)]
+    assert torch.equal(sum(quads), torch.ones(1, 1, h, w))  # the cycle-mask's quadrants partition the image
+    y, _ = _randomise(cf.AffineCoupling(1, "cycle", 1, dict(CFG)))(x := torch.randn(2, 1, h, w))
+    assert torch.equal(y * (1 - quads[2]), x * (1 - quads[2])) and not torch.allclose(y * quads[2], x * quads[2])
     # the conditioning half passes through unchanged
     x = torch.randn(2, 1, h, w)
     y, _ = _randomise(cf.AffineCoupling(1, "checkerboard", 0, dict(CFG)))(x)
@@ -135,3 +141,13 @@ def test_coupling_views_are_stored_and_drawn_in_the_run_and_the_report(tmp_path)
     assert (directory / "figures" / "model_views.html").exists()
     assert "coupling layers and latents" in (directory / "figures" / "model_views.html").read_text()
     assert "model views" in build(pd.DataFrame(), [directory])
+
+
+def test_cycle_mask_realnvp_is_an_exact_density():
+    cfg = runconfig.resolve({"model": {"family": "realnvp", "realnvp_mask": "cycle", "num_blocks": 1, "mid_channels": 4,
+                                       "realnvp_checkerboard": 4, "realnvp_channel": 2}})
+    model = _randomise(build_model((1, 4, 4), cfg["model"]), seed=4).double().eval()
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64) * 200 + 20
+    z = model.encode(x)
+    brute = -0.5 * (z ** 2).sum(1) - 8 * math.log(2 * math.pi) + _brute_logdet(lambda v: model.encode(v), x)
+    assert torch.allclose(model.log_prob(x), brute, atol=1e-7) and torch.allclose(model.generator(z), x, atol=1e-7)

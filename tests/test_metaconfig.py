@@ -139,7 +139,7 @@ SHIPPED = {  # file -> (job, runs)
     "ood/suite_seed_detectors.yaml": ("ood", 12),
     "ood/coupling_flows_tiny.yaml": ("ood", 4),
     "ood/coupling_flows_paper.yaml": ("ood", 4),
-    "ood/coupling_variants_tiny.yaml": ("ood", 12),
+    "ood/coupling_variants_tiny.yaml": ("ood", 14),
     "ood/negative_training_tiny.yaml": ("ood", 4),
     "ood/feature_flow_tiny.yaml": ("ood", 4),
     "ood/rgb_lid_likelihood.yaml": ("ood", 2),

@@ -5,7 +5,8 @@ Both map stored data in [0,256) to logit space first (:class:`DataToLogit`, its 
 ``log_prob`` is in nats of the data like every family), then run a multiscale stack of invertible layers:
 
 * ``realnvp``: per scale but the last, ``realnvp_checkerboard`` affine couplings with a checkerboard mask
-  (alternating parity), a 2x2 squeeze, ``realnvp_channel`` couplings with a channel-wise mask (alternating
+  (alternating parity; ``realnvp_mask: cycle`` uses seed 003's cycle-mask instead: each coupling transforms one
+  image quadrant given the previous one, so information needs four couplings to return to a quadrant), a 2x2 squeeze, ``realnvp_channel`` couplings with a channel-wise mask (alternating
   halves), then half of the channels are factored out to the latent; the last scale has
   ``realnvp_checkerboard + 1`` checkerboard couplings (RealNVP's 3-3 / 4 layout by default);
 * ``glow``: per scale a squeeze, then ``coupling_layers`` x [actnorm, invertible 1x1 convolution
@@ -44,6 +45,15 @@ def squeeze(x: torch.Tensor) -> torch.Tensor:
 def unsqueeze(x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     return x.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c // 4, h * 2, w * 2)
+
+
+def quadrant(h: int, w: int, k: int, device=None) -> torch.Tensor:
+    """(1, 1, H, W) mask of quadrant k % 4 (0 top-left, 1 top-right, 2 bottom-right, 3 bottom-left: a cycle)."""
+    m = torch.zeros(1, 1, h, w, device=device)
+    rows = slice(0, h // 2) if k % 4 in (0, 1) else slice(h // 2, h)
+    cols = slice(0, w // 2) if k % 4 in (0, 3) else slice(w // 2, w)
+    m[..., rows, cols] = 1.0
+    return m
 
 
 def checkerboard(h: int, w: int, parity: int, device=None) -> torch.Tensor:
@@ -143,7 +153,8 @@ class STNet(nn.Module):
 
 
 class AffineCoupling(nn.Module):
-    """Affine coupling with a checkerboard mask (``mask='checkerboard'``: conditioning pixels where the mask is 1)
+    """Affine coupling with a checkerboard mask (``mask='checkerboard'``: conditioning pixels where the mask is 1), seed 003's cycle-mask
+    (``mask='cycle'``: quadrant ``parity + 1`` is transformed given quadrant ``parity``, the others pass through)
     or a channel mask (``mask='channel'``: the first half of the channels conditions the second, or the reverse
     with ``parity`` 1). Keeps the last (s, t) it computed in ``last_st`` for the coupling-layer views."""
 
@@ -165,27 +176,35 @@ class AffineCoupling(nn.Module):
     def _join(self, cond, other):
         return torch.cat([cond, other], 1) if not self.parity else torch.cat([other, cond], 1)
 
+    def _masks(self, x):
+        """(conditioning mask, transformed mask) of the spatial couplings."""
+        h, w = x.shape[2], x.shape[3]
+        if self.mask == "cycle":  # seed 003's cycle-mask: quadrant k+1 is transformed given quadrant k
+            return quadrant(h, w, self.parity, x.device), quadrant(h, w, self.parity + 1, x.device)
+        m = checkerboard(h, w, self.parity, x.device)
+        return m, 1 - m
+
     def forward(self, x):
         if self.mask == "channel":
             cond, other = self._split(x)
             s, t = self.net(cond)
             self.last_st = (s.detach(), t.detach())
             return self._join(cond, other * torch.exp(s) + t), s.flatten(1).sum(1)
-        m = checkerboard(x.shape[2], x.shape[3], self.parity, x.device)
+        m, out = self._masks(x)
         s, t = self.net(x * m)
-        s, t = s * (1 - m), t * (1 - m)
+        s, t = s * out, t * out
         self.last_st = (s.detach(), t.detach())
-        return x * m + (1 - m) * (x * torch.exp(s) + t), s.flatten(1).sum(1)
+        return x * (1 - out) + out * (x * torch.exp(s) + t), s.flatten(1).sum(1)
 
     def inverse(self, y):
         if self.mask == "channel":
             cond, other = self._split(y)
             s, t = self.net(cond)
             return self._join(cond, (other - t) * torch.exp(-s))
-        m = checkerboard(y.shape[2], y.shape[3], self.parity, y.device)
+        m, out = self._masks(y)
         s, t = self.net(y * m)
-        s, t = s * (1 - m), t * (1 - m)
-        return y * m + (1 - m) * ((y - t) * torch.exp(-s))
+        s, t = s * out, t * out
+        return y * (1 - out) + out * ((y - t) * torch.exp(-s))
 
 
 class Squeeze(nn.Module):
@@ -198,7 +217,8 @@ class Squeeze(nn.Module):
 
 def _realnvp_scale(c: int, h: int, w: int, last: bool, cfg: Dict[str, Any]) -> Tuple[List[nn.Module], Tuple[int, int, int]]:
     n_cb = int(cfg["realnvp_checkerboard"]) + (1 if last else 0)
-    steps: List[nn.Module] = [AffineCoupling(c, "checkerboard", i % 2, cfg) for i in range(n_cb)]
+    kind = cfg.get("realnvp_mask", "checkerboard")  # checkerboard (parity alternating) | cycle (quadrants in turn)
+    steps: List[nn.Module] = [AffineCoupling(c, kind, i % (4 if kind == "cycle" else 2), cfg) for i in range(n_cb)]
     if last:
         return steps, (c, h, w)
     steps.append(Squeeze())
