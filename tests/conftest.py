@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,3 +76,13 @@ def assert_training_resumes_to_the_same_weights(cfg, images, tmp_path, stop_at: 
     assert result.resumed_from == stop_at
     a, b = training.load_checkpoint(tmp_path / "full")["model"], training.load_checkpoint(tmp_path / "cut")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def npz_pair(tmp_path):
+    """Small 8x8 image sets as npz datasets: in.npz (in-distribution), ood.npz and val_ood.npz (two OOD sets)."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "in.npz", images=rng.integers(0, 120, size=(120, 8, 8), dtype=np.uint8))
+    np.savez(tmp_path / "ood.npz", images=(60 + rng.integers(0, 3, size=(60, 8, 8))).astype(np.uint8))
+    np.savez(tmp_path / "val_ood.npz", images=(200 + rng.integers(0, 40, size=(60, 8, 8))).astype(np.uint8))
+    return tmp_path

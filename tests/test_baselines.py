@@ -330,15 +330,6 @@ def test_l2_penalty_is_rens_weight_penalty_in_bits_per_dim_and_shrinks_the_weigh
     assert norms[1000.0] < norms[0.0]
 
 
-@pytest.fixture
-def npz_pair(tmp_path):
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "in.npz", images=rng.integers(0, 120, size=(120, 8, 8), dtype=np.uint8))
-    np.savez(tmp_path / "ood.npz", images=(60 + rng.integers(0, 3, size=(60, 8, 8))).astype(np.uint8))
-    np.savez(tmp_path / "val_ood.npz", images=(200 + rng.integers(0, 40, size=(60, 8, 8))).astype(np.uint8))
-    return tmp_path
-
-
 def _ratio_cfg(tmp, **lr):
     from tests.conftest import TINY_MODEL
     return runconfig.resolve({

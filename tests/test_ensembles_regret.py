@@ -9,14 +9,6 @@ import torch
 from genood import runconfig
 
 
-@pytest.fixture
-def npz_pair(tmp_path):
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "in.npz", images=rng.integers(0, 120, size=(120, 8, 8), dtype=np.uint8))
-    np.savez(tmp_path / "ood.npz", images=(60 + rng.integers(0, 3, size=(60, 8, 8))).astype(np.uint8))
-    return tmp_path
-
-
 def _cfg(tmp, scores, **extra):
     from tests.conftest import TINY_MODEL
     return runconfig.resolve(dict({
