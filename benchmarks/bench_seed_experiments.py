@@ -15,23 +15,14 @@ on training). Usage: python benchmarks/bench_seed_experiments.py [--repeats 3] [
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import numpy as np
 import torch
 
+from benchmarks.bench_scores import _timed  # noqa: E402  (one timing helper for the benchmarks)
+
 warnings.filterwarnings("ignore")
-
-
-def _timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _images(n: int) -> torch.Tensor:

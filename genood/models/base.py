@@ -10,7 +10,7 @@ from typing import Protocol, Tuple, runtime_checkable
 
 import torch
 
-__all__ = ["DensityModel", "REQUIRED", "CAPABILITIES", "undeclared", "check_family", "capabilities",
+__all__ = ["DensityModel", "BitsPerDimObjective", "REQUIRED", "CAPABILITIES", "undeclared", "check_family", "capabilities",
            "autograd_log_prob_grad", "nats_to_bits_per_dim"]
 
 
@@ -90,3 +90,14 @@ def autograd_log_prob_grad(model, x: torch.Tensor) -> torch.Tensor:
 def nats_to_bits_per_dim(log_prob: torch.Tensor, dim: int) -> torch.Tensor:
     """Convert per-sample log-likelihood in nats to bits per dimension (lower = likelier)."""
     return -log_prob / (dim * math.log(2.0))
+
+
+class BitsPerDimObjective:
+    """For models with an exact ``log_prob`` over ``self.dim`` dimensions: bits/dim, and that as the training loss
+    (the negative log-likelihood in bits per dimension)."""
+
+    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
+        return nats_to_bits_per_dim(self.log_prob(x), self.dim)
+
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bits_per_dim(x)

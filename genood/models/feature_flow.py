@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from genood.models.base import nats_to_bits_per_dim
+from genood.models.base import BitsPerDimObjective
 from genood.models.coupling_flows import ActNorm
 
 
@@ -42,7 +42,7 @@ def _extractor_checkpoint(value: Any) -> Path:
     return path
 
 
-class FeatureFlow(nn.Module):
+class FeatureFlow(BitsPerDimObjective, nn.Module):
     """A coupling flow on the frozen features of a trained HVAE's encoder (see the module docstring)."""
 
     def __init__(self, shape: Tuple[int, ...], cfg: Dict[str, Any]):
@@ -98,12 +98,6 @@ class FeatureFlow(nn.Module):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         y, logdet = self._standardised(x)
         return self.flow.log_prob(y) + logdet
-
-    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
-        return nats_to_bits_per_dim(self.log_prob(x), self.dim)
-
-    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bits_per_dim(x)
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -25,7 +25,7 @@ with warnings.catch_warnings():
     from nflows.transforms.base import Transform
 
 from genood.data.transforms import logit_forward, logit_inverse
-from genood.models.base import autograd_log_prob_grad, nats_to_bits_per_dim
+from genood.models.base import BitsPerDimObjective, autograd_log_prob_grad
 
 # nflows 0.14 emits deprecation warnings on current torch (e.g. torch.triangular_solve, searchsorted
 # on non-contiguous input); they are harmless for RQ-NSF and affine coupling.
@@ -90,19 +90,12 @@ def build_transform(shape: Tuple[int, int, int], cfg: Dict[str, Any]) -> Transfo
     return CompositeTransform([DataToLogit(float(cfg["logit_alpha"])), multiscale])
 
 
-class _FlowObjective:
-    """What both flows compute from their exact ``log_prob`` over ``dim`` dimensions."""
-
-    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
-        return nats_to_bits_per_dim(self.log_prob(x), self.dim)
+class _FlowObjective(BitsPerDimObjective):
+    """What both flows compute from their exact ``log_prob``: bits/dim, the loss, and an exact gradient."""
 
     def log_prob_grad(self, x: torch.Tensor) -> torch.Tensor:
         """grad_x log p(x) in data space, exact (autograd through the flow)."""
         return autograd_log_prob_grad(self, x)
-
-    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample training objective: bits/dim (the NLL in bits per dimension)."""
-        return self.bits_per_dim(x)
 
 
 class ImageFlow(_FlowObjective, nn.Module):

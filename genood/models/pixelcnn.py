@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genood.models import dlml
-from genood.models.base import nats_to_bits_per_dim
+from genood.models.base import BitsPerDimObjective
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ class GatedResnet(nn.Module):
         return x + a * torch.sigmoid(b)
 
 
-class PixelCNNPP(nn.Module):
+class PixelCNNPP(BitsPerDimObjective, nn.Module):
     """The ``pixelcnn`` family: :class:`models.base.DensityModel` with an exact likelihood."""
 
     loss_name = "bits_per_dim"
@@ -175,12 +175,6 @@ class PixelCNNPP(nn.Module):
         """Exact log P(floor(x)) in nats: a density on [0,256)^D under uniform dequantization."""
         k = self._bins(x)
         return dlml.log_prob(self.params(k), k, self.mixtures, self.levels)
-
-    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
-        return nats_to_bits_per_dim(self.log_prob(x), self.dim)
-
-    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bits_per_dim(x)
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
