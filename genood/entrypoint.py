@@ -18,11 +18,12 @@ def _known_errors() -> tuple:
     from genood.data.formats import FormatError
     from genood.data.mirror import MirrorError
     from genood.data.registry import DatasetNotFoundError, UnknownDatasetError
-    from genood.rundir import RunLocked
+    from genood.rundir import DiskFull, RunLocked
     from genood.runconfig import ConfigError
 
-    known = [UserError, ConfigError, DatasetNotFoundError, UnknownDatasetError, FormatError, MirrorError, RunLocked]
-    for module, name in (("genood.orchestration.hostcheck", "SingleHostError"), ("genood.orchestration.store_postgres", "StoreUnreachable")):
+    known = [UserError, ConfigError, DatasetNotFoundError, UnknownDatasetError, FormatError, MirrorError, RunLocked, DiskFull]
+    for module, name in (("genood.orchestration.hostcheck", "SingleHostError"), ("genood.orchestration.store_postgres", "StoreUnreachable"),
+                         ("genood.orchestration.resilient", "StoreOutage")):
         if module in sys.modules:
             known.append(getattr(sys.modules[module], name))
     training = sys.modules.get("genood.models.training")  # not imported eagerly: torch takes seconds to load

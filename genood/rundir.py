@@ -16,11 +16,32 @@ from typing import Any, Callable, Dict
 
 from genood.paths import PROJECT_ROOT
 
-__all__ = ["runs_root", "run_dir", "atomic_write", "write_text", "write_json", "open_run_log", "TRACKED_PACKAGES",
+__all__ = ["DiskFull", "disk_full_sentence", "runs_root", "run_dir", "atomic_write", "write_text", "write_json", "open_run_log", "TRACKED_PACKAGES",
            "provenance", "RunLocked", "RunLock", "run_lock"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+class DiskFull(OSError):
+    """A write failed because the file system is full (ENOSPC); the message names the file."""
+
+    def __str__(self) -> str:
+        return self.strerror if self.strerror else str(self.args[0] if self.args else "")
+
+
+def disk_full_sentence(exc: OSError, path: Any = None) -> str:
+    """One sentence for an ENOSPC error: which file could not be written, on which file system."""
+    target = Path(path or exc.filename or "?")
+    where = target.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        st = os.statvfs(where)
+        free = f" ({st.f_bavail * st.f_frsize / 2**20:.1f} MiB free of {st.f_blocks * st.f_frsize / 2**20:.1f} MiB)"
+    except OSError:
+        free = ""
+    return f"No space left on device writing {target}{free}."
 
 
 def runs_root(cfg: Dict[str, Any]) -> Path:
@@ -46,9 +67,13 @@ def atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
         writer(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        import errno
+        cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC and not isinstance(exc, DiskFull):
+            raise DiskFull(errno.ENOSPC, disk_full_sentence(cause, path), str(path)) from exc
         raise
 
 

@@ -43,10 +43,18 @@ class PostgresServer:
             shutil.chown(self.root, "postgres", "postgres")
             shutil.chown(self.socket, "postgres", "postgres")
         self._run([self.initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
-        opts = f"-k {self.socket} -c listen_addresses='' -c fsync=off -c max_connections=200"
-        self._run([self.pg_ctl, "-D", str(self.data), "-o", opts, "-l", str(self.root / "server.log"), "-w", "start"])
+        self.opts = f"-k {self.socket} -c listen_addresses='' -c fsync=off -c max_connections=200"
+        self._run([self.pg_ctl, "-D", str(self.data), "-o", self.opts, "-l", str(self.root / "server.log"), "-w", "start"])
         self.started = True
         return self
+
+    def halt(self) -> None:
+        """Stop the server process (a real outage: every client's connection drops), keeping its data."""
+        self._run([self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def resume(self) -> None:
+        """Start the halted server again on the same socket and data."""
+        self._run([self.pg_ctl, "-D", str(self.data), "-o", self.opts, "-l", str(self.root / "server.log"), "-w", "start"])
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@/{database}?host={self.socket}"

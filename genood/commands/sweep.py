@@ -109,9 +109,18 @@ def cmd_agent(args) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("agent: %(message)s"))
     logger.addHandler(console)
-    done = run_agent(store_locator(runs_root, args.store), args.sweep_id, gpu=args.gpu, count=args.count, lease=args.lease,
-                     log=logger, runs_root=runs_root)
+    claim_times: list = []
+    try:
+        done = run_agent(store_locator(runs_root, args.store), args.sweep_id, gpu=args.gpu, count=args.count, lease=args.lease,
+                         log=logger, runs_root=runs_root, outage_limit=args.store_outage_limit, claim_times=claim_times)
+    except Exception as exc:
+        logger.removeHandler(console)  # the console gets the one sentence from entrypoint.guarded
+        logger.info(f"agent stops: {exc}")
+        raise
     logger.info(f"agent stops: {done}")
+    if args.stats:
+        from genood import rundir
+        rundir.write_json(Path(args.stats), {"pid": os.getpid(), "counters": done, "claim_seconds": claim_times})
 
 
 def cmd_status(args) -> None:
@@ -242,6 +251,9 @@ def _agent_parsers(sub) -> None:
     p.add_argument("--gpu", help="GPU index: sets CUDA_VISIBLE_DEVICES")
     p.add_argument("--count", type=int, help="stop after this many runs")
     p.add_argument("--lease", type=float, default=60.0, help="seconds a run stays claimed without a heartbeat")
+    p.add_argument("--store-outage-limit", type=float, default=600.0,
+                   help="seconds the agent waits out an unreachable store (server restart, locked SQLite file) before it stops")
+    p.add_argument("--stats", help="write the agent's counters and claim latencies to this JSON file when it stops")
     p = sub.add_parser("launch", help="start N agents as one Slurm job array (or the same array locally) through submitit")
     p.add_argument("sweep_id")
     where = p.add_mutually_exclusive_group(required=True)

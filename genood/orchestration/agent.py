@@ -4,6 +4,14 @@ An agent runs until the sweep is drained (nothing queued, nothing running under 
 or until it has run ``count`` runs. Runs held by a vanished agent come back once their lease
 expires, and the job resumes from its checkpoint because the run directory is a function of
 (sweep id, run name). SIGTERM/SIGINT give the current run back to the queue and stop the agent.
+
+Faults: every store call goes through :class:`orchestration.resilient.ResilientStore` (a server restart or a
+locked SQLite file is waited out, logged, up to ``outage_limit`` seconds; longer ends the agent with one
+sentence). The agent holds the run directory's lock (``rundir.run_lock``) for as long as it runs a job, so a
+run whose lease expired during an outage while its agent kept working is never run twice at once: the next
+claimant finds the directory locked and leaves the run to its writer (``Store.defer``). A job that fills the
+disk (ENOSPC) hands its run back without counting a failure and stops the agent with one sentence naming
+the file; the run's finished files and last checkpoint stay intact (every write is atomic).
 """
 from __future__ import annotations
 
@@ -18,10 +26,12 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from genood import rundir
 from genood.orchestration.jobs import JOBS
+from genood.orchestration.resilient import DEFAULT_OUTAGE_LIMIT, ResilientStore, StoreOutage
 from genood.orchestration.store import Store, open_store
 
-__all__ = ["Terminated", "EarlyStopped", "agent_name", "run_agent"]
+__all__ = ["Terminated", "EarlyStopped", "agent_name", "run_agent", "disk_full_error"]
 
 
 class Terminated(BaseException):
@@ -54,22 +64,56 @@ def agent_name(gpu: Optional[str]) -> str:
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, locator: str, sweep_id: str, name: str, agent: str, lease: float, every: float):
+    """Renews the run's lease every ``every`` seconds on its own connection; waits out store outages for as long
+    as the job runs (the job needs no store), logging them."""
+
+    def __init__(self, locator: str, sweep_id: str, name: str, agent: str, lease: float, every: float,
+                 log: Optional[logging.Logger] = None, runs_root: Optional[Path] = None):
         super().__init__(daemon=True)
         self.args = (sweep_id, name, agent, lease)
-        self.locator, self.every = locator, every
+        self.locator, self.every, self.log, self.runs_root = locator, every, log, runs_root
         self.stop_event = threading.Event()
         self.lost = False
 
     def run(self) -> None:
-        store = open_store(self.locator)
+        store = None
         try:
+            store = ResilientStore(self.locator, runs_root=self.runs_root, limit=float("inf"), log=self.log,
+                                   interrupt=self.stop_event, store=open_store(self.locator, runs_root=self.runs_root))
             while not self.stop_event.wait(self.every):
-                if not store.heartbeat(*self.args):
-                    self.lost = True
-                    return
+                held = store.heartbeat(*self.args)
+                if not held and not self.lost and self.log is not None:
+                    self.log.warning(f"{self.args[1]} is no longer running in the store (re-queued by hand?); the job "
+                                     f"goes on and records its result when it ends")
+                self.lost = not held
+        except StoreOutage:
+            pass  # stopped while the store was away
+        except Exception as exc:  # the store could not be opened at all: the lease will expire, the job goes on
+            if self.log is not None:
+                self.log.warning(f"heartbeat of {self.args[1]} stopped: {exc}")
         finally:
-            store.close()
+            if store is not None:
+                store.close()
+
+
+def disk_full_error(exc: BaseException) -> Optional[OSError]:
+    """The ENOSPC error (file system full) in ``exc``'s chain, if any."""
+    import errno
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _claim_directory(config: Dict[str, Any]) -> Optional[Path]:
+    """The run directory of a claimed run (``<runs_root>/<sweep id>/<run name>``), when its config names it."""
+    run = config.get("run") or {}
+    if not (run.get("runs_root") and run.get("sweep_id") and run.get("name")):
+        return None
+    return rundir.runs_root(config) / str(run["sweep_id"]) / str(run["name"])
 
 
 def _propose(store: Store, sweep: Dict[str, Any]) -> bool:
@@ -103,9 +147,20 @@ def _open_sweep(db_path, sweep_id: str, me: str, runs_root: Optional[Path]):
 
 
 def _run_claim(store, sweep, claim, me: str, lease: float, log, done: Dict[str, int]) -> None:
-    """Run one claimed run under a heartbeat and record how it ended in the store and in ``done``."""
+    """Run one claimed run under a heartbeat, holding its directory's lock, and record how it ended in the store
+    and in ``done``."""
     sweep_id = sweep["id"]
-    beat = _Heartbeat(store.locator, sweep_id, claim.name, me, lease, max(0.05, lease / 4))
+    directory = _claim_directory(claim.config)
+    lock = None
+    if directory is not None:
+        try:
+            lock = rundir.run_lock(directory).acquire()
+        except rundir.RunLocked as exc:
+            store.defer(sweep_id, claim.name, me, lease)
+            done["deferred"] += 1
+            log.info(f"left {claim.name} to the process still writing it ({exc})")
+            return
+    beat = _Heartbeat(store.locator, sweep_id, claim.name, me, lease, max(0.05, lease / 4), log=log, runs_root=store.runs_root)
     beat.start()
     t0 = time.perf_counter()
     try:
@@ -119,7 +174,15 @@ def _run_claim(store, sweep, claim, me: str, lease: float, log, done: Dict[str, 
         done["released"] += 1
         log.info(f"released {claim.name} back to the queue (terminated)")
         raise
-    except Exception:
+    except Exception as exc:
+        full = disk_full_error(exc)
+        if full is not None:  # not the run's fault: back to the queue uncounted, and this agent stops
+            store.release(sweep_id, claim.name, me)
+            done["released"] += 1
+            import errno
+            raise rundir.DiskFull(errno.ENOSPC, f"{rundir.disk_full_sentence(full)} Run {claim.name} went back to the queue with its "
+                                  f"finished files and last checkpoint intact; free space (or start an agent where the runs "
+                                  f"root has room) and it resumes from there.", full.filename) from exc
         status = store.fail(sweep_id, claim.name, me, traceback.format_exc(limit=20), sweep["max_attempts"])
         done["failed" if status == "failed" else "requeued"] += 1
         log.warning(f"{claim.name} raised; {'marked failed' if status == 'failed' else 're-queued'}")
@@ -131,17 +194,22 @@ def _run_claim(store, sweep, claim, me: str, lease: float, log, done: Dict[str, 
         log.info(f"finished {claim.name} in {time.perf_counter() - t0:.1f}s")
     finally:
         beat.stop_event.set()
+        if lock is not None:
+            lock.release()
 
 
 def run_agent(db_path, sweep_id: str, gpu: Optional[str] = None, count: Optional[int] = None,
               lease: float = 60.0, poll: float = 2.0, log: Optional[logging.Logger] = None,
-              on_start: Optional[Callable[[str], None]] = None, runs_root: Optional[Path] = None) -> Dict[str, int]:
+              on_start: Optional[Callable[[str], None]] = None, runs_root: Optional[Path] = None,
+              outage_limit: float = DEFAULT_OUTAGE_LIMIT, claim_times: Optional[list] = None) -> Dict[str, int]:
     """Work on a local sweep until it is drained or ``count`` runs were done. Returns counters.
-    ``db_path``: the store's locator (a SQLite file or a ``postgresql://`` URL)."""
+    ``db_path``: the store's locator (a SQLite file or a ``postgresql://`` URL); ``outage_limit``: the longest
+    store outage waited out (seconds); ``claim_times``: a list that receives each claim's latency (seconds)."""
     log = log or logging.getLogger("agent")
     me = agent_name(gpu)
-    store, sweep = _open_sweep(db_path, sweep_id, me, runs_root)
-    done = {"finished": 0, "failed": 0, "requeued": 0, "released": 0, "stopped": 0}
+    plain, sweep = _open_sweep(db_path, sweep_id, me, runs_root)
+    store = ResilientStore(str(db_path), runs_root=plain.runs_root, limit=outage_limit, log=log, store=plain)
+    done = {"finished": 0, "failed": 0, "requeued": 0, "released": 0, "stopped": 0, "deferred": 0}
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def terminate(signum, frame):
@@ -151,7 +219,10 @@ def run_agent(db_path, sweep_id: str, gpu: Optional[str] = None, count: Optional
     log.info(f"agent {me} on sweep {sweep_id} ({sweep['job']}, {sweep['method']})")
     try:
         while count is None or sum(done[k] for k in ("finished", "failed", "requeued", "stopped")) < count:
+            t_claim = time.perf_counter()
             claim = store.claim(sweep_id, me, lease)
+            if claim_times is not None:
+                claim_times.append(time.perf_counter() - t_claim)
             if claim is None:
                 if sweep["method"] != "grid" and _propose(store, sweep):
                     continue
@@ -169,4 +240,7 @@ def run_agent(db_path, sweep_id: str, gpu: Optional[str] = None, count: Optional
         for s, handler in previous.items():
             signal.signal(s, handler)
         store.close()
+        if store.outages:
+            log.info(f"survived {store.outages} store outage(s), the longest {store.longest_outage:.1f} s")
+    done["outages"] = store.outages
     return done

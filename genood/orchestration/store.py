@@ -73,12 +73,13 @@ def is_server_locator(locator: str) -> bool:
     return str(locator).startswith(("postgresql://", "postgres://"))
 
 
-def open_store(locator, runs_root: Optional[Path] = None) -> "Store":
-    """The store behind ``locator`` (a ``postgresql://`` URL or a SQLite file path)."""
+def open_store(locator, runs_root: Optional[Path] = None, timeout: float = 60.0) -> "Store":
+    """The store behind ``locator`` (a ``postgresql://`` URL or a SQLite file path). ``timeout``: seconds to wait
+    for a connection (PostgreSQL) or for a busy SQLite file before a call fails."""
     if is_server_locator(str(locator)):
         from genood.orchestration.store_postgres import PostgresStore
-        return PostgresStore(str(locator), runs_root=runs_root)
-    return Store(Path(locator), runs_root=runs_root)
+        return PostgresStore(str(locator), runs_root=runs_root, timeout=timeout)
+    return Store(Path(locator), runs_root=runs_root, timeout=timeout)
 
 
 class Store:
@@ -196,21 +197,33 @@ class Store:
         return Claim(sweep_id, row[0], json.loads(row[1]), json.loads(row[2]), resumed=row[3] > 0)
 
     def heartbeat(self, sweep_id: str, name: str, agent: str, lease_seconds: float) -> bool:
-        """Renew the lease; False if this agent no longer holds the run."""
-        cur = self._x(self.db, "UPDATE runs SET lease_until=? WHERE sweep_id=? AND name=? AND agent=? AND status='running'",
-                              (time.time() + lease_seconds, sweep_id, name, agent))
+        """Renew the lease of a run this agent is executing; False if the run is no longer running (re-queued by
+        hand, or finished). Called only by the process that holds the run directory's lock (the one writer), so
+        it also takes the row back from an agent that claimed it after the lease expired during a store outage
+        and then found the directory locked (see :meth:`defer`)."""
+        cur = self._x(self.db, "UPDATE runs SET lease_until=?, agent=? WHERE sweep_id=? AND name=? AND status='running'",
+                              (time.time() + lease_seconds, agent, sweep_id, name))
         return cur.rowcount == 1
 
+    def defer(self, sweep_id: str, name: str, agent: str, lease_seconds: float) -> None:
+        """A claimed run whose directory another live process still writes (its lease expired while the store was
+        away): leave it to that writer for one more lease; the writer's next heartbeat takes the row back, and if
+        it died meanwhile the run is claimable again when this lease expires."""
+        self._x(self.db, "UPDATE runs SET lease_until=? WHERE sweep_id=? AND name=? AND agent=? AND status='running'",
+                        (time.time() + lease_seconds, sweep_id, name, agent))
+
+    # finish/fail/stop/release are called by the process that ran the job while holding the run directory's lock
+    # (one writer at a time), so they act on the run whichever agent the row names at that moment.
     def finish(self, sweep_id: str, name: str, agent: str, run_dir: str, metrics: Optional[dict]) -> None:
-        self._x(self.db, "UPDATE runs SET status='finished', run_dir=?, finished=?, metrics_json=?, error=NULL "
-                        "WHERE sweep_id=? AND name=? AND agent=?",
-                        (run_dir, time.time(), json.dumps(metrics) if metrics is not None else None, sweep_id, name, agent))
+        self._x(self.db, "UPDATE runs SET status='finished', agent=?, run_dir=?, finished=?, metrics_json=?, error=NULL, "
+                        "lease_until=NULL WHERE sweep_id=? AND name=? AND status IN ('running','queued')",
+                        (agent, run_dir, time.time(), json.dumps(metrics) if metrics is not None else None, sweep_id, name))
 
     def fail(self, sweep_id: str, name: str, agent: str, error: str, max_attempts: int) -> str:
         """Record a failure; re-queue unless it has now failed max_attempts times. Returns the new status."""
         with self.transaction() as db:
-            row = self._x(db, "SELECT failures FROM runs WHERE sweep_id=? AND name=? AND agent=?" + self.lock_suffix,
-                         (sweep_id, name, agent)).fetchone()
+            row = self._x(db, "SELECT failures FROM runs WHERE sweep_id=? AND name=? AND status='running'" + self.lock_suffix,
+                         (sweep_id, name)).fetchone()
             if row is None:
                 return "lost"
             failures = row[0] + 1
@@ -222,8 +235,8 @@ class Store:
 
     def stop(self, sweep_id: str, name: str, agent: str) -> None:
         """Mark a run ended early by early termination (a terminal state, like W&B's 'stopped')."""
-        self._x(self.db, "UPDATE runs SET status='stopped', finished=?, lease_until=NULL WHERE sweep_id=? AND name=? AND agent=?",
-                        (time.time(), sweep_id, name, agent))
+        self._x(self.db, "UPDATE runs SET status='stopped', finished=?, lease_until=NULL WHERE sweep_id=? AND name=? "
+                        "AND status='running'", (time.time(), sweep_id, name))
 
     def record_history(self, sweep_id: str, name: str, step: int, value: float) -> None:
         """Append one point of a run's metric history (used by early termination)."""
@@ -239,7 +252,7 @@ class Store:
     def release(self, sweep_id: str, name: str, agent: str) -> None:
         """Give a run back to the queue without counting a failure (SIGTERM/SIGINT)."""
         self._x(self.db, "UPDATE runs SET status='queued', agent=NULL, lease_until=NULL WHERE sweep_id=? AND name=? "
-                        "AND agent=? AND status='running'", (sweep_id, name, agent))
+                        "AND status='running'", (sweep_id, name))
 
     # ---- inspection ---------------------------------------------------------------------
     def counts(self, sweep_id: str) -> Dict[str, int]:
