@@ -23,7 +23,7 @@ def _known_errors() -> tuple:
 
     known = [UserError, ConfigError, DatasetNotFoundError, UnknownDatasetError, FormatError, MirrorError, RunLocked, DiskFull]
     for module, name in (("genood.orchestration.hostcheck", "SingleHostError"), ("genood.orchestration.store_postgres", "StoreUnreachable"),
-                         ("genood.orchestration.resilient", "StoreOutage")):
+                         ("genood.orchestration.resilient", "StoreOutage"), ("genood.orchestration.launch", "SubmissionFailed")):
         if module in sys.modules:
             known.append(getattr(sys.modules[module], name))
     training = sys.modules.get("genood.models.training")  # not imported eagerly: torch takes seconds to load

@@ -101,6 +101,7 @@ def cmd_agent(args) -> None:
     from genood.orchestration.store import store_locator
     log_dir = runs_root / args.sweep_id / "agents"
     log_dir.mkdir(parents=True, exist_ok=True)
+    logging.raiseExceptions = False  # a log line lost on a full disk is not worth a traceback; the run's error says why
     logger = logging.getLogger(f"agent.{os.getpid()}")
     logger.setLevel(logging.INFO)
     handler = logging.FileHandler(log_dir / f"{socket.gethostname()}-gpu{args.gpu if args.gpu not in (None, '') else 'none'}.log")
@@ -167,6 +168,8 @@ def _sweep_run_dirs(args):
         missing += m
         outs.append(o)
     out = outs[0] if len(outs) == 1 else runs_root / "+".join(s.replace("/", "_") for s in args.sweep_ids)
+    from genood.integrity import split_intact
+    dirs, _ = split_intact(dirs, say=lambda sentence: print(sentence, file=sys.stderr))  # damaged runs: one sentence each
     return dirs, missing, out
 
 

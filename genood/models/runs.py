@@ -37,7 +37,7 @@ def find_trained(cfg: Dict[str, Any], runs_root: Path):
     import yaml
 
     from genood import runconfig
-    from genood.models.training import CHECKPOINT, load_checkpoint
+    from genood.models.training import CHECKPOINT, CheckpointError, load_checkpoint
 
     key = lambda c: json.dumps(runconfig.model_identity(c), sort_keys=True, default=str)
     want = key(cfg)
@@ -46,7 +46,7 @@ def find_trained(cfg: Dict[str, Any], runs_root: Path):
         try:
             if ckpt.exists() and key(yaml.safe_load(cfg_path.read_text())) == want and load_checkpoint(ckpt).get("finished"):
                 return ckpt
-        except (KeyError, TypeError, yaml.YAMLError):  # another kind of run, or a config from an older version
+        except (KeyError, TypeError, yaml.YAMLError, CheckpointError):  # another kind of run, an older config, a damaged file
             continue
     return None
 
@@ -68,8 +68,9 @@ def find_or_train(bg_cfg: Dict[str, Any], runs_root: Path, log, folder: str = "b
     directory = Path(runs_root) / folder / name
     with _locked(Path(runs_root) / folder / f".{name}.lock"):  # another agent may be training it
         ckpt = directory / CHECKPOINT
-        if ckpt.exists() and load_checkpoint(ckpt).get("finished"):
-            return load_trained(ckpt)[0], directory
+        from genood.integrity import file_problem
+        if ckpt.exists() and file_problem(ckpt) is None and load_checkpoint(ckpt).get("finished"):
+            return load_trained(ckpt)[0], directory  # (a damaged one is moved aside by fit, which retrains)
         log(f"{what}: training {name} (seed {bg_cfg['run']['seed']}, mutation_rate {bg_cfg['training']['mutation_rate']}, "
             f"l2_penalty {bg_cfg['training']['l2_penalty']}) into {directory}")
         train_set = load_split(bg_cfg["data"]["in_distribution"], "train")

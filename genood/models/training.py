@@ -128,6 +128,12 @@ def _restore(model, optimizer, scheduler, ckpt_path: Path, device, log) -> int:
     """Load the run's checkpoint into model, optimizer and schedule when there is one; the step to go on from."""
     if not ckpt_path.exists():
         return 0
+    from genood.integrity import file_problem
+    if file_problem(ckpt_path) is not None:  # cut short from outside (our writes are atomic): keep it aside, never read it as a checkpoint
+        aside = ckpt_path.with_name(f"{ckpt_path.name}.damaged-{int(time.time())}")
+        ckpt_path.rename(aside)
+        log(f"checkpoint {ckpt_path} is damaged (not a complete archive); moved to {aside.name}, training from step 0")
+        return 0
     state = load_checkpoint(ckpt_path, map_location=device, need=CHECKPOINT_KEYS + RESUME_KEYS)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])

@@ -41,7 +41,7 @@ def _load_matching(path: Path, fingerprint: str, log: Callable[[str], None], sta
             if str(f["fingerprint"]) == fingerprint:
                 return {k: f[k] for k in f.files if k != "fingerprint"}
         log(f"{stage}: {path} belongs to another model, data or setting; not used")
-    except (OSError, ValueError, KeyError) as exc:  # damaged: recompute
+    except Exception as exc:  # damaged (truncated zip, bad header, missing key): recompute, never trust it
         log(f"{stage}: {path} is unreadable ({type(exc).__name__}); not used")
     return {}
 

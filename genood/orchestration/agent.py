@@ -129,11 +129,11 @@ def _propose(store: Store, sweep: Dict[str, Any]) -> bool:
     return True
 
 
-def _open_sweep(db_path, sweep_id: str, me: str, runs_root: Optional[Path]):
+def _open_sweep(db_path, sweep_id: str, me: str, runs_root: Optional[Path], timeout: float = 60.0):
     """The store and the sweep (one sentence when the sweep is not there or runs on another host)."""
     from genood.orchestration.hostcheck import check_single_host
 
-    store = open_store(db_path, runs_root=runs_root)
+    store = open_store(db_path, runs_root=runs_root, timeout=timeout)
     sweep = store.sweep(sweep_id)
     try:
         if sweep is None:
@@ -207,8 +207,10 @@ def run_agent(db_path, sweep_id: str, gpu: Optional[str] = None, count: Optional
     store outage waited out (seconds); ``claim_times``: a list that receives each claim's latency (seconds)."""
     log = log or logging.getLogger("agent")
     me = agent_name(gpu)
-    plain, sweep = _open_sweep(db_path, sweep_id, me, runs_root)
-    store = ResilientStore(str(db_path), runs_root=plain.runs_root, limit=outage_limit, log=log, store=plain)
+    attempt = max(0.5, min(10.0, outage_limit / 4))  # one attempt's wait on a busy SQLite file, then logged and retried
+    plain, sweep = _open_sweep(db_path, sweep_id, me, runs_root, timeout=attempt)
+    store = ResilientStore(str(db_path), runs_root=plain.runs_root, limit=outage_limit, log=log, store=plain,
+                           attempt_timeout=attempt)
     done = {"finished": 0, "failed": 0, "requeued": 0, "released": 0, "stopped": 0, "deferred": 0}
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 

@@ -99,4 +99,39 @@ def launch(sweep_id: str, locator: str, runs_root: Path, agents: int, slurm: boo
     if root not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     task = AgentTask(locator, sweep_id, str(runs_root), lease=lease, count=count)
-    return executor.map_array(task, list(range(agents)))
+    return _submit(executor, task, agents, sweep_id, "Slurm" if slurm else "submitit's local executor")
+
+
+class SubmissionFailed(RuntimeError):
+    """The scheduler refused the job array (one sentence quoting its own error)."""
+
+
+def scheduler_error(text: str) -> str:
+    """The scheduler's own error lines (``sbatch: error: ...``, ``sbatch: fatal: ...``), joined; else the last line."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() or "fatal" in line.lower()]
+    picked = (errors or lines)[-3:]
+    return " / ".join(picked) if picked else "no message"
+
+
+def _submit(executor, task: AgentTask, agents: int, sweep_id: str, where: str) -> List[Any]:
+    """``executor.map_array``; a refused submission (no controller, bad partition, rejected limits, no sbatch)
+    becomes one sentence quoting the scheduler. Nothing in the sweep's store changes either way."""
+    import contextlib
+    import io
+    import subprocess
+
+    from submitit.core.utils import FailedJobError
+
+    chatter = io.StringIO()  # submitit prints sbatch's stderr before raising: we quote it once, in the sentence
+    try:
+        with contextlib.redirect_stderr(chatter):
+            return executor.map_array(task, list(range(agents)))
+    except (FailedJobError, subprocess.CalledProcessError, OSError) as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, subprocess.CalledProcessError) else exc
+        said = getattr(cause, "stderr", None) or str(exc) or chatter.getvalue()
+        if isinstance(exc, FileNotFoundError):
+            said = f"{exc.filename or 'sbatch'} not found"
+        raise SubmissionFailed(f"{where} refused the {agents} agent task(s) of {sweep_id} ({scheduler_error(said)}); "
+                               f"the sweep is unchanged: check the controller, --partition and the limits (--time, --mem, "
+                               f"--gpus-per-agent), then run `python sweep.py launch {sweep_id} ...` again.") from exc
