@@ -70,6 +70,7 @@ bench: setup data
 	$(PY) benchmarks/bench_families.py
 	$(PY) benchmarks/bench_suite.py
 	$(PY) benchmarks/bench_seed_experiments.py
+	$(PY) benchmarks/bench_faults.py
 
 clean-runs:
 	rm -rf runs/demo

@@ -140,6 +140,43 @@ def test_a_locked_sqlite_file_is_waited_out(tmp_path):
     assert_clean(root, sid)
 
 
+def test_a_run_whose_lease_expired_while_its_writer_lives_is_left_to_the_writer(tmp_path, monkeypatch):
+    """After an outage longer than the lease, another agent may claim a run whose first agent is still working
+    on it: the newcomer finds the run directory locked and leaves it alone; the writer's heartbeat takes the
+    row back and its finish counts. The writer here is this test process holding the lock."""
+    from genood import rundir
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    root = tmp_path / "runs"
+    sid = create(root, steps_meta(2, steps=2, seconds=0.2), tmp_path)
+    store = open_store(store_locator(root), runs_root=root)
+    try:
+        held = store.claim(sid, "writer-A", lease_seconds=0.5)  # A's lease will lapse while it "works"
+        directory = root / sid / held.name
+        with rundir.run_lock(directory):
+            time.sleep(0.6)
+            newcomer = agent(root, sid, "--lease", "1.5")
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                by_name = {r["name"]: r for r in store.runs(sid)}
+                if by_name[held.name]["agent"] not in (None, "writer-A") and any(
+                        r["status"] == "finished" for r in by_name.values()):
+                    break
+                time.sleep(0.1)
+            row = {r["name"]: r for r in store.runs(sid)}[held.name]
+            assert row["status"] == "running" and row["claims"] == 2 and row["agent"] != "writer-A"
+            assert not (directory / "executions.log").exists()  # the newcomer never ran it
+            assert store.heartbeat(sid, held.name, "writer-A", 30.0)  # the writer takes the row back
+            assert {r["name"]: r for r in store.runs(sid)}[held.name]["agent"] == "writer-A"
+            store.finish(sid, held.name, "writer-A", str(directory), None)
+        _, err = newcomer.communicate(timeout=120)
+        assert newcomer.returncode == 0, err
+        assert f"left {held.name} to the process still writing it" in err
+        assert [r["status"] for r in store.runs(sid)] == ["finished", "finished"]
+        assert not (directory / "executions.log").exists()
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_an_outage_longer_than_the_limit_ends_the_agent_in_one_sentence_and_the_run_resumes(tmp_path, store, request):
     root = tmp_path / "runs"
