@@ -124,3 +124,24 @@ def test_a_real_slurm_array_runs_the_sweep_and_a_preempted_task_is_resumed(tmp_p
     (row,) = _runs(root, sid)
     assert row["status"] == "finished" and row["claims"] == 2, second.stderr()
     assert "resuming from step" in (root / sid / name / "run.log").read_text()
+
+
+def test_a_real_controller_refusing_the_array_is_one_sentence_quoting_it_and_the_sweep_is_unchanged(tmp_path, slurm):
+    """A bad partition and limits no node can meet: sbatch's own error, quoted; nothing in the store changes."""
+    from genood.orchestration.launch import SubmissionFailed
+    from genood.orchestration.store import open_store
+    root = tmp_path / "runs"
+    sid, name, ckpt = _training_sweep(tmp_path, root, 1)
+    store = open_store(store_locator(root), runs_root=root)
+    try:
+        before = store.runs(sid)
+        for kwargs, expected in (({"partition": "no_such_partition"}, "invalid partition"),
+                                 ({"mem_gb": 10_000_000}, "sbatch: error")):
+            with pytest.raises(SubmissionFailed) as caught:
+                launch(sid, store_locator(root), root, agents=2, slurm=True, time_min=10, **kwargs)
+            said = str(caught.value)
+            assert said.startswith(f"Slurm refused the 2 agent task(s) of {sid} (sbatch: ") and "\n" not in said
+            assert expected in said.lower() and "the sweep is unchanged" in said
+        assert store.runs(sid) == before
+    finally:
+        store.close()
