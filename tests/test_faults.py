@@ -333,6 +333,20 @@ def test_a_full_disk_hands_the_run_back_with_one_sentence_and_an_agent_with_spac
     assert metrics["state"]["sha256"] == _state_digest(sleep_state(0, 40))
 
 
+def test_a_full_disk_under_the_sqlite_store_is_one_sentence(tmp_path, small_fs, monkeypatch):
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    root = tmp_path / "runs"
+    store = small_fs / "store.sqlite"
+    env = dict(os.environ, **{STORE_ENV: str(store)})
+    sid = create(root, steps_meta(400, steps=1, seconds=0.0), tmp_path, env=env)
+    _fill(small_fs)
+    p = agent(root, sid, env=env)
+    _, err = p.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if not line.startswith("agent: ")]
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"error: No space left on device writing {store}") and "(the sweep store)" in lines[0]
+
+
 # ---- 4. corrupt or partial artifacts ---------------------------------------------------------------------------
 def _truncate(path: Path, keep: float = 0.5) -> None:
     data = path.read_bytes()

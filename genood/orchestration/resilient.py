@@ -113,6 +113,9 @@ class ResilientStore:
             try:
                 result = getattr(self._reconnect(), name)(*args, **kwargs)
             except Exception as exc:
+                if isinstance(exc, sqlite3.OperationalError) and not self.locator.startswith(("postgresql:", "postgres:")):
+                    from genood.orchestration.store import raise_if_full
+                    raise_if_full(exc, Path(self.locator))  # a full disk is not an outage: one sentence now
                 if not is_transient(exc):
                     raise
                 self.close()

@@ -82,6 +82,25 @@ def open_store(locator, runs_root: Optional[Path] = None, timeout: float = 60.0)
     return Store(Path(locator), runs_root=runs_root, timeout=timeout)
 
 
+def raise_if_full(exc: sqlite3.OperationalError, path: Path) -> None:
+    """A SQLite error caused by a full file system (SQLite says "database or disk is full", or only "disk I/O
+    error" when it cannot even create its WAL files) as :class:`rundir.DiskFull`, one sentence naming the store."""
+    import errno
+    import os
+
+    full = "disk is full" in str(exc).lower()
+    if not full:
+        try:
+            st = os.statvfs(Path(path).parent)
+            full = st.f_bavail * st.f_frsize < 65536
+        except OSError:
+            full = False
+    if full:
+        from genood.rundir import DiskFull, disk_full_sentence
+        raise DiskFull(errno.ENOSPC, f"{disk_full_sentence(exc, path)} (the sweep store) Free space there and start "
+                       f"the agent again; a run it held resumes from its checkpoint.", str(path)) from exc
+
+
 class Store:
     """A connection to the sweep database (one per process; cheap to open). This class is the SQLite
     implementation and holds the shared SQL; subclasses change the connection and the locking."""
@@ -96,10 +115,15 @@ class Store:
         self.runs_root = Path(runs_root) if runs_root is not None else self.path.parent
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            self.db.executescript(SCHEMA)
+        except sqlite3.OperationalError as exc:
+            self.db.close()
+            raise_if_full(exc, self.path)
+            raise
 
     def describe(self) -> str:
         return str(self.path)
