@@ -436,3 +436,31 @@ def test_a_slurm_client_without_a_controller_is_one_sentence_and_the_sweep_is_un
         assert lines[0].startswith(f"error: Slurm refused the 2 agent task(s) of {sid} (sbatch: ")
         assert "the sweep is unchanged" in lines[0]
     assert rows(root, sid) == before
+
+
+def test_integrity_flags_each_kind_of_cut_short_file_and_nothing_whole(tmp_path):
+    """Against the files as their writers make them: whole files pass, each one cut short is named."""
+    import pandas as pd
+    import torch
+
+    from genood.integrity import damaged_files, file_problem
+    run = tmp_path / "run"
+    (run / "lid_spectra").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"x": {"auroc": 0.5}}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"a": [1, 2, 3]}))
+    pd.DataFrame({"v": np.arange(1000.0)}).to_parquet(run / "scores.parquet")
+    torch.save({"model": {"w": torch.randn(64, 64)}, "step": 3}, run / "checkpoint.pt")
+    np.savez(run / "lid_spectra" / "in_test.npz", spectra=np.random.default_rng(0).random((16, 64)))
+    (run / ".scores.parquet.abc.tmp").write_bytes(b"partial")  # an atomic write in progress: not a run file
+    assert damaged_files(run) == []
+    for name in ("metrics.json", "scores.parquet", "checkpoint.pt", "lid_spectra/in_test.npz"):
+        path = run / name
+        whole = path.read_bytes()
+        for keep in (0.0, 0.3, 0.9):
+            path.write_bytes(whole[: int(len(whole) * keep)])
+            assert file_problem(path) is not None, (name, keep)
+            assert [p for p, _ in damaged_files(run)] == [path]
+        path.write_bytes(whole)
+        assert file_problem(path) is None
+    (run / "config.yaml").write_text("a: [1, 2")  # yaml cut short
+    assert [p.name for p, _ in damaged_files(run)] == ["config.yaml"]
