@@ -146,6 +146,21 @@ def _open_sweep(db_path, sweep_id: str, me: str, runs_root: Optional[Path], time
     return store, sweep
 
 
+def _give_back_if_full(store, sweep_id: str, name: str, me: str, exc: BaseException, directory, done) -> None:
+    """A job that filled the disk: the run goes back to the queue uncounted (not its fault) and this agent stops
+    with one sentence naming the file (:class:`rundir.DiskFull`). Returns when ``exc`` is anything else."""
+    import errno
+    full = disk_full_error(exc)
+    if full is None:
+        return
+    store.release(sweep_id, name, me)
+    done["released"] += 1
+    where = full.filename or directory
+    raise rundir.DiskFull(errno.ENOSPC, f"{rundir.disk_full_sentence(full, where)} Run {name} went back to the queue "
+                          f"with its finished files and last checkpoint intact; free space (or start an agent where the "
+                          f"runs root has room) and it resumes from there.", str(where)) from exc
+
+
 def _run_claim(store, sweep, claim, me: str, lease: float, log, done: Dict[str, int]) -> None:
     """Run one claimed run under a heartbeat, holding its directory's lock, and record how it ended in the store
     and in ``done``."""
@@ -160,6 +175,9 @@ def _run_claim(store, sweep, claim, me: str, lease: float, log, done: Dict[str, 
             done["deferred"] += 1
             log.info(f"left {claim.name} to the process still writing it ({exc})")
             return
+        except OSError as exc:  # not even the lock file could be written
+            _give_back_if_full(store, sweep_id, claim.name, me, exc, directory, done)
+            raise
     beat = _Heartbeat(store.locator, sweep_id, claim.name, me, lease, max(0.05, lease / 4), log=log, runs_root=store.runs_root)
     beat.start()
     t0 = time.perf_counter()
@@ -175,14 +193,7 @@ def _run_claim(store, sweep, claim, me: str, lease: float, log, done: Dict[str, 
         log.info(f"released {claim.name} back to the queue (terminated)")
         raise
     except Exception as exc:
-        full = disk_full_error(exc)
-        if full is not None:  # not the run's fault: back to the queue uncounted, and this agent stops
-            store.release(sweep_id, claim.name, me)
-            done["released"] += 1
-            import errno
-            raise rundir.DiskFull(errno.ENOSPC, f"{rundir.disk_full_sentence(full)} Run {claim.name} went back to the queue with its "
-                                  f"finished files and last checkpoint intact; free space (or start an agent where the runs "
-                                  f"root has room) and it resumes from there.", full.filename) from exc
+        _give_back_if_full(store, sweep_id, claim.name, me, exc, directory, done)
         status = store.fail(sweep_id, claim.name, me, traceback.format_exc(limit=20), sweep["max_attempts"])
         done["failed" if status == "failed" else "requeued"] += 1
         log.warning(f"{claim.name} raised; {'marked failed' if status == 'failed' else 're-queued'}")
