@@ -118,6 +118,12 @@ def test_selection_sees_only_the_selection_sets_and_picks_the_best_worst_case():
     assert set(held["ood_dataset"]) == {"a:uniform", "b"} and set(held["detector"]) == {"d1", "mf"}
     d1 = held[held["detector"] == "d1"].set_index("ood_dataset")
     assert bool(d1.loc["a:uniform", "beats_baselines"]) is False and bool(d1.loc["b", "beats_baselines"]) is False
+    # the ceiling: per held-out set the best learned detector (with OOD labels), marked optimistic
+    ceil = picked["ceiling"].set_index(["in_dataset", "ood_group"])
+    assert set(ceil["optimistic"]) == {True}
+    far, real = ceil.xs("far", level="ood_group").iloc[0], ceil.xs("real", level="ood_group").iloc[0]
+    assert far["mean"] == pytest.approx(1.0) and real["mean"] == pytest.approx(0.99) and real["worst_set"] == "b"
+    assert any(line.startswith("  ceiling (optimistic") and "mean 0.990" in line for line in suite.selection_lines({"m": picked}))
     # selecting on a named set works too; a token naming nothing is one sentence
     assert suite.selection(sets, ["a:hflip"])["m"]["detector"] == "d2"
     with pytest.raises(suite.SelectionError, match="names no group or OOD set") as err:
