@@ -236,7 +236,7 @@ def test_a_training_run_killed_twice_ends_with_the_weights_of_an_uninterrupted_o
     np.savez(tmp_path / "a.npz", images=images)
     meta = {"job": "train", "method": "grid", "base_config": {
         "model": dict(TINY_MODEL), "tracking": {"wandb": False}, "data": {"in_distribution": f"npz:{tmp_path / 'a.npz'}"},
-        "training": {"steps": 120, "batch_size": 8, "checkpoint_every": 5, "progress": False, "sample_grid": 0}},
+        "training": {"steps": 80, "batch_size": 8, "checkpoint_every": 5, "progress": False, "sample_grid": 0}},
         "sweep_configuration": {"run": {"seed": {"sweep": True, "values": [3]}}}}
     weights = {}
     for label, kills in (("plain", 0), ("killed", 2)):
@@ -256,7 +256,7 @@ def test_a_training_run_killed_twice_ends_with_the_weights_of_an_uninterrupted_o
             p.send_signal(signal.SIGKILL)
             p.wait()
             seen = torch.load(ckpt, weights_only=True)["step"]
-            assert seen < 120
+            assert seen < 80
             time.sleep(1.2)
         p = agent(root, sid, "--lease", "1")
         _, err = p.communicate(timeout=600)
@@ -377,9 +377,13 @@ def finished_ood_sweep(tmp_path_factory):
 
 
 @pytest.mark.parametrize("victim", ["scores.parquet", "metrics.json", "checkpoint.pt", "lid_spectra"])
-def test_a_damaged_file_makes_aggregate_and_report_skip_the_run_with_one_sentence(finished_ood_sweep, victim):
+def test_a_damaged_file_makes_aggregate_and_report_skip_the_run_with_one_sentence(finished_ood_sweep, victim, capsys,
+                                                                                  monkeypatch):
     import shutil
+
+    from genood.commands.sweep import main as sweep_main
     root, sid, env = finished_ood_sweep
+    monkeypatch.delenv(STORE_ENV, raising=False)
     runs = rows(root, sid, str(root / "sweeps.sqlite"))
     target_dir = Path(runs[0]["run_dir"])
     files = sorted((target_dir / "lid_spectra").glob("*.npz")) if victim == "lid_spectra" else [target_dir / victim]
@@ -388,8 +392,9 @@ def test_a_damaged_file_makes_aggregate_and_report_skip_the_run_with_one_sentenc
     _truncate(files[0])
     try:
         for command in ("aggregate", "report") if victim == "scores.parquet" else ("aggregate",):
-            out = sweep_cli(root, command, sid, env=env)
-            skipped = [line for line in out.stderr.splitlines() if line.startswith("Skipped run")]
+            assert sweep_main(["--runs-root", str(root), command, sid]) == 0  # in process: no interpreter start-up
+            said = capsys.readouterr().err
+            skipped = [line for line in said.splitlines() if line.startswith("Skipped run")]
             assert skipped == [f"Skipped run {target_dir.name}: {files[0]} is damaged ({skipped[0].split('(', 1)[1]}"]
             assert f"`python sweep.py rerun {sid} {target_dir.name}`" in skipped[0]
         table = __import__("pandas").read_csv(root / sid / "aggregate.csv")
