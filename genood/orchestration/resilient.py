@@ -52,6 +52,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
+    from genood.orchestration.store_postgres import StoreUnreachable
+    if isinstance(exc, StoreUnreachable) and exc.__cause__ is not None:  # the driver's reason, not our sentence
+        exc = exc.__cause__
     text = str(exc).strip()
     return text.splitlines()[0][:160] if text else type(exc).__name__
 
