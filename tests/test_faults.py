@@ -428,7 +428,7 @@ def test_a_rerun_of_a_damaged_run_recomputes_it_and_never_reads_the_partial_file
 # ---- 5. submission failures ------------------------------------------------------------------------------------
 def test_a_slurm_client_without_a_controller_is_one_sentence_and_the_sweep_is_unchanged(tmp_path):
     root = tmp_path / "runs"
-    env = {k: v for k, v in os.environ.items() if k != STORE_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (STORE_ENV, "SLURM_CONF")}  # a client with no configuration
     conf = tmp_path / "slurm.conf"  # a controller that is not running: nothing listens on its port
     conf.write_text("ClusterName=none\nSlurmctldHost=localhost\nSlurmctldPort=1\nAuthType=auth/none\n"
                     "NodeName=localhost CPUs=1 State=UNKNOWN\nPartitionName=debug Nodes=localhost Default=YES\n")
