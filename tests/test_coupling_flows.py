@@ -140,6 +140,10 @@ def test_coupling_views_are_stored_and_drawn_in_the_run_and_the_report(tmp_path)
         assert f["view0"].min() >= 0 and f["view0"].max() < 256 and f["view0"][:4].max() < 121  # inputs: in (<120) rows first
     assert (directory / "figures" / "model_views.html").exists()
     assert "coupling layers and latents" in (directory / "figures" / "model_views.html").read_text()
+    from genood.models.views import views_figure
+    shown = [a.text for a in views_figure(directory, max_columns=6).layout.annotations]
+    assert shown[0] == "input" and shown[1].startswith("c0<br>") and shown[1].endswith("<br>s")
+    assert "latent, scale 0" in shown and "latent, scale 1" in shown and len([t for t in shown if "<br>" in t]) == 3
     assert "model views" in build(pd.DataFrame(), [directory])
 
 

@@ -55,8 +55,14 @@ def views_figure(directory: Path, title: str = "", max_columns: int = 10) -> Opt
     from plotly.subplots import make_subplots
 
     with np.load(path, allow_pickle=False) as f:
-        titles, rows = [str(t) for t in f["titles"]][:max_columns], [str(r) for r in f["rows"]]
-        views = [f[f"view{j}"] for j in range(len(titles))]
+        every, rows = [str(t) for t in f["titles"]], [str(r) for r in f["rows"]]
+        # the first panels (input, the first layers) and the last ones (the latents) when there are too many
+        tail = [j for j, t in enumerate(every) if t.startswith("latent")][-max(1, max_columns // 3):]
+        head = [j for j in range(len(every)) if j not in tail][:max_columns - len(tail)]
+        keep = head + tail
+        titles = [every[j].replace(": ", "<br>", 1).replace(" ", "<br>", 1) if ": " in every[j] else every[j]
+                  for j in keep]  # short lines ("c0", "channel0 s0", "s"): no overlapping titles
+        views = [f[f"view{j}"] for j in keep]
     fig = make_subplots(rows=len(rows), cols=len(titles), column_titles=titles, row_titles=rows,
                         horizontal_spacing=0.01, vertical_spacing=0.01)
     for i in range(len(rows)):
