@@ -122,8 +122,8 @@ def test_a_postgresql_restart_mid_sweep_is_waited_out_and_nothing_runs_twice(tmp
 
 def test_a_locked_sqlite_file_is_waited_out(tmp_path):
     root = tmp_path / "runs"
-    sid = create(root, steps_meta(3, steps=10, seconds=3.0), tmp_path)
-    procs = [agent(root, sid, "--store-outage-limit", "16") for _ in range(2)]
+    sid = create(root, steps_meta(4, steps=10, seconds=8.0), tmp_path)  # long enough to outlast a slow holder start
+    procs = [agent(root, sid, "--store-outage-limit", "16", "--lease", "4") for _ in range(2)]  # a heartbeat every 1 s
     wait_running(root, sid, 1)
     holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time\n"
                                "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
@@ -185,7 +185,7 @@ def test_an_outage_longer_than_the_limit_ends_the_agent_in_one_sentence_and_the_
     if store == "postgresql":
         server = request.getfixturevalue("own_postgres")
         env[STORE_ENV] = server.new_database()
-    sid = create(root, steps_meta(1, steps=8, seconds=4.0), tmp_path, env=env)
+    sid = create(root, steps_meta(1, steps=8, seconds=10.0), tmp_path, env=env)  # still running when the store goes
     p = agent(root, sid, "--lease", "2", "--store-outage-limit", "2", env=env)
     wait_running(root, sid, 1, locator=env.get(STORE_ENV))
     if store == "postgresql":
