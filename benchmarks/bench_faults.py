@@ -10,8 +10,8 @@
   computation (bitwise), wall time.
 
 Storm your own sweep instead (any job; the bitwise check applies to the sleep job):
-    python benchmarks/bench_faults.py --storm-sweep <sweep-id> --runs-root <runs root> [--agents 4 --every 3 --duration 300]
-Usage: python benchmarks/bench_faults.py [--quick]
+    PYTHONPATH=. python benchmarks/bench_faults.py --storm-sweep <sweep-id> --runs-root <runs root> [--agents 4 --every 3]
+Usage: PYTHONPATH=. python benchmarks/bench_faults.py [--quick]   (make bench sets PYTHONPATH)
 """
 from __future__ import annotations
 
@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from genood.orchestration.store import STORE_ENV, open_store, store_locator
+from genood.orchestration.storm import check_sweep, kill_storm
 
-from genood.orchestration.store import STORE_ENV, open_store, store_locator  # noqa: E402
-from genood.orchestration.storm import check_sweep, kill_storm  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _create(root: Path, meta: dict, env: dict) -> str:

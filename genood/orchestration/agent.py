@@ -78,8 +78,10 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         store = None
         try:
+            attempt = max(0.25, min(10.0, self.every * 2))  # a busy store shows (and is logged) well within a lease
             store = ResilientStore(self.locator, runs_root=self.runs_root, limit=float("inf"), log=self.log,
-                                   interrupt=self.stop_event, store=open_store(self.locator, runs_root=self.runs_root))
+                                   interrupt=self.stop_event, attempt_timeout=attempt,
+                                   store=open_store(self.locator, runs_root=self.runs_root, timeout=attempt))
             while not self.stop_event.wait(self.every):
                 held = store.heartbeat(*self.args)
                 if not held and not self.lost and self.log is not None:
@@ -129,13 +131,15 @@ def _propose(store: Store, sweep: Dict[str, Any]) -> bool:
     return True
 
 
-def _open_sweep(db_path, sweep_id: str, me: str, runs_root: Optional[Path], timeout: float = 60.0):
-    """The store and the sweep (one sentence when the sweep is not there or runs on another host)."""
+def _open_sweep(db_path, sweep_id: str, me: str, runs_root: Optional[Path], log, outage_limit: float):
+    """The store (through :class:`ResilientStore`: a busy SQLite file or a restarting server is waited out from
+    the start) and the sweep (one sentence when the sweep is not there or runs on another host)."""
     from genood.orchestration.hostcheck import check_single_host
 
-    store = open_store(db_path, runs_root=runs_root, timeout=timeout)
-    sweep = store.sweep(sweep_id)
+    attempt = max(0.5, min(10.0, outage_limit / 4))  # one attempt's wait on a busy SQLite file, then logged and retried
+    store = ResilientStore(str(db_path), runs_root=runs_root, limit=outage_limit, log=log, attempt_timeout=attempt)
     try:
+        sweep = store.sweep(sweep_id)
         if sweep is None:
             raise KeyError(f"Sweep '{sweep_id}' not found in {store.describe()}; create it with "
                            f"`python sweep.py create --config <meta.yaml>` (with the same --store).")
@@ -218,10 +222,7 @@ def run_agent(db_path, sweep_id: str, gpu: Optional[str] = None, count: Optional
     store outage waited out (seconds); ``claim_times``: a list that receives each claim's latency (seconds)."""
     log = log or logging.getLogger("agent")
     me = agent_name(gpu)
-    attempt = max(0.5, min(10.0, outage_limit / 4))  # one attempt's wait on a busy SQLite file, then logged and retried
-    plain, sweep = _open_sweep(db_path, sweep_id, me, runs_root, timeout=attempt)
-    store = ResilientStore(str(db_path), runs_root=plain.runs_root, limit=outage_limit, log=log, store=plain,
-                           attempt_timeout=attempt)
+    store, sweep = _open_sweep(db_path, sweep_id, me, runs_root, log, outage_limit)
     done = {"finished": 0, "failed": 0, "requeued": 0, "released": 0, "stopped": 0, "deferred": 0}
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 

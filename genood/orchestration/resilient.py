@@ -28,7 +28,8 @@ _DOING = {"claim": "claiming the next run", "heartbeat": "renewing the lease of 
           "fail": "recording the failure of {}", "stop": "recording {} as stopped early", "release": "handing {} back to the queue",
           "defer": "leaving {} to the process that writes it", "counts": "reading the sweep's counts",
           "record_history": "recording a metric of {}", "histories": "reading metric histories", "runs": "reading the sweep's runs",
-          "sweep": "reading the sweep", "add_run": "adding a proposed run", "register_agent": "registering this agent"}
+          "sweep": "reading the sweep", "add_run": "adding a proposed run", "register_agent": "registering this agent",
+          "connect": "opening the store"}
 
 
 class StoreOutage(RuntimeError):
@@ -68,14 +69,17 @@ class ResilientStore:
     def __init__(self, locator: str, runs_root: Optional[Path] = None, limit: float = DEFAULT_OUTAGE_LIMIT,
                  log: Optional[logging.Logger] = None, store=None, attempt_timeout: float = 10.0,
                  first_wait: float = 0.5, max_wait: float = 30.0, interrupt: Optional[threading.Event] = None):
-        from genood.orchestration.store import open_store
         self.locator, self.runs_root = str(locator), runs_root
         self.limit, self.log = float(limit), log or logging.getLogger("agent")
         self.attempt_timeout, self.first_wait, self.max_wait = float(attempt_timeout), float(first_wait), float(max_wait)
         self.interrupt = interrupt
         self.outages = 0          # outages survived (for the agent's summary)
         self.longest_outage = 0.0
-        self._store = store if store is not None else open_store(self.locator, runs_root=runs_root, timeout=self.attempt_timeout)
+        self._store = store
+        self._reached = store is not None  # a server never reached at all is a wrong URL far more often than an outage
+        if store is None:
+            self._call("connect", (), {})  # (a busy SQLite file at start is waited out like any outage)
+        self.path = getattr(self._store, "path", None)
         if self.runs_root is None:
             self.runs_root = self._store.runs_root
 
@@ -100,6 +104,7 @@ class ResilientStore:
         from genood.orchestration.store import open_store
         if self._store is None:
             self._store = open_store(self.locator, runs_root=self.runs_root, timeout=self.attempt_timeout)
+            self._reached = True
         return self._store
 
     def __getattr__(self, name: str) -> Any:
@@ -114,8 +119,12 @@ class ResilientStore:
         started, wait = None, self.first_wait
         while True:
             try:
-                result = getattr(self._reconnect(), name)(*args, **kwargs)
+                store = self._reconnect()
+                result = store if name == "connect" else getattr(store, name)(*args, **kwargs)
             except Exception as exc:
+                from genood.orchestration.store_postgres import StoreUnreachable
+                if isinstance(exc, StoreUnreachable) and not self._reached:
+                    raise  # never reached: one sentence now (check the URL), no waiting
                 if isinstance(exc, sqlite3.OperationalError) and not self.locator.startswith(("postgresql:", "postgres:")):
                     from genood.orchestration.store import raise_if_full
                     raise_if_full(exc, Path(self.locator))  # a full disk is not an outage: one sentence now
@@ -131,8 +140,9 @@ class ResilientStore:
                                       f"{doing} (limit {self.limit:.0f} s, --store-outage-limit), so the agent stops; a run it "
                                       f"held keeps its checkpoint and is resumed by the next agent once its lease expires.") from exc
                 pause = min(wait, self.limit - out_for)
+                bound = f"of at most {self.limit:.0f} s" if self.limit != float("inf") else "; the job goes on meanwhile"
                 self.log.warning(f"store {self.describe()} unavailable while {doing} ({_first_line(exc)}); retrying in "
-                                 f"{pause:.1f} s (out for {out_for:.0f} s of at most {self.limit:.0f} s)")
+                                 f"{pause:.1f} s (out for {out_for:.0f} s {bound})")
                 if self.interrupt is not None:
                     if self.interrupt.wait(pause):
                         raise StoreOutage(f"stopped while waiting for the sweep store {self.describe()}") from exc
