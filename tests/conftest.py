@@ -44,9 +44,7 @@ def real_data_available() -> bool:
 needs_real_data = pytest.mark.skipif(not real_data_available(), reason="offline mirror missing: run `make data`")
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    """A real PostgreSQL server for the session (see tests/pgserver.py); fails, never skips, when it cannot start."""
+def _postgres():
     from tests.pgserver import PostgresServer
 
     server = PostgresServer().start()
@@ -54,6 +52,18 @@ def postgres_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (see tests/pgserver.py); fails, never skips, when it cannot start."""
+    yield from _postgres()
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of one test alone, which the test may stop and start again (tests/test_faults.py)."""
+    yield from _postgres()
 
 
 def assert_training_resumes_to_the_same_weights(cfg, images, tmp_path, stop_at: int = 4) -> None:

@@ -70,7 +70,8 @@ class PostgresServer:
     def stop(self) -> None:
         if self.started:
             try:
-                self._run([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+                if (self.data / "postmaster.pid").exists():  # a test may have left it halted
+                    self._run([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"])
             finally:
                 self.started = False
         shutil.rmtree(self.root, ignore_errors=True)

@@ -89,17 +89,6 @@ def test_the_checks_themselves_catch_interleaved_writers_and_wrong_states():
 
 
 # ---- 1. store outages ---------------------------------------------------------------------------------------
-@pytest.fixture
-def own_postgres():
-    """A PostgreSQL server of this test alone (it is stopped and restarted)."""
-    from tests.pgserver import PostgresServer
-    server = PostgresServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_a_postgresql_restart_mid_sweep_is_waited_out_and_nothing_runs_twice(tmp_path, own_postgres):
     root = tmp_path / "runs"
     env = dict(os.environ, **{STORE_ENV: own_postgres.new_database()})

@@ -182,6 +182,11 @@ def _run_claim(store, sweep, claim, me: str, lease: float, log, done: Dict[str, 
         except OSError as exc:  # not even the lock file could be written
             _give_back_if_full(store, sweep_id, claim.name, me, exc, directory, done)
             raise
+        if not store.holds(sweep_id, claim.name, me):  # its previous writer finished it between our claim and the lock
+            lock.release()
+            done["deferred"] += 1
+            log.info(f"{claim.name} was finished by its previous writer; nothing to do")
+            return
     beat = _Heartbeat(store.locator, sweep_id, claim.name, me, lease, max(0.05, lease / 4), log=log, runs_root=store.runs_root)
     beat.start()
     t0 = time.perf_counter()

@@ -29,7 +29,7 @@ _DOING = {"claim": "claiming the next run", "heartbeat": "renewing the lease of 
           "defer": "leaving {} to the process that writes it", "counts": "reading the sweep's counts",
           "record_history": "recording a metric of {}", "histories": "reading metric histories", "runs": "reading the sweep's runs",
           "sweep": "reading the sweep", "add_run": "adding a proposed run", "register_agent": "registering this agent",
-          "connect": "opening the store"}
+          "connect": "opening the store", "holds": "checking that this agent still holds {}"}
 
 
 class StoreOutage(RuntimeError):

@@ -229,6 +229,13 @@ class Store:
                               (time.time() + lease_seconds, agent, sweep_id, name))
         return cur.rowcount == 1
 
+    def holds(self, sweep_id: str, name: str, agent: str) -> bool:
+        """Whether ``agent`` still holds the run (running under its name). Read after taking the run directory's
+        lock: a previous writer that finished the run did so before letting the lock go, so a False here means
+        the run needs nothing more from this agent."""
+        row = self._x(self.db, "SELECT status, agent FROM runs WHERE sweep_id=? AND name=?", (sweep_id, name)).fetchone()
+        return row is not None and row[0] == "running" and row[1] == agent
+
     def defer(self, sweep_id: str, name: str, agent: str, lease_seconds: float) -> None:
         """A claimed run whose directory another live process still writes (its lease expired while the store was
         away): leave it to that writer for one more lease; the writer's next heartbeat takes the row back, and if
