@@ -106,9 +106,15 @@ def test_a_real_slurm_array_runs_the_sweep_and_a_preempted_task_is_resumed(tmp_p
         time.sleep(0.1)
     (row,) = _runs(root, sid)
     assert row["status"] == "queued" and row["claims"] == 1, job.stderr()  # handed back at once, no lease to wait for
-    logs = "".join(p.read_text() for p in (root / sid / "slurm").rglob("*_log.*"))
     # submitit called our checkpoint() and asked Slurm to requeue the task (Slurm's SIGTERM to the requeued step may
-    # cut submitit's own "Requeued job" line short; Slurm's line says it)
+    # cut submitit's own "Requeued job" line short; Slurm's line says it). The run is handed back inside
+    # checkpoint(), before the requeue is asked for: wait for the line rather than read the logs at once.
+    deadline = time.time() + 30
+    while True:
+        logs = "".join(p.read_text() for p in (root / sid / "slurm").rglob("*_log.*"))
+        if ("Requeued job" in logs or "DUE TO JOB REQUEUE" in logs) or time.time() > deadline:
+            break
+        time.sleep(0.2)
     assert "Calling checkpoint method" in logs and ("Requeued job" in logs or "DUE TO JOB REQUEUE" in logs), logs
     # the requeued task would start after Slurm's requeue delay (minutes); clear the queue and let the next agent array
     # resume the run instead
