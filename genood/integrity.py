@@ -63,7 +63,7 @@ def _candidates(directory: Path) -> Iterable[Path]:
                 if path.is_dir():
                     if depth < _SUBFOLDERS_SCANNED and path.name not in ("figures", "wandb", "slurm", "agents"):
                         nxt.append(path)
-                elif path.suffix in suffixes and not (depth == 0 and path.name == "run.lock"):
+                elif path.suffix in suffixes:
                     yield path
         level = nxt
 
