@@ -138,6 +138,7 @@ SHIPPED = {  # file -> (job, runs)
     "ood/suite_flow_seeds.yaml": ("ood", 12),
     "ood/suite_seed_detectors.yaml": ("ood", 12),
     "ood/coupling_flows_tiny.yaml": ("ood", 4),
+    "ood/coupling_flows_suite.yaml": ("ood", 8),
     "ood/coupling_flows_paper.yaml": ("ood", 4),
     "ood/coupling_variants_tiny.yaml": ("ood", 14),
     "ood/negative_training_tiny.yaml": ("ood", 4),

@@ -234,6 +234,11 @@ def _glow_scale(c: int, h: int, w: int, last: bool, cfg: Dict[str, Any]) -> Tupl
     return steps, (c4, h // 2, w // 2)
 
 
+def _std_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) per row of (B, D)."""
+    return -0.5 * (z ** 2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+
+
 class CouplingFlow(_FlowObjective, nn.Module):
     """A multiscale RealNVP or Glow on images (C,H,W), implementing :class:`models.base.DensityModel`."""
 
@@ -263,25 +268,49 @@ class CouplingFlow(_FlowObjective, nn.Module):
                 c = c - c // 2
         self.latent_shapes.append((c, h, w))
 
-    def _to_latent(self, x: torch.Tensor, views: Optional[list] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _to_latent(self, x: torch.Tensor, views: Optional[list] = None,
+                   terms: Optional[Dict[str, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         h, logdet = logit_forward(x, self.alpha)
+        if terms is not None:
+            terms["preprocess"] = logdet
         h = h.reshape(x.shape[0], *self.shape)
         pieces = []
         for i, steps in enumerate(self.scales):
+            level = torch.zeros_like(logdet)
             for step in steps:
                 h, ld = step(h)
-                logdet = logdet + ld
+                level = level + ld
                 if views is not None and isinstance(step, AffineCoupling):
                     views.append((i, step, h.detach()))
+            logdet = logdet + level
             if i < len(self.scales) - 1:
                 out, h = h[:, : h.shape[1] // 2], h[:, h.shape[1] // 2:]
-                pieces.append(out.flatten(1))
-        pieces.append(h.flatten(1))
+            else:
+                out = h
+            pieces.append(out.flatten(1))
+            if terms is not None:
+                terms[f"level{i}_logdet"] = level
+                terms[f"level{i}_latent"] = _std_normal_log_density(pieces[-1])
         return torch.cat(pieces, 1), logdet
+
+    @staticmethod
+    def likelihood_term_labels(model_cfg: Dict[str, Any]) -> List[str]:
+        """Names of the additive terms of ``log_prob_terms`` for a RealNVP / Glow built from ``model_cfg``."""
+        return ["preprocess"] + [f"level{i}_{kind}" for i in range(int(model_cfg["num_scales"]))
+                                 for kind in ("logdet", "latent")]
+
+    def log_prob_terms(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """log p(x) split into additive terms (B,) each, in nats, summing to ``log_prob(x)`` (as the RQ-NSF
+        flow's): ``preprocess`` the log-Jacobian of [0,256) -> logit space, per scale i ``level{i}_logdet`` the
+        log-Jacobian of its steps (couplings, actnorms, 1x1 convolutions) and ``level{i}_latent`` the standard
+        normal log-density of the channels it factors out (the last scale: all that remain)."""
+        terms: Dict[str, torch.Tensor] = {}
+        self._to_latent(x, terms=terms)
+        return terms
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         z, logdet = self._to_latent(x)
-        return -0.5 * (z ** 2).sum(1) - 0.5 * self.dim * math.log(2 * math.pi) + logdet
+        return _std_normal_log_density(z) + logdet
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._to_latent(x)[0]
