@@ -234,3 +234,32 @@ def test_lid_only_for_the_ood_groups_it_is_asked_for(tiny_cfg):
     assert "mnist::dual_threshold_fixed" in metrics and "fmnist:uniform::dual_threshold_fixed" not in metrics
     with pytest.raises(runconfig.ConfigError, match="lid.ood_groups"):
         runconfig.resolve({"lid": {"ood_groups": ["farr"]}})
+
+
+def test_variants_of_one_model_stay_separate_rows_and_seeds_do_not(tmp_path):
+    """Runs sharing a model label but differing in a configuration key (negative training, a coupling's width)
+    are different rows of the aggregate; runs differing in the seed or the OOD sets only are one configuration."""
+    from genood.reports.aggregate import collect_runs
+
+    def run(name, seed=0, negative=None, mid=64, ood="mnist", extra=None):
+        cfg = runconfig.resolve({"preset": "realnvp_tiny", "run": {"seed": seed},
+                                 "model": {"mid_channels": mid}, "training": {"negative_ood": negative},
+                                 "data": {"in_distribution": "fmnist", "ood": ood}}, [])
+        cfg.update(extra or {})
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.yaml").write_text(runconfig.dump(cfg))
+        (d / "metrics.json").write_text(json.dumps({"log_likelihood": {"auroc": 0.1 + 0.01 * len(name)}}))
+        return d
+
+    dirs = [run("a"), run("bb", seed=1), run("ccc", negative="fmnist:noise=32"), run("dddd", mid=8),
+            run("eeeee", ood="fmnist:hflip", extra={"added_later": {"x": 1}})]
+    frame, unfinished = collect_runs(dirs)
+    labels = dict(zip(frame["run"], frame["model"]))
+    base = "realnvp/resnet/realnvp_tiny"
+    assert unfinished == 0
+    assert labels["a"] == labels["bb"] == labels["eeeee"] == f"{base} mid_channels=64,negative_ood=None"
+    assert labels["ccc"] == f"{base} mid_channels=64,negative_ood=fmnist:noise=32"
+    assert labels["dddd"] == f"{base} mid_channels=8,negative_ood=None"
+    alone, _ = collect_runs(dirs[:2])  # one configuration (two seeds): the plain label
+    assert set(alone["model"]) == {base}

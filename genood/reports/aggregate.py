@@ -71,20 +71,59 @@ def config_group(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+# keys that vary between runs of one model label without making them different models: the seed and run
+# bookkeeping, and the evaluation data (the tables' columns)
+_NOT_A_VARIANT = ("run.", "data.in_distribution", "data.ood")
+
+
+def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(tree, dict):
+        out: Dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(tree, sort_keys=True, default=str) if isinstance(tree, list) else tree}
+
+
+def variant_labels(configs: Dict[Path, dict]) -> Dict[Path, str]:
+    """Each run's model label (family, its naming keys, preset), extended by ``key=value`` for every configuration
+    key on which runs sharing that label differ (the seed and the evaluation data aside), so that a sweep's
+    variants of one model (negative training on or off, a coupling's mask or width) stay separate rows instead
+    of being read as seeds of one configuration. Keys missing from some runs' configs (written by an older
+    version) are not variants."""
+    base = {d: _describe(cfg)[0] for d, cfg in configs.items()}
+    out = dict(base)
+    for label in set(base.values()):
+        members = [d for d in configs if base[d] == label]
+        if len(members) < 2:
+            continue
+        flats = {d: _flat(configs[d]) for d in members}
+        shared = set.intersection(*(set(f) for f in flats.values()))
+        varying = sorted(k for k in shared if not k.startswith(_NOT_A_VARIANT)
+                         and len({json.dumps(flats[d][k], default=str) for d in members}) > 1)
+        for d in members:
+            if varying:
+                out[d] = label + " " + ",".join(f"{k.split('.')[-1]}={flats[d][k]}" for k in varying)
+    return out
+
+
 def collect_runs(directories: List[Path]) -> Tuple[pd.DataFrame, int]:
     """Rows for the given run directories (each listed once); also how many lack metrics.json."""
-    rows, unfinished, seen = [], 0, set()
+    rows, unfinished, seen, finished = [], 0, set(), {}
     for directory in directories:
         directory = Path(directory)
         if directory in seen:
             continue
         seen.add(directory)
-        metrics_path = directory / "metrics.json"
-        if not metrics_path.exists():
+        if not (directory / "metrics.json").exists():
             unfinished += 1
             continue
-        cfg = yaml.safe_load((directory / "config.yaml").read_text())
-        model, ind, ood = _describe(cfg)
+        finished[directory] = yaml.safe_load((directory / "config.yaml").read_text())
+    labels = variant_labels(finished)
+    for directory, cfg in finished.items():
+        metrics_path = directory / "metrics.json"
+        _, ind, ood = _describe(cfg)
+        model = labels[directory]
         for key, values in json.loads(metrics_path.read_text()).items():
             if "auroc" not in values:  # not a detector (e.g. lid_error/<split>: see collect_lid_errors)
                 continue
