@@ -125,4 +125,7 @@ def test_lid_stage_writes_curves_dual_metrics_and_figures(tmp_path):
     assert run_ood(cfg, echo=False) == directory
     log = (directory / "run.log").read_text()
     assert all(f"resuming {s} from 5/5 points" in log for s in ("in_train", "in_val", "in_test", "ood", "generated"))
+    # the model's samples are drawn once (a PixelCNN++ spends minutes on them) and the rerun reads them back
+    assert log.count("generated: sampling 6 images from the model") == 1
+    assert "generated: reusing 6 samples saved in" in log
     assert json.loads((directory / "metrics.json").read_text()) == metrics

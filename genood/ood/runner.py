@@ -239,7 +239,29 @@ def _build_splits(cfg, train_set, test_set, oods: List[OodSet], train_images, sh
     return splits
 
 
-def _model_inputs(model, splits: List[SplitData], cfg, shape, seed: int):
+def _generated(model, n_gen: int, seed: int, cache: Optional[Path], log) -> torch.Tensor:
+    """The model's ``n_gen`` seeded samples, drawn in chunks of 256 (saved to ``cache`` once drawn, so that a
+    resumed run does not draw them again: ancestral sampling costs a PixelCNN++ one network evaluation per
+    pixel, minutes on a CPU)."""
+    from genood.ood.stages import _load_matching, _save
+    key = fingerprint(model_digest(model), torch.zeros(0), f"generated n={n_gen} seed={seed + 29}")
+    if cache is not None and cache.exists():
+        got = _load_matching(cache, key, log, "generated")
+        if "images" in got:
+            log(f"generated: reusing {n_gen} samples saved in {cache}")
+            return torch.from_numpy(got["images"])
+    log(f"generated: sampling {n_gen} images from the model")
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed + 29)
+    xs = torch.cat([model.sample(min(256, n_gen - s), generator=gen).cpu() for s in range(0, n_gen, 256)])
+    log(f"generated: {n_gen} samples in {time.perf_counter() - t0:.1f}s")
+    if cache is not None:
+        _save(cache, key, {"images": xs.numpy()})
+    return xs
+
+
+def _model_inputs(model, splits: List[SplitData], cfg, shape, seed: int, cache: Optional[Path] = None,
+                  log=lambda m: None):
     """(key, dataset, x in data space, index) for every split plus the model's seeded samples (``generated``),
     and each key's split name."""
     scored = [(sp.key, sp.dataset, sp.data_space(shape, seed, cfg["data"]["eval_dequantization"]), sp.index)
@@ -247,8 +269,7 @@ def _model_inputs(model, splits: List[SplitData], cfg, shape, seed: int):
     split_of = {sp.key: sp.name for sp in splits}
     n_gen = int(cfg["ood"]["n_generated"] or 0)
     if n_gen:
-        gen = torch.Generator().manual_seed(seed + 29)
-        xs = torch.cat([model.sample(min(256, n_gen - s), generator=gen).cpu() for s in range(0, n_gen, 256)])
+        xs = _generated(model, n_gen, seed, cache, log)
         scored.append(("generated", f"generated:{cfg['data']['in_distribution']}", xs, np.arange(n_gen)))
         split_of["generated"] = "generated"
     return scored, split_of
@@ -417,7 +438,8 @@ def _score_run(cfg: Dict[str, Any], inputs: _Inputs, name: str, directory: Path,
         splits = _build_splits(cfg, inputs.train_set, inputs.test_set, oods, inputs.train_images, inputs.shape, seed)
         import pandas as pd
         t0 = time.perf_counter()
-        scored, split_of = _model_inputs(model, splits, cfg, inputs.shape, seed)
+        scored, split_of = _model_inputs(model, splits, cfg, inputs.shape, seed,
+                                         directory / "score_blocks" / "generated_images.npz", console)
         batch_names = [n for n in names if score_registry.get(n).per_batch]
         frames = _per_batch_frames(model, scored, split_of, batch_names, cfg, directory, console, device)
         console(f"scored {sum(len(f) for f in frames)} samples in {time.perf_counter() - t0:.1f}s")
