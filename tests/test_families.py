@@ -105,6 +105,21 @@ def test_pixelcnn_likelihood_sums_to_one_over_all_binary_2x2_images(scales):
     assert torch.logsumexp(lp, 0).item() == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.parametrize("shape,scales", [((1, 8, 8), 2), ((3, 7, 6), 3), ((1, 28, 28), 3), ((1, 5, 5), 1)])
+def test_pixelcnn_parameters_of_the_top_rows_need_only_those_rows(shape, scales):
+    """What the faster sampler relies on: the network run on the top rows_needed(i) rows gives exactly the
+    parameters of rows <= i that it gives on the whole image (whatever the rows below hold)."""
+    torch.manual_seed(0)
+    model = build_model(shape, _cfg("pixelcnn", filters=8, resnets=1, scales=scales, mixtures=2)["model"]).double().eval()
+    k = torch.randint(0, 256, (2, *shape)).double()
+    with torch.no_grad():
+        full = model.params(k)
+        for i in range(shape[1]):
+            top = model.rows_needed(i)
+            assert i < top <= shape[1] and (top == shape[1] or top % 2 ** (scales - 1) == 0)
+            torch.testing.assert_close(model.params(k[:, :, :top])[:, :, :i + 1], full[:, :, :i + 1], rtol=0, atol=1e-12)
+
+
 def test_pixelcnn_samples_are_valid_images():
     torch.manual_seed(2)
     model = build_model((1, 4, 4), _cfg("pixelcnn", filters=8, resnets=1, scales=2)["model"]).eval()
