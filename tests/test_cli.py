@@ -95,3 +95,14 @@ def test_ood_run_names_follow_the_lid_settings_that_change_results():
     assert runconfig.run_name(runconfig.resolve(base, ["lid.chunk_size=64"]), "ood") == name
     plain = runconfig.resolve({})  # without the lid score, lid settings do not split runs
     assert runconfig.run_name(runconfig.resolve({}, ["lid.log_tau=-2"]), "ood") == runconfig.run_name(plain, "ood")
+
+
+@pytest.mark.parametrize("argv", [["--runs-root", "/r", "--store", "s.db", "aggregate", "a", "b"],
+                                  ["aggregate", "a", "b", "--runs-root", "/r", "--store", "s.db"],
+                                  ["--store", "s.db", "aggregate", "--runs-root", "/r", "a", "b"]])
+def test_sweep_runs_root_and_store_go_before_or_after_the_command(argv):
+    from genood.commands.sweep import parser
+    args = parser().parse_args(argv)
+    assert (args.cmd, args.sweep_ids, args.runs_root, args.store) == ("aggregate", ["a", "b"], "/r", "s.db")
+    plain = parser().parse_args(["status", "x"])
+    assert plain.runs_root is None and plain.store is None

@@ -295,9 +295,11 @@ def parser() -> argparse.ArgumentParser:
     """The command line of ``sweep.py`` / ``genood-sweep``."""
     top = argparse.ArgumentParser(prog="sweep.py", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    top.add_argument("--runs-root", help="runs root holding sweeps.sqlite (default: $OOD_RUNS_ROOT or ./runs)")
-    top.add_argument("--store", help="the sweep store: a postgresql:// URL for agents on several machines "
-                                     "(default: $OOD_SWEEP_STORE, else <runs-root>/sweeps.sqlite, one machine only)")
+    where = {"--runs-root": "runs root holding sweeps.sqlite (default: $OOD_RUNS_ROOT or ./runs)",
+             "--store": "the sweep store: a postgresql:// URL for agents on several machines "
+                        "(default: $OOD_SWEEP_STORE, else <runs-root>/sweeps.sqlite, one machine only)"}
+    for flag, text in where.items():
+        top.add_argument(flag, help=text)
     sub = top.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("create", help="expand a meta-configuration and create a sweep")
     p.add_argument("--config", required=True)
@@ -311,6 +313,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="?")
     p.add_argument("--failed", action="store_true")
     sub.add_parser("list")
+    for command in sub.choices.values():  # also after the command (`sweep.py aggregate <id> --runs-root R`)
+        for flag, text in where.items():
+            command.add_argument(flag, help=text, default=argparse.SUPPRESS)
     return top
 
 
