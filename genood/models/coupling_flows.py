@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genood.data.transforms import logit_forward, logit_inverse
-from genood.models.flows import _FlowObjective
+from genood.models.flows import _FlowObjective, std_normal_log_density
 
 ST_TYPES = ("resnet", "highway", "convnet", "mlp_bottleneck")
 
@@ -234,11 +234,6 @@ def _glow_scale(c: int, h: int, w: int, last: bool, cfg: Dict[str, Any]) -> Tupl
     return steps, (c4, h // 2, w // 2)
 
 
-def _std_normal_log_density(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I) per row of (B, D)."""
-    return -0.5 * (z ** 2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
-
-
 class CouplingFlow(_FlowObjective, nn.Module):
     """A multiscale RealNVP or Glow on images (C,H,W), implementing :class:`models.base.DensityModel`."""
 
@@ -290,7 +285,7 @@ class CouplingFlow(_FlowObjective, nn.Module):
             pieces.append(out.flatten(1))
             if terms is not None:
                 terms[f"level{i}_logdet"] = level
-                terms[f"level{i}_latent"] = _std_normal_log_density(pieces[-1])
+                terms[f"level{i}_latent"] = std_normal_log_density(pieces[-1])
         return torch.cat(pieces, 1), logdet
 
     @staticmethod
@@ -310,7 +305,7 @@ class CouplingFlow(_FlowObjective, nn.Module):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         z, logdet = self._to_latent(x)
-        return _std_normal_log_density(z) + logdet
+        return std_normal_log_density(z) + logdet
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._to_latent(x)[0]

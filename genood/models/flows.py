@@ -90,6 +90,11 @@ def build_transform(shape: Tuple[int, int, int], cfg: Dict[str, Any]) -> Transfo
     return CompositeTransform([DataToLogit(float(cfg["logit_alpha"])), multiscale])
 
 
+def std_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) per row of (B, D): a flow's latent term."""
+    return -0.5 * (z ** 2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+
+
 class _FlowObjective(BitsPerDimObjective):
     """What both flows compute from their exact ``log_prob``: bits/dim, the loss, and an exact gradient."""
 
@@ -141,7 +146,7 @@ class ImageFlow(_FlowObjective, nn.Module):
                 out, h = torch.chunk(out, 2, dim=1)
             flat = out.reshape(b, -1)
             terms[f"level{i}_logdet"] = ld
-            terms[f"level{i}_latent"] = -0.5 * (flat ** 2).sum(1) - 0.5 * flat.shape[1] * math.log(2 * math.pi)
+            terms[f"level{i}_latent"] = std_normal_log_density(flat)
         return terms
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
