@@ -79,3 +79,49 @@ def test_bad_sampling_settings_are_one_sentence(bad):
 
     with pytest.raises(runconfig.ConfigError, match="sampling"):
         runconfig.resolve({"preset": "flow_tabular", "sampling": bad})
+
+
+def _suite_trend(n_sets=3, points=4, rs=None):
+    """A per-point trend table as a multi-set run writes it: in_val, in_test and one ``ood@<set>`` split each."""
+    import pandas as pd
+
+    rs = np.linspace(-6.0, 2.0, 9) if rs is None else rs
+    rows = []
+    splits = [("in_val", "fmnist"), ("in_test", "fmnist")] + [(f"ood@set{k}", f"fmnist:set{k}") for k in range(n_sets)]
+    for j, (split, dataset) in enumerate(splits):
+        for i in range(points):
+            rows.append(pd.DataFrame({"split": split, "dataset": dataset, "index": i, "r": rs,
+                                      "log_rho": -100.0 * j - np.exp(-4.0 * rs), "log_mass": np.minimum(rs, 0.0)}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_per_split_figures_draw_every_ood_set_of_a_multi_set_run():
+    """The suite's per-point stages name OOD splits ``ood@<set>``: each set is a trace of its own (they were all
+    dropped before), in-distribution first; sets past the cap are counted in the legend, not drawn."""
+    from genood.ood.figures import split_groups
+    from genood.ood.scores.rho_r import trend_figure
+
+    trend = _suite_trend(n_sets=3)
+    groups = split_groups(trend)
+    assert [g[0] for g in groups] == ["In-distribution val", "In-distribution test", "OOD fmnist:set0",
+                                      "OOD fmnist:set1", "OOD fmnist:set2"]
+    assert len({g[1] for g in groups}) == 5 and sum(len(g[2]) for g in groups) == len(trend)
+    fig = trend_figure(trend.assign(lid=1.0), r=-3.0)
+    assert sum(1 for t in fig.data if t.showlegend is not False and t.name) == 5
+    capped = split_groups(_suite_trend(n_sets=5), max_ood=2)
+    assert [g[0] for g in capped][-1] == "(+3 more OOD sets in the tables)" and capped[-1][2] is None
+    assert sum(1 for g in capped if g[0].startswith("OOD")) == 2
+    # a single-set run keeps the plain ``ood`` split and label
+    single = trend[trend.split.isin(["in_test", "ood@set0"])].assign(split=lambda f: f.split.str.replace("ood@set0", "ood"))
+    assert [g[0] for g in split_groups(single)] == ["In-distribution test", "OOD"]
+
+
+def test_sampling_comparison_frames_the_linearised_curves_not_the_collapsed_estimate():
+    trend = _suite_trend(n_sets=1)
+    linear = _suite_trend(n_sets=1, rs=np.linspace(-20.0, 5.0, 26)).assign(log_rho=lambda f: -10.0 * f["r"])
+    fig = sampling._comparison_figure(trend, linear, "t")
+    lo, hi = fig.layout.yaxis.range
+    assert trend["log_rho"].min() < lo  # the collapsed sampled values (-e^24) are outside the frame
+    assert lo <= -10.0 * 2.0 and hi >= 60.0  # the linearised curves on the sampling radii [-6, 2] are inside
+    xs = np.concatenate([np.asarray(t.x, dtype=float) for t in fig.data if t.name and "linearised" in t.name])
+    assert xs.min() >= -6.0 and xs.max() <= 2.0

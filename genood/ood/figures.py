@@ -15,10 +15,62 @@ from genood.rundir import atomic_write
 
 SPLIT_STYLE = {  # as in the seeds' figure: blues in-distribution, red OOD, gold generated
     "in_train": ("In-distribution train", "#1f4e9c"),
+    "in_val": ("In-distribution val", "#6a3d9a"),
     "in_test": ("In-distribution test", "#5b9bd5"),
     "ood": ("OOD", "#c0392b"),
     "generated": ("Generated", "#d4a017"),
 }
+# a run scored on several OOD sets (the suite) draws each in its own colour, reds and browns first
+OOD_COLOURS = ("#c0392b", "#e67e22", "#8c564b", "#d62728", "#ff7f0e", "#7f7f7f", "#bcbd22", "#17becf", "#e377c2",
+               "#2ca02c", "#9467bd", "#393b79")
+MAX_OOD_TRACES = 12  # OOD sets drawn per figure; the legend says how many more the tables have
+
+
+def split_groups(frame, max_ood: int = MAX_OOD_TRACES):
+    """The traces of a per-split figure: ``[(label, colour, rows)]`` for the in-distribution splits, then each
+    OOD set, then the generated samples, for the rows of ``frame`` (a table with ``split`` and ``dataset``
+    columns). OOD rows come either as split ``ood`` (one set, or several told apart by ``dataset``) or as
+    splits ``ood@<set>`` (the per-point stages of a multi-set run); each set gets its own trace, at most
+    ``max_ood`` of them; a last ``(label, None, None)`` entry says how many were left out."""
+    if frame is None or len(frame) == 0:
+        return []
+    split = frame["split"].astype(str)
+    out = []
+    for name in ("in_train", "in_val", "in_test"):
+        part = frame[split == name]
+        if len(part):
+            out.append((SPLIT_STYLE[name][0], SPLIT_STYLE[name][1], part))
+    ood = frame[(split == "ood") | split.str.startswith("ood@")]
+    keys = ood["split"].astype(str) + "|" + ood["dataset"].astype(str)
+    names = list(dict.fromkeys(keys))
+    for k, key in enumerate(names[:max_ood]):
+        part = ood[keys == key]
+        label = "OOD" if len(names) == 1 else f"OOD {part['dataset'].iloc[0]}"
+        out.append((label, OOD_COLOURS[k % len(OOD_COLOURS)], part))
+    part = frame[split == "generated"]
+    if len(part):
+        out.append((SPLIT_STYLE["generated"][0], SPLIT_STYLE["generated"][1], part))
+    if len(names) > max_ood:
+        out.append((f"(+{len(names) - max_ood} more OOD sets in the tables)", None, None))
+    return out
+
+
+def ood_title(ood) -> str:
+    """A run's ``data.ood`` for a figure title: the set's name, or how many sets in which groups."""
+    from genood import runconfig
+
+    sets = runconfig.ood_sets(ood)
+    if len(sets) == 1:
+        return str(sets[0][0])
+    groups = list(dict.fromkeys(str(g) for _, g in sets))
+    return f"{len(sets)} sets ({', '.join(groups)})"
+
+
+def add_left_out_note(fig, groups) -> None:
+    """A legend-only entry for the OOD sets :func:`split_groups` left out of a figure."""
+    for label, colour, part in groups:
+        if part is None:
+            fig.add_scatter(x=[None], y=[None], mode="markers", name=label, marker=dict(color="white"))
 
 
 def score_histogram(scores, column: str = "log_likelihood", title: str = "", bins: int = 66):
@@ -36,13 +88,14 @@ def score_histogram(scores, column: str = "log_likelihood", title: str = "", bin
             his.append(np.percentile(v, 99.5))
     lo, hi = (min(los), max(his)) if los else (0.0, 1.0)
     size = (hi - lo) / bins if hi > lo else 1.0
-    for split, (label, colour) in SPLIT_STYLE.items():
-        part = scores.loc[scores["split"] == split]
-        if part.empty:
+    groups = split_groups(scores)
+    for label, colour, part in groups:
+        if part is None:
             continue
         fig.add_trace(go.Histogram(x=part[column], name=f"{label} ({part['dataset'].iloc[0]}, n={len(part)})",
                                    marker_color=colour, opacity=0.55, histnorm="probability density",
                                    xbins=dict(start=lo, end=hi, size=size)))
+    add_left_out_note(fig, groups)
     fig.update_layout(barmode="overlay", title=title, xaxis_title=column, yaxis_title="density",
                       template="plotly_white", legend=dict(orientation="h", y=-0.2), width=900, height=520)
     return fig
@@ -54,9 +107,9 @@ def lid_curve_figure(curves, log_tau: float, title: str = "", max_lines: int = 6
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for split, (label, colour) in SPLIT_STYLE.items():
-        part = curves.loc[curves["split"] == split]
-        if part.empty:
+    groups = split_groups(curves)
+    for label, colour, part in groups:
+        if part is None:
             continue
         for k, (_, pt) in enumerate(part.groupby("index", sort=False)):
             if k >= max_lines:
@@ -66,6 +119,7 @@ def lid_curve_figure(curves, log_tau: float, title: str = "", max_lines: int = 6
         mean = part.groupby(knob)["lid"].mean()
         fig.add_trace(go.Scatter(x=mean.index, y=mean.values, mode="lines", line=dict(color=colour, width=3),
                                  name=f"{label} ({part['dataset'].iloc[0]}, mean of {part['index'].nunique()})"))
+    add_left_out_note(fig, groups)
     label = knob.replace("_", " ")
     fig.add_vline(x=log_tau, line_dash="dash", line_color="black", annotation_text=f"{label} = {log_tau:.2f}")
     fig.update_layout(title=title, xaxis_title=label, yaxis_title=f"LID(x; {label})", template="plotly_white",
@@ -79,12 +133,13 @@ def lid_scatter(scores, title: str = ""):
 
     fig = go.Figure()
     have = scores.dropna(subset=["lid"])
-    for split, (label, colour) in SPLIT_STYLE.items():
-        part = have.loc[have["split"] == split]
-        if part.empty:
+    groups = split_groups(have)
+    for label, colour, part in groups:
+        if part is None:
             continue
         fig.add_trace(go.Scatter(x=part["log_likelihood"], y=part["lid"], mode="markers", name=f"{label} ({part['dataset'].iloc[0]})",
                                  marker=dict(color=colour, size=6, opacity=0.6)))
+    add_left_out_note(fig, groups)
     fig.update_layout(title=title, xaxis_title="log-likelihood (nats)", yaxis_title="LID", template="plotly_white",
                       legend=dict(orientation="h", y=-0.2), width=900, height=560)
     return fig

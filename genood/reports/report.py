@@ -25,9 +25,6 @@ from genood import rundir
 from genood.reports.aggregate import (best_over_pairs, best_over_pairs_line, collect_lid_errors, collect_runs, pair_label, pivots,
                                seed_summary)
 
-SPLIT_STYLE = {"in_train": ("in-distribution train", "#1f4e9c"), "in_val": ("in-distribution val", "#6a3d9a"),
-               "in_test": ("in-distribution test", "#8fb8de"), "ood": ("OOD", "#d1495b"),
-               "generated": ("generated", "#e0a526")}
 MAX_SCATTER = 1500   # points per split in a scatter (seeded subsample): keeps the page light
 MAX_ROC = 400        # points per ROC curve drawn
 
@@ -108,12 +105,16 @@ def histogram(table: pd.DataFrame, column: str, title: str):
     lo, hi = np.nanquantile(finite[column], [0.005, 0.995]) if len(finite) else (0.0, 1.0)
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, 61)
     fig = go.Figure()
-    for split, (label, colour) in SPLIT_STYLE.items():
-        v = finite.loc[finite["split"] == split, column].to_numpy(dtype=float)
+    from genood.ood.figures import add_left_out_note, split_groups
+
+    groups = split_groups(finite)
+    for label, colour, part in groups:
+        v = part[column].to_numpy(dtype=float) if part is not None else np.empty(0)
         if v.size:
             dens, _ = np.histogram(np.clip(v, edges[0], edges[-1]), bins=edges, density=True)
             fig.add_bar(x=0.5 * (edges[1:] + edges[:-1]), y=dens, name=f"{label} ({v.size})", marker_color=colour,
                         opacity=0.55)
+    add_left_out_note(fig, groups)
     fig.update_layout(barmode="overlay", bargap=0, title=title, xaxis_title=column, yaxis_title="density")
     return fig
 

@@ -34,7 +34,7 @@ def _lid_curves_figure(directory, title: str):
     import pandas as pd
     import plotly.graph_objects as go
 
-    from genood.reports.report import SPLIT_STYLE
+    from genood.ood.figures import add_left_out_note, split_groups
 
     path = directory / "lid_curves.parquet"
     if not path.exists():
@@ -42,12 +42,13 @@ def _lid_curves_figure(directory, title: str):
     curves = pd.read_parquet(path)
     knob = next(c for c in curves.columns if c not in ("split", "dataset", "index", "lid"))
     fig = go.Figure()
-    for split, (label, colour) in SPLIT_STYLE.items():
-        g = curves[curves.split == split]
-        if len(g):
+    groups = split_groups(curves)
+    for label, colour, g in groups:
+        if g is not None:
             mean = g.groupby(knob)["lid"].agg(["mean", "std"]).reset_index()
             fig.add_scatter(x=mean[knob], y=mean["mean"], mode="lines+markers", name=label, line=dict(color=colour),
                             error_y=dict(array=mean["std"].fillna(0), thickness=0.8))
+    add_left_out_note(fig, groups)
     fig.update_layout(title=title, xaxis_title=knob, yaxis_title="LID (mean +- sd over points)")
     return fig
 
@@ -87,9 +88,9 @@ def lid_score(ctx: StageContext) -> StageOutput:
             f"{result.knob} {result.log_tau:.3f} ({result.calibration['method']})")
 
     def figures(table, metrics: Dict[str, Any], cfg: Dict[str, Any]) -> Dict[str, Any]:
-        from genood.ood.figures import lid_curve_figure, lid_scatter
+        from genood.ood.figures import lid_curve_figure, lid_scatter, ood_title
 
-        in_name, ood_name = cfg["data"]["in_distribution"], cfg["data"]["ood"]
+        in_name, ood_name = cfg["data"]["in_distribution"], ood_title(cfg["data"]["ood"])
         figs = {"lid_curves": lid_curve_figure(result.curves, result.log_tau, knob=result.knob,
                                                title=f"LID curves ({result.method}), {cfg['model']['family']} trained on {in_name}; OOD: {ood_name}")}
         if "log_likelihood" in table:

@@ -14,33 +14,41 @@ def _log_prob(model, x: torch.Tensor, cache: dict) -> torch.Tensor:
 
 
 def _histogram(table, metrics, cfg):
-    from genood.ood.figures import score_histogram
+    import math
+
+    from genood.ood.figures import ood_title, score_histogram
     from genood.runconfig import family_spec
 
     m = cfg["model"]
     model = "/".join(str(m[k]) for k in ("family", *family_spec(m["family"]).run_name))
-    auc = metrics.get("log_likelihood", {}).get("auroc", float("nan"))
+    auc = metrics.get("log_likelihood", {}).get("auroc", float("nan"))  # one OOD set: its AUROC; several: per set
     return {"likelihood_histogram": score_histogram(
         table, "log_likelihood", title=f"Log-likelihood (nats) of a {model} model trained on "
-                                       f"{cfg['data']['in_distribution']}; OOD: {cfg['data']['ood']} (AUROC {auc:.3f})")}
+                                       f"{cfg['data']['in_distribution']}; OOD: {ood_title(cfg['data']['ood'])}"
+                                       + (f" (AUROC {auc:.3f})" if math.isfinite(auc) else ""))}
 
 
 def _scatter(table, column: str, title: str, seed: int = 0):
     import numpy as np
     import plotly.graph_objects as go
 
-    from genood.reports.report import MAX_SCATTER, SPLIT_STYLE
+    from genood.ood.figures import add_left_out_note, split_groups
+    from genood.reports.report import MAX_SCATTER
 
     fig = go.Figure()
     rng = np.random.default_rng(seed)
-    for split, (label, colour) in SPLIT_STYLE.items():
-        part = table.loc[table["split"] == split, ["log_likelihood", column]].dropna()
+    groups = split_groups(table)
+    for label, colour, rows in groups:
+        if rows is None:
+            continue
+        part = rows[["log_likelihood", column]].dropna()
         part = part[np.isfinite(part.to_numpy(dtype=float)).all(axis=1)]
         if len(part) > MAX_SCATTER:
             part = part.iloc[np.sort(rng.choice(len(part), MAX_SCATTER, replace=False))]
         if len(part):
             fig.add_scatter(x=part["log_likelihood"], y=part[column], mode="markers", name=label,
                             marker=dict(color=colour, size=4, opacity=0.6))
+    add_left_out_note(fig, groups)
     fig.update_layout(title=title, xaxis_title="log-likelihood (nats)", yaxis_title=column)
     return fig
 

@@ -24,12 +24,12 @@ def trend_figure(trend, r: float, title: str = ""):
     one colour per split (the seed's rho_r trend plots)."""
     from plotly.subplots import make_subplots
 
-    from genood.ood.figures import SPLIT_STYLE
+    from genood.ood.figures import add_left_out_note, split_groups
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("log rho_r(x) (nats, [0,1] units)", "D + d log rho_r / dr (LIDL)"))
-    for split, (label, colour) in SPLIT_STYLE.items():
-        part = trend[trend.split == split]
-        if part.empty:
+    groups = split_groups(trend)
+    for label, colour, part in groups:
+        if part is None:
             continue
         for col, column in enumerate(("log_rho", "lid"), start=1):
             stats = part.groupby("r")[column].agg(["mean", "std"]).reset_index()
@@ -40,6 +40,7 @@ def trend_figure(trend, r: float, title: str = ""):
                             y=np.r_[stats["mean"] + stats["std"].fillna(0), (stats["mean"] - stats["std"].fillna(0))[::-1]],
                             fill="toself", fillcolor=colour, opacity=0.15, line=dict(width=0), showlegend=False,
                             hoverinfo="skip", row=1, col=col)
+    add_left_out_note(fig, groups)
     fig.add_vline(x=r, line_dash="dash", line_color="black")
     fig.update_xaxes(title_text="r (log radius)")
     fig.update_layout(title=title, template="plotly_white", legend=dict(orientation="h", y=-0.2), width=1100, height=520)
@@ -91,6 +92,8 @@ def fast_lidl(ctx: StageContext) -> StageOutput:
             f"score at r = {r:.2f}")
 
     def figures(table, metrics: Dict[str, Any], cfg: Dict[str, Any]) -> Dict[str, Any]:
+        from genood.ood.figures import ood_title
+
         return {"rho_r_trend": trend_figure(trend, r, f"rho_r trend, {cfg['model']['family']} trained on "
-                                                      f"{cfg['data']['in_distribution']}; OOD: {cfg['data']['ood']}")}
+                                                      f"{cfg['data']['in_distribution']}; OOD: {ood_title(cfg['data']['ood'])}")}
     return StageOutput(positions, values, metric_info={"r": r}, artifacts={"rho_r_trend": trend}, figures=figures)

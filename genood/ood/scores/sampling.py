@@ -80,35 +80,55 @@ def _comparison_figure(trend, linear, title: str):
     """Mean log rho_r per split: sampled (solid) and, where the rho_r trend ran, linearised (dashed)."""
     import plotly.graph_objects as go
 
-    from genood.ood.figures import SPLIT_STYLE
+    from genood.ood.figures import add_left_out_note, split_groups
 
     fig = go.Figure()
-    for split, (label, colour) in SPLIT_STYLE.items():
+    groups = split_groups(trend)
+    lo_r, hi_r = float(trend["r"].min()), float(trend["r"].max())
+    if linear is not None:  # on the sampling's radii only (the linearised trend spans a wider grid)
+        linear = linear[(linear["r"] >= lo_r - 1e-9) & (linear["r"] <= hi_r + 1e-9)]
+    means = {"sampled": [], "linearised": []}
+    for label, colour, rows in groups:
+        if rows is None:
+            continue
         for frame, kind, dash in ((trend, "sampled", "solid"), (linear, "linearised", "dash")):
-            part = frame[frame.split == split] if frame is not None else None
+            part = frame[frame.split == rows["split"].iloc[0]] if frame is not None else None
             if part is None or part.empty:
                 continue
             finite = part[np.isfinite(part["log_rho"])]
             mean = finite.groupby("r")["log_rho"].mean()
+            means[kind].append(mean.to_numpy())
             fig.add_scatter(x=mean.index, y=mean.values, mode="lines", line=dict(color=colour, dash=dash),
                             name=f"{label}, {kind}")
-    fig.update_layout(title=title, xaxis_title="r (log radius per dimension, [0,1] units)",
-                      yaxis_title="log rho_r(x) (nats)", template="plotly_white", legend=dict(orientation="h", y=-0.2),
-                      width=900, height=540)
+    add_left_out_note(fig, groups)
+    # the frame: the linearised curves (or the sampled ones' upper half of the radii) with room below; at small
+    # r the kernel estimate collapses onto each point's nearest sample and falls by millions of nats, which would
+    # flatten every other curve
+    ref = np.concatenate(means["linearised"] or [m[len(m) // 2:] for m in means["sampled"]] or [np.zeros(1)])
+    top = np.concatenate([ref] + [m for m in means["sampled"]])
+    ref, top = ref[np.isfinite(ref)], top[np.isfinite(top)]
+    if ref.size and top.size:
+        span = max(float(top.max() - ref.min()), 1.0)
+        fig.update_yaxes(range=[float(ref.min()) - 0.5 * span, float(top.max()) + 0.1 * span])
+    fig.update_layout(title=f"{title}<br><sup>at small r the sampled estimate collapses onto each point's nearest "
+                            "sample and leaves the frame</sup>", xaxis_title="r (log radius per dimension, [0,1] units)",
+                      yaxis_title="log rho_r(x) (nats)",
+                      template="plotly_white", legend=dict(orientation="h", y=-0.2), width=900, height=640)
     return fig
 
 
 def _mass_figure(trend, title: str):
     import plotly.graph_objects as go
 
-    from genood.ood.figures import SPLIT_STYLE
+    from genood.ood.figures import add_left_out_note, split_groups
 
     fig = go.Figure()
-    for split, (label, colour) in SPLIT_STYLE.items():
-        part = trend[trend.split == split]
-        if len(part):
+    groups = split_groups(trend)
+    for label, colour, part in groups:
+        if part is not None:
             frac = part.assign(mass=np.exp(part["log_mass"])).groupby("r")["mass"].mean()
             fig.add_scatter(x=frac.index, y=frac.values, mode="lines+markers", line=dict(color=colour), name=label)
+    add_left_out_note(fig, groups)
     fig.update_layout(title=title, xaxis_title="r (ball radius e^r sqrt(D), [0,1] units)", yaxis_title="ball mass (mean over points)",
                       yaxis_type="log", template="plotly_white", width=900, height=500)
     return fig
@@ -162,7 +182,9 @@ def sampled_rho_r(ctx: StageContext) -> StageOutput:
 
         linear = ctx.run_dir / "rho_r_trend.parquet" if ctx.run_dir else None
         lin = pd_.read_parquet(linear) if linear is not None and linear.exists() else None
-        pair = f"{cfg['data']['in_distribution']} vs {cfg['data']['ood']}"
+        from genood.ood.figures import ood_title
+
+        pair = f"{cfg['data']['in_distribution']} vs {ood_title(cfg['data']['ood'])}"
         return {"sampling_rho_r": _comparison_figure(trend, lin, f"log rho_r by sampling vs linearised ({pair})"),
                 "sampling_ball_mass": _mass_figure(trend, f"ball mass by sampling ({pair})")}
     return StageOutput(positions, values, metric_info={"r": r, "n_samples": int(samples.shape[0])},
