@@ -108,6 +108,8 @@ def test_per_split_figures_draw_every_ood_set_of_a_multi_set_run():
     assert len({g[1] for g in groups}) == 5 and sum(len(g[2]) for g in groups) == len(trend)
     fig = trend_figure(trend.assign(lid=1.0), r=-3.0)
     assert sum(1 for t in fig.data if t.showlegend is not False and t.name) == 5
+    names = [t.name for t in fig.data if t.showlegend is not False and t.name]
+    assert names[0] == "In-distribution val (fmnist, 4 points)" and names[2] == "OOD fmnist:set0 (4 points)"
     capped = split_groups(_suite_trend(n_sets=5), max_ood=2)
     assert [g[0] for g in capped][-1] == "(+3 more OOD sets in the tables)" and capped[-1][2] is None
     assert sum(1 for g in capped if g[0].startswith("OOD")) == 2

@@ -55,6 +55,13 @@ def split_groups(frame, max_ood: int = MAX_OOD_TRACES):
     return out
 
 
+def trace_name(label: str, part, detail: str = "") -> str:
+    """A legend entry: the group's label, then its dataset (unless the label names it) and ``detail``."""
+    dataset = str(part["dataset"].iloc[0])
+    inner = ", ".join(x for x in ((dataset if dataset not in label else ""), detail) if x)
+    return f"{label} ({inner})" if inner else label
+
+
 def ood_title(ood) -> str:
     """A run's ``data.ood`` for a figure title: the set's name, or how many sets in which groups."""
     from genood import runconfig
@@ -92,7 +99,7 @@ def score_histogram(scores, column: str = "log_likelihood", title: str = "", bin
     for label, colour, part in groups:
         if part is None:
             continue
-        fig.add_trace(go.Histogram(x=part[column], name=f"{label} ({part['dataset'].iloc[0]}, n={len(part)})",
+        fig.add_trace(go.Histogram(x=part[column], name=trace_name(label, part, f"n={len(part)}"),
                                    marker_color=colour, opacity=0.55, histnorm="probability density",
                                    xbins=dict(start=lo, end=hi, size=size)))
     add_left_out_note(fig, groups)
@@ -118,7 +125,7 @@ def lid_curve_figure(curves, log_tau: float, title: str = "", max_lines: int = 6
                                      opacity=0.25, showlegend=False, hoverinfo="skip"))
         mean = part.groupby(knob)["lid"].mean()
         fig.add_trace(go.Scatter(x=mean.index, y=mean.values, mode="lines", line=dict(color=colour, width=3),
-                                 name=f"{label} ({part['dataset'].iloc[0]}, mean of {part['index'].nunique()})"))
+                                 name=trace_name(label, part, f"mean of {part['index'].nunique()}")))
     add_left_out_note(fig, groups)
     label = knob.replace("_", " ")
     fig.add_vline(x=log_tau, line_dash="dash", line_color="black", annotation_text=f"{label} = {log_tau:.2f}")
@@ -137,7 +144,7 @@ def lid_scatter(scores, title: str = ""):
     for label, colour, part in groups:
         if part is None:
             continue
-        fig.add_trace(go.Scatter(x=part["log_likelihood"], y=part["lid"], mode="markers", name=f"{label} ({part['dataset'].iloc[0]})",
+        fig.add_trace(go.Scatter(x=part["log_likelihood"], y=part["lid"], mode="markers", name=trace_name(label, part),
                                  marker=dict(color=colour, size=6, opacity=0.6)))
     add_left_out_note(fig, groups)
     fig.update_layout(title=title, xaxis_title="log-likelihood (nats)", yaxis_title="LID", template="plotly_white",

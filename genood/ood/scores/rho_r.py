@@ -24,7 +24,7 @@ def trend_figure(trend, r: float, title: str = ""):
     one colour per split (the seed's rho_r trend plots)."""
     from plotly.subplots import make_subplots
 
-    from genood.ood.figures import add_left_out_note, split_groups
+    from genood.ood.figures import add_left_out_note, split_groups, trace_name
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("log rho_r(x) (nats, [0,1] units)", "D + d log rho_r / dr (LIDL)"))
     groups = split_groups(trend)
@@ -34,7 +34,7 @@ def trend_figure(trend, r: float, title: str = ""):
         for col, column in enumerate(("log_rho", "lid"), start=1):
             stats = part.groupby("r")[column].agg(["mean", "std"]).reset_index()
             fig.add_scatter(x=stats["r"], y=stats["mean"], mode="lines", line=dict(color=colour, width=2.5),
-                            name=f"{label} ({part['dataset'].iloc[0]}, {part['index'].nunique()} points)",
+                            name=trace_name(label, part, f"{part['index'].nunique()} points"),
                             showlegend=col == 1, row=1, col=col)
             fig.add_scatter(x=np.r_[stats["r"], stats["r"][::-1]],
                             y=np.r_[stats["mean"] + stats["std"].fillna(0), (stats["mean"] - stats["std"].fillna(0))[::-1]],
