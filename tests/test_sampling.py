@@ -127,3 +127,20 @@ def test_sampling_comparison_frames_the_linearised_curves_not_the_collapsed_esti
     assert lo <= -10.0 * 2.0 and hi >= 60.0  # the linearised curves on the sampling radii [-6, 2] are inside
     xs = np.concatenate([np.asarray(t.x, dtype=float) for t in fig.data if t.name and "linearised" in t.name])
     assert xs.min() >= -6.0 and xs.max() <= 2.0
+
+
+def test_stage_figures_in_the_report_are_titled_by_the_sets_they_draw(tmp_path):
+    """A multi-set run's report section is named after its first pair, but the per-point stages' figures draw
+    every set they scored: their titles say so (from the run's config.yaml)."""
+    import yaml
+
+    from genood.ood.figures import run_title
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"in_distribution": "fmnist", "ood": {
+        "transform": ["fmnist:hflip", "fmnist:vflip"], "far": ["fmnist:uniform"], "real": ["mnist"]}}}))
+    assert run_title(tmp_path, "fallback") == "fmnist vs 4 sets (transform, far, real)"
+    assert run_title(tmp_path / "missing", "fmnist -> mnist") == "fmnist -> mnist"
+    trend = _suite_trend(n_sets=2)
+    trend.to_parquet(tmp_path / "sampling_trend.parquet")
+    figs = sampling._figures_for(tmp_path, sampling._title(tmp_path, "fmnist -> fmnist:hflip (first of 4 OOD sets)"))
+    assert all("fmnist vs 4 sets (transform, far, real)" in f.layout.title.text for f in figs)

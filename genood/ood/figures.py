@@ -55,6 +55,18 @@ def split_groups(frame, max_ood: int = MAX_OOD_TRACES):
     return out
 
 
+def run_title(directory: Path, fallback: str) -> str:
+    """``<in-distribution> vs <OOD sets>`` from a run directory's config.yaml, for the figures a stage draws
+    from its own per-point files (they hold every OOD set it scored, not only the report's first pair)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((Path(directory) / "config.yaml").read_text()) or {}
+        return f"{cfg['data']['in_distribution']} vs {ood_title(cfg['data']['ood'])}"
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return fallback
+
+
 def trace_name(label: str, part, detail: str = "") -> str:
     """A legend entry: the group's label, then its dataset (unless the label names it) and ``detail``."""
     dataset = str(part["dataset"].iloc[0])
@@ -69,7 +81,8 @@ def ood_title(ood) -> str:
     sets = runconfig.ood_sets(ood)
     if len(sets) == 1:
         return str(sets[0][0])
-    groups = list(dict.fromkeys(str(g) for _, g in sets))
+    present = {str(g) for _, g in sets}
+    groups = [g for g in runconfig.OOD_GROUPS if g in present] + sorted(present - set(runconfig.OOD_GROUPS))
     return f"{len(sets)} sets ({', '.join(groups)})"
 
 

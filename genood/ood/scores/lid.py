@@ -70,7 +70,9 @@ def lid_caches(ctx: StageContext) -> Dict[str, Any]:
 
 def _report(directory, table, metrics, pair):
     figs = [_dual_envelope_figure(directory, table, metrics, f"the dual threshold's envelope ({pair})")]
-    curves = _lid_curves_figure(directory, "LID curves")
+    from genood.ood.figures import run_title
+
+    curves = _lid_curves_figure(directory, f"LID curves ({run_title(directory, pair)})")
     return [f for f in figs + [curves] if f is not None]
 
 

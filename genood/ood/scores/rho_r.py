@@ -53,8 +53,10 @@ def _report(directory, table, metrics, pair):
     path = directory / "rho_r_trend.parquet"
     if not path.exists():
         return []
+    from genood.ood.figures import run_title
+
     return [trend_figure(pd.read_parquet(path), float(metrics.get("fast_lidl", {}).get("r", float("nan"))),
-                         f"rho_r trend ({pair})")]
+                         f"rho_r trend ({run_title(directory, pair)})")]
 
 
 @register_stage("fast_lidl", higher_is_in=True, unit="dimensions",

@@ -134,6 +134,12 @@ def _mass_figure(trend, title: str):
     return fig
 
 
+def _title(directory, pair: str) -> str:
+    from genood.ood.figures import run_title
+
+    return run_title(directory, pair)
+
+
 def _figures_for(directory, title: str):
     import pandas as pd
 
@@ -150,7 +156,7 @@ def _figures_for(directory, title: str):
 @register_stage("sampled_rho_r", higher_is_in=True, unit="nats",
                 description="log of the Gaussian-convolved likelihood at sampling.r, by Monte Carlo over the model's samples "
                             "(seed 000's sampling experiments; ball masses in the same table)",
-                report=lambda directory, table, metrics, pair: _figures_for(directory, pair))
+                report=lambda directory, table, metrics, pair: _figures_for(directory, _title(directory, pair)))
 def sampled_rho_r(ctx: StageContext) -> StageOutput:
     import pandas as pd
 
