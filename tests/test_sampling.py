@@ -142,5 +142,5 @@ def test_stage_figures_in_the_report_are_titled_by_the_sets_they_draw(tmp_path):
     assert run_title(tmp_path / "missing", "fmnist -> mnist") == "fmnist -> mnist"
     trend = _suite_trend(n_sets=2)
     trend.to_parquet(tmp_path / "sampling_trend.parquet")
-    figs = sampling._figures_for(tmp_path, sampling._title(tmp_path, "fmnist -> fmnist:hflip (first of 4 OOD sets)"))
+    figs = sampling._figures_for(tmp_path, run_title(tmp_path, "fmnist -> fmnist:hflip (first of 4 OOD sets)"))
     assert all("fmnist vs 4 sets (transform, far, real)" in f.layout.title.text for f in figs)

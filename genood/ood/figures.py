@@ -61,10 +61,14 @@ def run_title(directory: Path, fallback: str) -> str:
     import yaml
 
     try:
-        cfg = yaml.safe_load((Path(directory) / "config.yaml").read_text()) or {}
-        return f"{cfg['data']['in_distribution']} vs {ood_title(cfg['data']['ood'])}"
+        return config_title(yaml.safe_load((Path(directory) / "config.yaml").read_text()) or {})
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         return fallback
+
+
+def config_title(cfg) -> str:
+    """``<in-distribution> vs <OOD sets>`` of a run configuration."""
+    return f"{cfg['data']['in_distribution']} vs {ood_title(cfg['data']['ood'])}"
 
 
 def trace_name(label: str, part, detail: str = "") -> str:

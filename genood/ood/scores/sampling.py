@@ -23,6 +23,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from genood.ood.figures import config_title, run_title
 from genood.ood.scores import StageContext, StageOutput, register_stage
 from genood.ood.scores.lid import lid_splits
 
@@ -134,12 +135,6 @@ def _mass_figure(trend, title: str):
     return fig
 
 
-def _title(directory, pair: str) -> str:
-    from genood.ood.figures import run_title
-
-    return run_title(directory, pair)
-
-
 def _figures_for(directory, title: str):
     import pandas as pd
 
@@ -156,7 +151,7 @@ def _figures_for(directory, title: str):
 @register_stage("sampled_rho_r", higher_is_in=True, unit="nats",
                 description="log of the Gaussian-convolved likelihood at sampling.r, by Monte Carlo over the model's samples "
                             "(seed 000's sampling experiments; ball masses in the same table)",
-                report=lambda directory, table, metrics, pair: _figures_for(directory, _title(directory, pair)))
+                report=lambda directory, table, metrics, pair: _figures_for(directory, run_title(directory, pair)))
 def sampled_rho_r(ctx: StageContext) -> StageOutput:
     import pandas as pd
 
@@ -188,9 +183,7 @@ def sampled_rho_r(ctx: StageContext) -> StageOutput:
 
         linear = ctx.run_dir / "rho_r_trend.parquet" if ctx.run_dir else None
         lin = pd_.read_parquet(linear) if linear is not None and linear.exists() else None
-        from genood.ood.figures import ood_title
-
-        pair = f"{cfg['data']['in_distribution']} vs {ood_title(cfg['data']['ood'])}"
+        pair = config_title(cfg)
         return {"sampling_rho_r": _comparison_figure(trend, lin, f"log rho_r by sampling vs linearised ({pair})"),
                 "sampling_ball_mass": _mass_figure(trend, f"ball mass by sampling ({pair})")}
     return StageOutput(positions, values, metric_info={"r": r, "n_samples": int(samples.shape[0])},
