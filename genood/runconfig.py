@@ -70,6 +70,9 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "negative_val": -30000.0, # ... down to this log-likelihood floor (nats per image; the seed's -30000 for FashionMNIST / MNIST)
         "negative_weight": 1.0,   # ... with this weight on max(0, log p(x_ood) - floor) in bits/dim
         "grad_clip": 5.0,
+        "precision": "auto",      # fp32 | bf16 | fp16 (CUDA) | auto: bf16 where the hardware has it natively (genood.precision)
+        "channels_last": False,   # convolutional families: weights and batches in channels-last memory layout
+        "compile": False,         # torch.compile the training objective (its compile time is logged)
         "checkpoint_every": 100,
         "sample_grid": 64,        # images in the sample grid PNG (0: none)
         "ood_curve_every": 0,     # > 0: every N steps, bits/dim and AUROC of in_test and every data.ood set (models.ood_curves)
@@ -79,6 +82,7 @@ CORE_DEFAULTS: Dict[str, Any] = {
     "ood": {
         "scores": ["log_likelihood", "bits_per_dim"],
         "batch_size": 256,
+        "precision": "fp32",      # per-batch scores' network precision: fp32 (exact, the default) | bf16 (measured in RESULTS.md)
         "n_in_train": 1000,       # subsample of the training split, scored for reference
         "n_in_val": 1000,         # subsample of in_val (data.val_fraction of the training split); null = all of it
         "n_in_test": None,        # null = the whole test split
@@ -104,6 +108,8 @@ CORE_DEFAULTS: Dict[str, Any] = {
 CORE_CHOICES = {
     "training.lr_schedule": ("cosine", "constant"),
     "training.optimizer": ("adam", "rmsprop"),
+    "training.precision": ("fp32", "bf16", "fp16", "auto"),
+    "ood.precision": ("fp32", "bf16"),
     "data.eval_dequantization": ("uniform", "midpoint"),
     "tracking.mode": ("auto", "offline", "online"),
 }
@@ -200,6 +206,8 @@ class FamilySpec:
     sections: Tuple[str, ...]    # extra top-level sections this family reads (hashed into OOD run names)
     source: str
     run_keys: Tuple[str, ...] = ()  # model keys naming another run (a path, or a preset trained on this run's data)
+    auto_precision: str = "bf16"  # what training.precision 'auto' means where bf16 is native: bf16, or fp32 where it hurts
+    auto_precision_reason: str = ""  # why a family keeps fp32 under auto (measured; printed in the training log)
 
 
 @dataclass(frozen=True)
@@ -242,7 +250,10 @@ def _load_specs():
                 c, r, k = _rules(fam, "model.")
                 families[name] = FamilySpec(name, fam["builder"], fam["model_class"], dict(fam.get("keys") or {}), c, r,
                                             tuple(fam.get("run_name") or ()), fam.get("loss", "loss"),
-                                            tuple(fam.get("sections") or ()), rel, tuple(fam.get("run_keys") or ()))
+                                            tuple(fam.get("sections") or ()), rel, tuple(fam.get("run_keys") or ()),
+                                            str(fam.get("auto_precision", "bf16")), str(fam.get("auto_precision_reason", "")))
+                if families[name].auto_precision not in ("bf16", "fp32"):
+                    raise RuntimeError(f"Model family '{name}' ({rel}): auto_precision must be bf16 or fp32.")
                 checks.update(k)
             for name, sec in (raw.get("sections") or {}).items():
                 if name in CORE_DEFAULTS or name in sections:
@@ -474,8 +485,9 @@ def model_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
     # keys added after runs existed leave the identity when at their default, so earlier runs keep their names
     negative = cfg["training"].get("negative_ood") is not None
     training = {k: v for k, v in cfg["training"].items() if k not in ("progress", "sample_grid", "checkpoint_every",
-                                                                      "ood_curve_every", "ood_curve_points")
-                and not (k == "optimizer" and v == "adam") and (negative or not k.startswith("negative_"))}
+                                                                      "ood_curve_every", "ood_curve_points",
+                                                                      "channels_last", "compile")
+                and not (k == "optimizer" and v == "adam") and not (k == "precision" and v == "auto") and (negative or not k.startswith("negative_"))}
     return {"model": cfg["model"], "training": training,
             "data": {k: cfg["data"][k] for k in ("in_distribution", "shape", "train_subsample", "val_fraction")}, "seed": cfg["run"]["seed"],
             **({"holdout_seed": cfg["run"]["holdout_seed"]} if cfg["run"].get("holdout_seed") is not None else {})}
@@ -513,7 +525,8 @@ def run_name(cfg: Dict[str, Any], kind: str) -> str:
         return str(cfg["run"]["name"])
     ident = model_identity(cfg)
     if kind == "ood":
-        ident["ood"] = {k: v for k, v in cfg["ood"].items() if k not in ("figures", "png")}
+        ident["ood"] = {k: v for k, v in cfg["ood"].items() if k not in ("figures", "png")
+                        and not (k == "precision" and v == "fp32")}
         ident["ood_data"] = {"ood": cfg["data"]["ood"], "eval_dequantization": cfg["data"]["eval_dequantization"]}
         ident.update(used_sections(cfg))
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]

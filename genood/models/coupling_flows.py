@@ -32,6 +32,7 @@ from torch import nn
 
 from genood.data.transforms import logit_forward, logit_inverse
 from genood.models.flows import _FlowObjective, std_normal_log_density
+from genood.precision import exact, network
 
 ST_TYPES = ("resnet", "highway", "convnet", "mlp_bottleneck")
 
@@ -110,10 +111,12 @@ class InvConv1x1(nn.Module):
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
         return self.p @ lower @ upper
 
+    @exact  # on the data path: the flow's invertibility and latent stay float32
     def forward(self, x):
         y = F.conv2d(x, self.weight()[:, :, None, None])
         return y, self.log_s.sum().expand(x.shape[0]) * x.shape[2] * x.shape[3]
 
+    @exact
     def inverse(self, y):
         return F.conv2d(y, torch.linalg.inv(self.weight())[:, :, None, None])
 
@@ -164,9 +167,9 @@ class AffineCoupling(nn.Module):
         if mask == "channel":
             half = channels // 2
             self.sizes = (half, channels - half) if not parity else (channels - half, half)
-            self.net = STNet(self.sizes[0], self.sizes[1], cfg)
+            self.net = network(STNet(self.sizes[0], self.sizes[1], cfg))
         else:
-            self.net = STNet(channels, channels, cfg)
+            self.net = network(STNet(channels, channels, cfg))  # s and t enter the log-det: float32 out
         self.last_st: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def _split(self, x):

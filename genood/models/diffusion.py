@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from genood.models.base import nats_to_bits_per_dim
+from genood.precision import network
 
 
 class VPSDE:
@@ -202,6 +203,7 @@ class ScoreDiffusion(nn.Module):
             self.net = UNetNoiseNet(self.shape, cfg)
         else:
             self.net = MLPNoiseNet(self.dim, int(cfg["hidden"]), int(cfg["mlp_layers"]))
+        network(self.net)  # the noise prediction reaches the loss (and the ODE) in float32
         self.ode: Dict[str, Any] = {"rtol": 1e-5, "atol": 1e-5, "method": "dopri5", "divergence": "hutchinson",
                                     "probes": 1, "probe": "rademacher", "seed": 0}
         self.likelihood_nfe = None

@@ -20,6 +20,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from genood.precision import exact
+
 MIN_LOG_SCALE = -7.0
 
 
@@ -69,8 +71,10 @@ def _log_bin_mass(centre: torch.Tensor, mean: torch.Tensor, log_scale: torch.Ten
     return torch.where(k <= 0, first, torch.where(k >= levels - 1, last, middle))
 
 
+@exact
 def log_prob(params: torch.Tensor, k: torch.Tensor, mixtures: int, levels: int = 256) -> torch.Tensor:
-    """log P(k) per image: params (B, P, H, W), k (B, C, H, W) integer bins -> (B,) nats (summed over pixels)."""
+    """log P(k) per image: params (B, P, H, W), k (B, C, H, W) integer bins -> (B,) nats (summed over pixels);
+    float32 also when the network that gave ``params`` ran in reduced precision."""
     c = k.shape[1]
     logits, means, log_scales, coeffs = _split(params, c, mixtures)
     kf = k.to(params.dtype)

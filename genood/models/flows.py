@@ -26,6 +26,7 @@ with warnings.catch_warnings():
 
 from genood.data.transforms import logit_forward, logit_inverse
 from genood.models.base import BitsPerDimObjective, autograd_log_prob_grad
+from genood.precision import exact, exact_module, network
 
 # nflows 0.14 emits deprecation warnings on current torch (e.g. torch.triangular_solve, searchsorted
 # on non-contiguous input); they are harmless for RQ-NSF and affine coupling.
@@ -49,17 +50,24 @@ class DataToLogit(Transform):
         return logit_inverse(inputs, self.alpha)
 
 
+def _conditioned(coupling: Transform) -> Transform:
+    """A coupling whose conditioner network runs in the training precision and hands float32 parameters to the
+    spline or affine map (whose log-det stays exact)."""
+    network(coupling.transform_net)
+    return coupling
+
+
 def _coupling(kind: str, mask: torch.Tensor, channels: int, cfg: Dict[str, Any], img_hw: Tuple[int, int]) -> Transform:
     def net(in_c: int, out_c: int) -> nn.Module:
         return ConvResidualNet(in_channels=in_c, out_channels=out_c, hidden_channels=int(cfg["hidden_channels"]),
                                num_blocks=int(cfg["num_blocks"]), use_batch_norm=False)
 
     if kind == "rq_nsf":
-        return PiecewiseRationalQuadraticCouplingTransform(
+        return _conditioned(PiecewiseRationalQuadraticCouplingTransform(
             mask=mask, transform_net_create_fn=net, num_bins=int(cfg["num_bins"]), tails="linear",
-            tail_bound=float(cfg["tail_bound"]), img_shape=list(img_hw))
+            tail_bound=float(cfg["tail_bound"]), img_shape=list(img_hw)))
     if kind == "affine":
-        return AffineCouplingTransform(mask=mask, transform_net_create_fn=net)
+        return _conditioned(AffineCouplingTransform(mask=mask, transform_net_create_fn=net))
     raise ValueError(f"Unknown coupling '{kind}': use one of {', '.join(COUPLINGS)}.")
 
 
@@ -80,7 +88,7 @@ def build_transform(shape: Tuple[int, int, int], cfg: Dict[str, Any]) -> Transfo
             if cfg.get("actnorm", True):
                 steps.append(ActNorm(lc))
             if cfg.get("one_by_one_conv", True):
-                steps.append(OneByOneConvolution(lc))
+                steps.append(exact_module(OneByOneConvolution(lc)))  # data path: float32
             mask = torch.zeros(lc)
             mask[(step % 2)::2] = 1  # alternate which half of the channels is transformed
             steps.append(_coupling(cfg["coupling"], mask, lc, cfg, (lh, lw)))
@@ -90,6 +98,7 @@ def build_transform(shape: Tuple[int, int, int], cfg: Dict[str, Any]) -> Transfo
     return CompositeTransform([DataToLogit(float(cfg["logit_alpha"])), multiscale])
 
 
+@exact
 def std_normal_log_density(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) per row of (B, D): a flow's latent term."""
     return -0.5 * (z ** 2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
@@ -192,11 +201,11 @@ class TabularFlow(_FlowObjective, nn.Module):
             mask = torch.zeros(self.dim)
             mask[(i % 2)::2] = 1
             if cfg["coupling"] == "rq_nsf":
-                layers.append(PiecewiseRationalQuadraticCouplingTransform(
+                layers.append(_conditioned(PiecewiseRationalQuadraticCouplingTransform(
                     mask=mask, transform_net_create_fn=net, num_bins=int(cfg["num_bins"]), tails="linear",
-                    tail_bound=float(cfg["tail_bound"])))
+                    tail_bound=float(cfg["tail_bound"]))))
             else:
-                layers.append(AffineCouplingTransform(mask=mask, transform_net_create_fn=net))
+                layers.append(_conditioned(AffineCouplingTransform(mask=mask, transform_net_create_fn=net)))
         self.transform = CompositeTransform(layers)
         self.base = StandardNormal([self.dim])
 

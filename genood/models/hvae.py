@@ -36,14 +36,17 @@ import torch.nn.functional as F
 
 from genood.models import dlml
 from genood.models.base import nats_to_bits_per_dim
+from genood.precision import exact
 
 LOG_2PI = math.log(2 * math.pi)
 
 
+@exact
 def _gauss_logp(z: torch.Tensor, mu: torch.Tensor, log_sd: torch.Tensor) -> torch.Tensor:
     return (-0.5 * ((z - mu) * torch.exp(-log_sd)).pow(2) - log_sd - 0.5 * LOG_2PI).flatten(1).sum(1)
 
 
+@exact
 def _gauss_kl(mu_q, log_sd_q, mu_p, log_sd_p) -> torch.Tensor:
     """KL(N(mu_q, sd_q) || N(mu_p, sd_p)) summed over all but the batch dimension."""
     var_ratio = torch.exp(2 * (log_sd_q - log_sd_p))
@@ -232,6 +235,7 @@ class HierarchicalVAE(nn.Module):
             return 2.0 * t - 1.0
         return t
 
+    @exact
     def _log_lik(self, params: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.lik == "dlml":
             return dlml.log_prob(params, t, self.mixtures, self.levels)

@@ -20,11 +20,12 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from genood import precision as precision_mod
 from genood import runconfig
 from genood.data.transforms import dequantize_uniform
 from genood.rundir import atomic_write
 
-__all__ = ["CHECKPOINT", "TrainingDiverged", "CheckpointError", "TrainResult", "pick_device", "batch_indices",
+__all__ = ["CHECKPOINT", "TrainingDiverged", "StepSetting", "step_setting", "CheckpointError", "TrainResult", "pick_device", "batch_indices",
            "save_checkpoint", "CHECKPOINT_KEYS", "RESUME_KEYS", "load_checkpoint", "train", "fit", "load_trained",
            "run_training"]
 
@@ -46,6 +47,7 @@ class TrainResult:
     final_loss: float  # running average of training_loss (flows: bits/dim)
     seconds: float
     images_per_second: float
+    precision: str = "fp32"  # what the networks trained in (fp32, bf16, fp16)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -142,8 +144,10 @@ def _restore(model, optimizer, scheduler, ckpt_path: Path, device, log) -> int:
     return int(state["step"])
 
 
-def _loss(model, images: torch.Tensor, step: int, total: int, cfg: Dict[str, Any], hooks, device) -> torch.Tensor:
-    """The objective on training batch ``step``: a pure function of (seed, step) and the weights."""
+def _loss(model, images: torch.Tensor, step: int, total: int, cfg: Dict[str, Any], hooks, device,
+          setting: "StepSetting") -> torch.Tensor:
+    """The objective on training batch ``step``: a pure function of (seed, step), the weights and the numeric
+    setting (precision, memory layout); float32 whatever the networks ran in."""
     seed, bs = int(cfg["run"]["seed"]), int(cfg["training"]["batch_size"])
     idx = torch.from_numpy(batch_indices(step, images.shape[0], bs, seed))
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -152,15 +156,57 @@ def _loss(model, images: torch.Tensor, step: int, total: int, cfg: Dict[str, Any
         batch = hook.batch(batch, gen)
     # stored 8-bit data is dequantized; real-valued data (synthetic manifolds) is used as is
     x = (dequantize_uniform(batch.float(), gen) if batch.dtype == torch.uint8 else batch).to(device)
+    if setting.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     # randomness inside training_loss (diffusion times and noise) is a pure function of (seed, step) too
     torch.manual_seed((seed * 1_000_003 + step) % (2 ** 63) + 7)
     if hasattr(model, "set_training_step"):  # schedules inside the objective (VAEs: KL warm-up, free bits)
         model.set_training_step(step, total)
-    loss = model.training_loss(x).mean()
-    dim = int(np.prod(images.shape[1:]))
-    for hook in hooks:
-        loss = loss + hook.penalty(model, dim) + hook.term(model, step, seed, device)
-    return loss
+    with precision_mod.autocast(device, setting.dtype):
+        loss = setting.objective(x).float().mean()
+        dim = int(np.prod(images.shape[1:]))
+        for hook in hooks:
+            loss = loss + hook.penalty(model, dim) + hook.term(model, step, seed, device)
+    return loss.float()
+
+
+@dataclass
+class StepSetting:
+    """How the training step computes: the autocast dtype (None = float32), memory layout, the objective (the
+    model's ``training_loss``, compiled or not) and the fp16 gradient scaler."""
+    dtype: Optional[torch.dtype]
+    channels_last: bool
+    objective: Callable[[torch.Tensor], torch.Tensor]
+    scaler: Any = None
+
+    @property
+    def precision(self) -> str:
+        return precision_mod.dtype_name(self.dtype)
+
+
+def step_setting(model, cfg: Dict[str, Any], device: torch.device, log: Callable[[str], None] = print) -> StepSetting:
+    """Resolve ``training.precision``, ``training.channels_last`` and ``training.compile`` for ``model`` on ``device``
+    (one sentence, :class:`runconfig.ConfigError`, for a precision the device cannot run); logs what was chosen."""
+    tcfg = cfg["training"]
+    family = cfg["model"].get("family", "flow")
+    spec = runconfig.family_spec(family)
+    asked = str(tcfg.get("precision") or "fp32")
+    dtype = precision_mod.resolve(asked, device, spec.auto_precision)
+    why = ""
+    if asked == "auto":
+        native = precision_mod.native_bf16(device)
+        why = (f" (auto: {'native' if native else 'no native'} bf16 on this {device.type}"
+               + (f"; the {family} family keeps fp32 under auto: {spec.auto_precision_reason}" if native and spec.auto_precision != "bf16" else "")
+               + ")")
+    channels_last = bool(tcfg.get("channels_last")) and len(getattr(model, "shape", ())) == 3
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    objective = model.training_loss
+    if tcfg.get("compile"):
+        objective = torch.compile(model.training_loss)
+    log(f"training precision: {precision_mod.dtype_name(dtype)}{why}"
+        + (", channels-last" if channels_last else "") + (", compiled objective" if tcfg.get("compile") else ""))
+    return StepSetting(dtype, channels_last, objective, precision_mod.grad_scaler(device, dtype))
 
 
 def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run_directory: Path,
@@ -184,32 +230,53 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
     optimizer = make(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg))
     start = _restore(model, optimizer, scheduler, ckpt_path, device, log)
+    setting = step_setting(model, cfg, device, log)
+    if setting.scaler is not None and ckpt_path.exists() and start:
+        scaler_state = load_checkpoint(ckpt_path, map_location="cpu", need=()).get("grad_scaler")
+        if scaler_state:
+            setting.scaler.load_state_dict(scaler_state)
     if start >= total:
         model.eval()
-        return TrainResult(steps=total, resumed_from=start, final_loss=float("nan"), seconds=0.0, images_per_second=0.0)
+        return TrainResult(steps=total, resumed_from=start, final_loss=float("nan"), seconds=0.0, images_per_second=0.0,
+                           precision=setting.precision)
     hooks = active_hooks(tcfg, images)
     loss_name = getattr(model, "loss_name", "loss")
     every, clip = max(1, int(tcfg["checkpoint_every"])), float(tcfg["grad_clip"] or 0.0)
-    extra, last_good, ema = {"shape": list(images.shape[1:]), "config": cfg}, start, None
+    extra, last_good, ema = {"shape": list(images.shape[1:]), "config": cfg, "precision": setting.precision}, start, None
+    compile_seconds = None
     model.train()
     bar, t0 = _progress(tcfg, total, start), time.perf_counter()
     try:
         for step in range(start, total):
-            loss = _loss(model, images, step, total, cfg, hooks, device)
+            t_step = time.perf_counter() if compile_seconds is None and tcfg.get("compile") else None
+            loss = _loss(model, images, step, total, cfg, hooks, device, setting)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise _diverged(model, loss_name, value, step, last_good, ckpt_path)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if setting.scaler is not None:  # fp16: scaled gradients, unscaled before clipping
+                setting.scaler.scale(loss).backward()
+                setting.scaler.unscale_(optimizer)
+            else:
+                loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
+            if setting.scaler is not None:
+                setting.scaler.step(optimizer)
+                setting.scaler.update()
+            else:
+                optimizer.step()
             scheduler.step()
+            if t_step is not None:
+                compile_seconds = time.perf_counter() - t_step
+                log(f"compile: the first compiled step took {compile_seconds:.1f}s")
             ema, done = value if ema is None else 0.98 * ema + 0.02 * value, step + 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({loss_name: f"{value:.3f}", "avg": f"{ema:.3f}"}, lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False)
             if done % every == 0 or done == total:
+                if setting.scaler is not None:
+                    extra["grad_scaler"] = setting.scaler.state_dict()
                 save_checkpoint(ckpt_path, model, optimizer, scheduler, done, done == total, extra)
                 last_good = done
             for cb in callbacks or []:
@@ -219,9 +286,12 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
             bar.close()
     seconds = time.perf_counter() - t0
     model.eval()
-    log(f"trained steps {start}->{total} in {seconds:.1f}s, final {loss_name} (running avg) {ema:.4f}")
+    if setting.channels_last:  # the model leaves training in the ordinary layout (scoring is unchanged)
+        model.to(memory_format=torch.contiguous_format)
+    log(f"trained steps {start}->{total} in {seconds:.1f}s ({setting.precision}), final {loss_name} (running avg) {ema:.4f}")
     return TrainResult(steps=total, resumed_from=start, final_loss=float(ema), seconds=seconds,
-                       images_per_second=(total - start) * int(tcfg["batch_size"]) / max(seconds, 1e-9))
+                       images_per_second=(total - start) * int(tcfg["batch_size"]) / max(seconds, 1e-9),
+                       precision=setting.precision)
 
 
 def _diverged(model, loss_name: str, value: float, step: int, last_good: int, ckpt_path: Path) -> TrainingDiverged:
@@ -251,8 +321,8 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
     from genood.models.sample_grid import image_grid, samples_to_uint8
 
     cfg = resolve_run_keys(cfg, log)  # model keys naming another run by preset: found or trained now
-    if cfg["run"].get("num_threads"):
-        torch.set_num_threads(int(cfg["run"]["num_threads"]))
+    from genood.threads import apply_threads
+    apply_threads(cfg, log)
     seed = int(cfg["run"]["seed"])
     from genood.data.splits import holdout
     from genood.runconfig import holdout_seed

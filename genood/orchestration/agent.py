@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from genood import rundir
+from genood.threads import agent_presence
 from genood.orchestration.jobs import JOBS
 from genood.orchestration.resilient import DEFAULT_OUTAGE_LIMIT, ResilientStore, StoreOutage
 from genood.orchestration.store import Store, open_store
@@ -236,30 +237,31 @@ def run_agent(db_path, sweep_id: str, gpu: Optional[str] = None, count: Optional
     for s in previous:
         signal.signal(s, terminate)
     log.info(f"agent {me} on sweep {sweep_id} ({sweep['job']}, {sweep['method']})")
-    try:
-        while count is None or sum(done[k] for k in ("finished", "failed", "requeued", "stopped")) < count:
-            t_claim = time.perf_counter()
-            claim = store.claim(sweep_id, me, lease)
-            if claim_times is not None:
-                claim_times.append(time.perf_counter() - t_claim)
-            if claim is None:
-                if sweep["method"] != "grid" and _propose(store, sweep):
+    with agent_presence():  # runs without run.num_threads share this host's cores among its agents
+        try:
+            while count is None or sum(done[k] for k in ("finished", "failed", "requeued", "stopped")) < count:
+                t_claim = time.perf_counter()
+                claim = store.claim(sweep_id, me, lease)
+                if claim_times is not None:
+                    claim_times.append(time.perf_counter() - t_claim)
+                if claim is None:
+                    if sweep["method"] != "grid" and _propose(store, sweep):
+                        continue
+                    if store.counts(sweep_id)["running"] == 0:
+                        break  # drained
+                    time.sleep(poll)  # others hold runs; wait in case their agents vanished
                     continue
-                if store.counts(sweep_id)["running"] == 0:
-                    break  # drained
-                time.sleep(poll)  # others hold runs; wait in case their agents vanished
-                continue
-            log.info(f"claimed {claim.name}{' (resuming)' if claim.resumed else ''}")
-            if on_start:
-                on_start(claim.name)
-            _run_claim(store, sweep, claim, me, lease, log, done)
-    except Terminated:
-        pass
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        store.close()
-        if store.outages:
-            log.info(f"survived {store.outages} store outage(s), the longest {store.longest_outage:.1f} s")
+                log.info(f"claimed {claim.name}{' (resuming)' if claim.resumed else ''}")
+                if on_start:
+                    on_start(claim.name)
+                _run_claim(store, sweep, claim, me, lease, log, done)
+        except Terminated:
+            pass
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            store.close()
+            if store.outages:
+                log.info(f"survived {store.outages} store outage(s), the longest {store.longest_outage:.1f} s")
     done["outages"] = store.outages
     return done
