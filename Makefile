@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup data demo test bench clean-runs
+.PHONY: setup data demo test bench gpu-check clean-runs
 
 setup: $(STAMP) chromium postgresql slurm
 
@@ -71,6 +71,12 @@ bench: setup data
 	$(PY) benchmarks/bench_suite.py
 	$(PY) benchmarks/bench_seed_experiments.py
 	$(PY) benchmarks/bench_faults.py
+	$(PY) benchmarks/bench_precision.py
+
+# one GPU, under 8 minutes: every family's paper preset with training.precision auto, LID and FLIPD, two agents
+gpu-check: export PYTHONPATH := $(CURDIR)
+gpu-check: setup data
+	$(PY) benchmarks/gpu_check.py
 
 clean-runs:
 	rm -rf runs/demo

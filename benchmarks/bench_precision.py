@@ -12,11 +12,13 @@ batch, dequantization, autocast as ``training.precision`` says, the objective, b
   training minus fp32 training, measured in fp32 on 1,000 in_val images. Target: within 0.02.
 * ``walltime``: the held-out loss after the same wall time (``--minutes`` per run) in fp32 and in bf16: the step
   count of each is what its measured throughput fits in that time, with the preset's schedule over those steps.
+* ``scoring``: ``ood.precision: bf16`` against fp32 scoring of a briefly trained model per family: per-point error,
+  AUROC of Fashion-MNIST test vs MNIST test, and the scoring speed-up.
 
-Usage: python benchmarks/bench_precision.py [throughput] [quality] [walltime] [--presets a,b] [--paper-only]
+Usage: python benchmarks/bench_precision.py [throughput] [quality] [walltime] [scoring] [--presets a,b] [--paper-only]
        [--tiny-only] [--pairs 3] [--window 4] [--no-compile] [--seeds 3] [--steps 1000] [--minutes 3]
        [--threads N] [--json out.json]
-(no part named: all three).
+(no part named: all four).
 """
 from __future__ import annotations
 
@@ -211,9 +213,54 @@ def walltime(presets, minutes: float, log) -> dict:
     return out
 
 
+def scoring(presets, steps: int, n: int, log) -> dict:
+    """ood.precision bf16 against fp32 on a model trained ``steps`` steps (fp32): per-point error and AUROC of the
+    per-batch scores on ``n`` Fashion-MNIST test and ``n`` MNIST test images (diffusions: score norms, their ODE
+    likelihood is minutes per batch here)."""
+    from genood.data.registry import load_split
+    from genood.ood.metrics import auroc
+    from genood.ood.runner import score_images
+    from genood.runconfig import deep_merge
+    images = _train_images()
+    x_in = _chw(load_split("fmnist", "test").images[:n]).float() + 0.5
+    x_ood = _chw(load_split("mnist", "test").images[:n]).float() + 0.5
+    out = {}
+    for preset in presets:
+        cfg = _config(preset, SETTINGS["fp32"], [f"training.steps={steps}", f"training.checkpoint_every={10 ** 9}"])
+        from genood.models.training import fit
+        with tempfile.TemporaryDirectory() as d:
+            model, _ = fit(cfg, Path(d), images, log=lambda s: None)
+        names = ["score_norms"] if preset.startswith("diffusion") else ["log_likelihood"]
+        if hasattr(model, "configure"):
+            model.configure(cfg)
+        row = {}
+        cols = {}
+        for name in ("fp32", "bf16"):
+            c = deep_merge(cfg, {"ood": {"precision": name}})
+            t0 = time.perf_counter()
+            a = score_images(model, x_in, names, 100, torch.device("cpu"), progress=False, cfg=c)
+            b = score_images(model, x_ood, names, 100, torch.device("cpu"), progress=False, cfg=c)
+            cols[name] = (a, b, time.perf_counter() - t0)
+        for col in cols["fp32"][0]:
+            ref = np.concatenate([cols["fp32"][0][col], cols["fp32"][1][col]])
+            low = np.concatenate([cols["bf16"][0][col], cols["bf16"][1][col]])
+            scale = np.log(2) * 784 if col == "log_likelihood" else 1.0  # nats -> bits/dim for likelihoods
+            err = np.abs(low - ref) / scale
+            row[col] = {"max_abs_err": float(err.max()), "median_abs_err": float(np.median(err)),
+                        "unit": "bits/dim" if col == "log_likelihood" else "score",
+                        "auroc_fp32": auroc(cols["fp32"][0][col], cols["fp32"][1][col]),
+                        "auroc_bf16": auroc(cols["bf16"][0][col], cols["bf16"][1][col]),
+                        "speedup": cols["fp32"][2] / cols["bf16"][2]}
+            r = row[col]
+            log(f"{preset:22s} {col:22s} max |err| {r['max_abs_err']:.2e} {r['unit']} (median {r['median_abs_err']:.1e}), "
+                f"AUROC fp32 {r['auroc_fp32']:.4f} bf16 {r['auroc_bf16']:.4f}, bf16 scoring x{r['speedup']:.2f}")
+        out[preset] = row
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("parts", nargs="*", default=[], help="throughput, quality, walltime (default: all three)")
+    p.add_argument("parts", nargs="*", default=[], help="throughput, quality, walltime, scoring (default: all four)")
     p.add_argument("--presets")
     p.add_argument("--tiny-only", action="store_true")
     p.add_argument("--paper-only", action="store_true")
@@ -223,13 +270,14 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--minutes", type=float, default=3.0)
+    p.add_argument("--score-steps", type=int, default=300, help="training steps of the models the scoring part scores")
     p.add_argument("--threads", type=int)
     p.add_argument("--json")
     args = p.parse_args(argv)
-    parts = args.parts or ["throughput", "quality", "walltime"]
-    unknown = [x for x in parts if x not in ("throughput", "quality", "walltime")]
+    parts = args.parts or ["throughput", "quality", "walltime", "scoring"]
+    unknown = [x for x in parts if x not in ("throughput", "quality", "walltime", "scoring")]
     if unknown:
-        p.error(f"unknown part {unknown[0]!r}: name throughput, quality or walltime")
+        p.error(f"unknown part {unknown[0]!r}: name throughput, quality, walltime or scoring")
     if args.threads:
         torch.set_num_threads(args.threads)
     from genood.precision import native_bf16
@@ -251,6 +299,8 @@ def main(argv=None) -> int:
         results["quality"] = quality(chosen or TINY, args.seeds, args.steps, log)
     if "walltime" in parts:
         results["walltime"] = walltime(chosen or TINY, args.minutes, log)
+    if "scoring" in parts:
+        results["scoring"] = scoring(chosen or TINY, args.score_steps, 500, log)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

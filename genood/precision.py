@@ -126,6 +126,7 @@ def exact(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         with _autocast_off():
             return fn(*_to_fp32(args), **{k: _to_fp32(v) for k, v in kwargs.items()})
+    wrapper._genood_exact = True
     return wrapper
 
 

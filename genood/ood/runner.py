@@ -92,10 +92,14 @@ def score_images(model, x_all: torch.Tensor, names: List[str], batch_size: int, 
         from tqdm.auto import tqdm
         bar = tqdm(total=x_all.shape[0], desc=desc, unit="img", leave=False, dynamic_ncols=True, mininterval=1.0)
 
+    from genood import precision
+    # ood.precision: fp32 (exact, the default: no autocast at all) or bf16 networks (their log-terms stay fp32)
+    dtype = torch.bfloat16 if ((cfg or {}).get("ood") or {}).get("precision") == "bf16" else None
+
     def compute(x: torch.Tensor, start: int) -> Dict[str, np.ndarray]:
         x = x.to(device)
         shared: dict = {"cfg": cfg or {}}  # per-batch cache shared by the scores; their settings under "cfg"
-        with torch.no_grad():  # a score that needs gradients (ODE divergence) enables them itself
+        with torch.no_grad(), precision.autocast(device, dtype):  # a score that needs gradients enables them itself
             out = {}
             for score in fns:
                 values = score.fn(model, x, shared).detach().double().cpu().numpy()
