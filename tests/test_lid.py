@@ -62,7 +62,8 @@ def test_shared_primal_layers_give_the_same_jacobian(preset, shape):
     plain = lid.jacobians(g, z, chunk_size=17)
     shared = lid.jacobians(g, z, chunk_size=17, model=model)
     assert torch.allclose(shared, plain, rtol=1e-4, atol=1e-5 * plain.abs().max().item())
-    assert not any("forward" in vars(m) for m in model.modules())  # patched forwards are removed again
+    # patched forwards are removed again (a precision.exact_module keeps its own float32 forward wrapper)
+    assert not any("forward" in vars(m) for m in model.modules() if getattr(m, "_genood_exact_inner", None) is None)
 
 
 def test_lanczos_density_counts_a_well_separated_spectrum():
