@@ -114,6 +114,7 @@ sweep_configuration:
 
 SHIPPED = {  # file -> (job, runs)
     "ood/demo_tiny.yaml": ("ood", 2),
+    "gpu/gpu_check.yaml": ("ood", 2),
     "ood/flow_tiny_seeds.yaml": ("ood", 6),
     "ood/grayscale_likelihood.yaml": ("ood", 8),
     "ood/rgb_likelihood.yaml": ("ood", 32),

@@ -178,15 +178,35 @@ class StepSetting:
     channels_last: bool
     objective: Callable[[torch.Tensor], torch.Tensor]
     scaler: Any = None
+    compiled: bool = False
+    compile_seconds: Optional[float] = None
 
     @property
     def precision(self) -> str:
         return precision_mod.dtype_name(self.dtype)
 
+    def after_step(self, started: float, log: Callable[[str], None]) -> None:
+        """After a step begun at ``started`` (perf_counter): the first compiled step's time is the compile time."""
+        if self.compiled and self.compile_seconds is None:
+            self.compile_seconds = time.perf_counter() - started
+            log(f"compile: the first compiled step took {self.compile_seconds:.1f}s")
 
-def step_setting(model, cfg: Dict[str, Any], device: torch.device, log: Callable[[str], None] = print) -> StepSetting:
+    def state(self) -> Dict[str, Any]:
+        """What the checkpoint keeps of the setting (fp16's gradient scaler)."""
+        return {"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+
+    def finish(self, model) -> None:
+        """The model leaves training in eval mode and the ordinary memory layout (scoring is unchanged)."""
+        model.eval()
+        if self.channels_last:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def step_setting(model, cfg: Dict[str, Any], device: torch.device, log: Callable[[str], None] = print,
+                 resume_from: Optional[Path] = None) -> StepSetting:
     """Resolve ``training.precision``, ``training.channels_last`` and ``training.compile`` for ``model`` on ``device``
-    (one sentence, :class:`runconfig.ConfigError`, for a precision the device cannot run); logs what was chosen."""
+    (one sentence, :class:`runconfig.ConfigError`, for a precision the device cannot run); logs what was chosen.
+    ``resume_from``: the checkpoint a resumed run continues, whose fp16 gradient scaler is restored."""
     tcfg = cfg["training"]
     family = cfg["model"].get("family", "flow")
     spec = runconfig.family_spec(family)
@@ -206,7 +226,13 @@ def step_setting(model, cfg: Dict[str, Any], device: torch.device, log: Callable
         objective = torch.compile(model.training_loss)
     log(f"training precision: {precision_mod.dtype_name(dtype)}{why}"
         + (", channels-last" if channels_last else "") + (", compiled objective" if tcfg.get("compile") else ""))
-    return StepSetting(dtype, channels_last, objective, precision_mod.grad_scaler(device, dtype))
+    setting = StepSetting(dtype, channels_last, objective, precision_mod.grad_scaler(device, dtype),
+                          bool(tcfg.get("compile")))
+    if setting.scaler is not None and resume_from is not None and Path(resume_from).exists():
+        saved = load_checkpoint(resume_from, map_location="cpu", need=()).get("grad_scaler")
+        if saved:
+            setting.scaler.load_state_dict(saved)
+    return setting
 
 
 def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run_directory: Path,
@@ -230,11 +256,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
     optimizer = make(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg))
     start = _restore(model, optimizer, scheduler, ckpt_path, device, log)
-    setting = step_setting(model, cfg, device, log)
-    if setting.scaler is not None and ckpt_path.exists() and start:
-        scaler_state = load_checkpoint(ckpt_path, map_location="cpu", need=()).get("grad_scaler")
-        if scaler_state:
-            setting.scaler.load_state_dict(scaler_state)
+    setting = step_setting(model, cfg, device, log, ckpt_path if start else None)
     if start >= total:
         model.eval()
         return TrainResult(steps=total, resumed_from=start, final_loss=float("nan"), seconds=0.0, images_per_second=0.0,
@@ -243,41 +265,24 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
     loss_name = getattr(model, "loss_name", "loss")
     every, clip = max(1, int(tcfg["checkpoint_every"])), float(tcfg["grad_clip"] or 0.0)
     extra, last_good, ema = {"shape": list(images.shape[1:]), "config": cfg, "precision": setting.precision}, start, None
-    compile_seconds = None
     model.train()
     bar, t0 = _progress(tcfg, total, start), time.perf_counter()
     try:
         for step in range(start, total):
-            t_step = time.perf_counter() if compile_seconds is None and tcfg.get("compile") else None
+            t_step = time.perf_counter()
             loss = _loss(model, images, step, total, cfg, hooks, device, setting)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise _diverged(model, loss_name, value, step, last_good, ckpt_path)
-            optimizer.zero_grad(set_to_none=True)
-            if setting.scaler is not None:  # fp16: scaled gradients, unscaled before clipping
-                setting.scaler.scale(loss).backward()
-                setting.scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            if setting.scaler is not None:
-                setting.scaler.step(optimizer)
-                setting.scaler.update()
-            else:
-                optimizer.step()
+            _optimizer_step(model, loss, optimizer, setting.scaler, clip)
             scheduler.step()
-            if t_step is not None:
-                compile_seconds = time.perf_counter() - t_step
-                log(f"compile: the first compiled step took {compile_seconds:.1f}s")
+            setting.after_step(t_step, log)
             ema, done = value if ema is None else 0.98 * ema + 0.02 * value, step + 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({loss_name: f"{value:.3f}", "avg": f"{ema:.3f}"}, lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False)
             if done % every == 0 or done == total:
-                if setting.scaler is not None:
-                    extra["grad_scaler"] = setting.scaler.state_dict()
-                save_checkpoint(ckpt_path, model, optimizer, scheduler, done, done == total, extra)
+                save_checkpoint(ckpt_path, model, optimizer, scheduler, done, done == total, {**extra, **setting.state()})
                 last_good = done
             for cb in callbacks or []:
                 cb(done, value)
@@ -285,13 +290,29 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
-    model.eval()
-    if setting.channels_last:  # the model leaves training in the ordinary layout (scoring is unchanged)
-        model.to(memory_format=torch.contiguous_format)
+    setting.finish(model)
     log(f"trained steps {start}->{total} in {seconds:.1f}s ({setting.precision}), final {loss_name} (running avg) {ema:.4f}")
     return TrainResult(steps=total, resumed_from=start, final_loss=float(ema), seconds=seconds,
                        images_per_second=(total - start) * int(tcfg["batch_size"]) / max(seconds, 1e-9),
                        precision=setting.precision)
+
+
+def _optimizer_step(model, loss: torch.Tensor, optimizer, scaler, clip: float) -> None:
+    """Backward, clipping and the optimizer's step; with fp16's gradient scaler the gradients are scaled for the
+    backward and unscaled before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def _diverged(model, loss_name: str, value: float, step: int, last_good: int, ckpt_path: Path) -> TrainingDiverged:
