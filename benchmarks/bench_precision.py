@@ -84,15 +84,11 @@ class Stepper:
 
     def run(self, steps: int) -> float:
         """Seconds for ``steps`` training steps."""
-        from genood.models.training import _loss
+        from genood.models.training import _loss, _optimizer_step
         t0 = time.perf_counter()
         for _ in range(steps):
             loss = _loss(self.model, self.images, self.step, 10 ** 6, self.cfg, [], self.device, self.setting)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-            self.opt.step()
+            _optimizer_step(self.model, loss, self.opt, self.setting.scaler, self.clip)
             self.step += 1
         return time.perf_counter() - t0
 

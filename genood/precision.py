@@ -28,12 +28,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from genood.runconfig import ConfigError
+from genood.runconfig import CORE_CHOICES, ConfigError
 
 __all__ = ["PRECISIONS", "PrecisionError", "native_bf16", "resolve", "autocast", "exact", "exact_module", "network", "is_network",
            "dtype_name", "grad_scaler", "reduced_active"]
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+PRECISIONS = CORE_CHOICES["training.precision"]  # fp32, bf16, fp16, auto
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _REDUCED = (torch.bfloat16, torch.float16)
 
@@ -83,8 +83,9 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
-def grad_scaler(device: torch.device, dtype: Optional[torch.dtype]):
-    """A gradient scaler for fp16 on CUDA, else None (bf16 has float32's range and needs none)."""
+def grad_scaler(dtype: Optional[torch.dtype]):
+    """A gradient scaler for fp16 (CUDA only, see :func:`resolve`), else None (bf16 has float32's range and needs
+    none)."""
     if dtype is torch.float16:
         return torch.amp.GradScaler("cuda")
     return None
@@ -130,11 +131,9 @@ def exact(fn: Callable) -> Callable:
     return wrapper
 
 
+@exact
 def _exact_forward(self, *args, **kwargs):
-    if not reduced_active():
-        return self._genood_exact_inner(*args, **kwargs)
-    with _autocast_off():
-        return self._genood_exact_inner(*_to_fp32(args), **{k: _to_fp32(v) for k, v in kwargs.items()})
+    return self._genood_exact_inner(*args, **kwargs)
 
 
 def exact_module(module: torch.nn.Module) -> torch.nn.Module:

@@ -126,8 +126,9 @@ def load_checkpoint(path: Path, map_location="cpu", need=CHECKPOINT_KEYS) -> Dic
     return state
 
 
-def _restore(model, optimizer, scheduler, ckpt_path: Path, device, log) -> int:
-    """Load the run's checkpoint into model, optimizer and schedule when there is one; the step to go on from."""
+def _restore(model, optimizer, scheduler, ckpt_path: Path, device, log, scaler=None) -> int:
+    """Load the run's checkpoint into model, optimizer, schedule (and fp16's gradient scaler) when there is one; the
+    step to go on from."""
     if not ckpt_path.exists():
         return 0
     from genood.integrity import file_problem
@@ -140,6 +141,8 @@ def _restore(model, optimizer, scheduler, ckpt_path: Path, device, log) -> int:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
     log(f"resuming from step {state['step']} ({ckpt_path})")
     return int(state["step"])
 
@@ -202,11 +205,9 @@ class StepSetting:
             model.to(memory_format=torch.contiguous_format)
 
 
-def step_setting(model, cfg: Dict[str, Any], device: torch.device, log: Callable[[str], None] = print,
-                 resume_from: Optional[Path] = None) -> StepSetting:
+def step_setting(model, cfg: Dict[str, Any], device: torch.device, log: Callable[[str], None] = print) -> StepSetting:
     """Resolve ``training.precision``, ``training.channels_last`` and ``training.compile`` for ``model`` on ``device``
-    (one sentence, :class:`runconfig.ConfigError`, for a precision the device cannot run); logs what was chosen.
-    ``resume_from``: the checkpoint a resumed run continues, whose fp16 gradient scaler is restored."""
+    (one sentence, :class:`runconfig.ConfigError`, for a precision the device cannot run); logs what was chosen."""
     tcfg = cfg["training"]
     family = cfg["model"].get("family", "flow")
     spec = runconfig.family_spec(family)
@@ -221,18 +222,11 @@ def step_setting(model, cfg: Dict[str, Any], device: torch.device, log: Callable
     channels_last = bool(tcfg.get("channels_last")) and len(getattr(model, "shape", ())) == 3
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    objective = model.training_loss
-    if tcfg.get("compile"):
-        objective = torch.compile(model.training_loss)
+    compiled = bool(tcfg.get("compile"))
+    objective = torch.compile(model.training_loss) if compiled else model.training_loss
     log(f"training precision: {precision_mod.dtype_name(dtype)}{why}"
-        + (", channels-last" if channels_last else "") + (", compiled objective" if tcfg.get("compile") else ""))
-    setting = StepSetting(dtype, channels_last, objective, precision_mod.grad_scaler(device, dtype),
-                          bool(tcfg.get("compile")))
-    if setting.scaler is not None and resume_from is not None and Path(resume_from).exists():
-        saved = load_checkpoint(resume_from, map_location="cpu", need=()).get("grad_scaler")
-        if saved:
-            setting.scaler.load_state_dict(saved)
-    return setting
+        + (", channels-last" if channels_last else "") + (", compiled objective" if compiled else ""))
+    return StepSetting(dtype, channels_last, objective, precision_mod.grad_scaler(dtype), compiled)
 
 
 def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run_directory: Path,
@@ -255,10 +249,10 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
     make = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[tcfg.get("optimizer", "adam")]
     optimizer = make(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg))
-    start = _restore(model, optimizer, scheduler, ckpt_path, device, log)
-    setting = step_setting(model, cfg, device, log, ckpt_path if start else None)
+    setting = step_setting(model, cfg, device, log)
+    start = _restore(model, optimizer, scheduler, ckpt_path, device, log, setting.scaler)
     if start >= total:
-        model.eval()
+        setting.finish(model)
         return TrainResult(steps=total, resumed_from=start, final_loss=float("nan"), seconds=0.0, images_per_second=0.0,
                            precision=setting.precision)
     hooks = active_hooks(tcfg, images)

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from genood import runconfig
+from genood import precision, runconfig
 from genood import rundir
 from genood.data.registry import file_checksums, load_split
 from genood.data.transforms import eval_dequantization_noise, match_shape
@@ -92,9 +92,8 @@ def score_images(model, x_all: torch.Tensor, names: List[str], batch_size: int, 
         from tqdm.auto import tqdm
         bar = tqdm(total=x_all.shape[0], desc=desc, unit="img", leave=False, dynamic_ncols=True, mininterval=1.0)
 
-    from genood import precision
     # ood.precision: fp32 (exact, the default: no autocast at all) or bf16 networks (their log-terms stay fp32)
-    dtype = torch.bfloat16 if ((cfg or {}).get("ood") or {}).get("precision") == "bf16" else None
+    dtype = precision.resolve(((cfg or {}).get("ood") or {}).get("precision") or "fp32", device)
 
     def compute(x: torch.Tensor, start: int) -> Dict[str, np.ndarray]:
         x = x.to(device)
