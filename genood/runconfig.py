@@ -17,7 +17,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import yaml
@@ -60,8 +60,10 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "steps": 700,
         "batch_size": 64,
         "lr": 1e-3,
-        "lr_schedule": "cosine",  # cosine | constant
+        "lr_schedule": "cosine",  # cosine | constant | exponential (lr * lr_decay**step, seed 002's schedule)
+        "lr_decay": 1.0,          # exponential: the per-step factor (seed 002: 0.999995)
         "optimizer": "adam",      # adam | rmsprop (seed 003's Glow)
+        "adam_betas": [0.9, 0.999],  # Adam's (beta1, beta2) (seed 002: [0.95, 0.9995])
         "warmup_steps": 50,
         "weight_decay": 0.0,
         "mutation_rate": 0.0,     # Ren et al.'s background models: replace each pixel with another value at this rate
@@ -106,7 +108,7 @@ CORE_DEFAULTS: Dict[str, Any] = {
 }
 
 CORE_CHOICES = {
-    "training.lr_schedule": ("cosine", "constant"),
+    "training.lr_schedule": ("cosine", "constant", "exponential"),
     "training.optimizer": ("adam", "rmsprop"),
     "training.precision": ("fp32", "bf16", "fp16", "auto"),
     "ood.precision": ("fp32", "bf16"),
@@ -118,6 +120,7 @@ CORE_CHOICES = {
 CORE_RANGES: Dict[str, tuple] = {
     "data.val_fraction": (0.0, 0.9, True),
     "training.mutation_rate": (0.0, 1.0, True),
+    "training.lr_decay": (0.0, 1.0, False),
     "training.l2_penalty": (0.0, None, True),
     "ood.n_in_val": (1, None, True),
     "ood.bootstrap": (0, None, True),
@@ -186,9 +189,16 @@ def _check_in_splits(path: str, value: Any) -> None:
                           f"got {value!r}.")
 
 
+def _check_betas(path: str, value: Any) -> None:
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                                 and 0.0 <= v < 1.0 for v in value)):
+        raise ConfigError(f"Config key '{path}' must be [beta1, beta2], each in [0, 1), got {value!r}.")
+
+
 # named checks a spec may attach to a key (``checks: {section.key: <name>}``)
 CHECKS: Dict[str, Callable[[str, Any], None]] = {"grid": _check_log_tau_grid, "ood_sets": _check_ood_sets,
-                                                 "ood_groups": _check_ood_groups, "in_splits": _check_in_splits}
+                                                 "ood_groups": _check_ood_groups, "in_splits": _check_in_splits,
+                                                 "betas": _check_betas}
 FREE_TYPED = {"data.ood"}  # keys whose check alone says what they may hold
 
 
@@ -208,6 +218,7 @@ class FamilySpec:
     run_keys: Tuple[str, ...] = ()  # model keys naming another run (a path, or a preset trained on this run's data)
     auto_precision: str = "bf16"  # what training.precision 'auto' means where bf16 is native: bf16, or fp32 where it hurts
     auto_precision_reason: str = ""  # why a family keeps fp32 under auto (measured; printed in the training log)
+    identity_defaults: Dict[str, Any] = field(default_factory=dict)  # model keys added late: at this value not in the identity
 
 
 @dataclass(frozen=True)
@@ -251,7 +262,8 @@ def _load_specs():
                 families[name] = FamilySpec(name, fam["builder"], fam["model_class"], dict(fam.get("keys") or {}), c, r,
                                             tuple(fam.get("run_name") or ()), fam.get("loss", "loss"),
                                             tuple(fam.get("sections") or ()), rel, tuple(fam.get("run_keys") or ()),
-                                            str(fam.get("auto_precision", "bf16")), str(fam.get("auto_precision_reason", "")))
+                                            str(fam.get("auto_precision", "bf16")), str(fam.get("auto_precision_reason", "")),
+                                            dict(fam.get("identity_defaults") or {}))
                 if families[name].auto_precision not in ("bf16", "fp32"):
                     raise RuntimeError(f"Model family '{name}' ({rel}): auto_precision must be bf16 or fp32.")
                 checks.update(k)
@@ -270,6 +282,7 @@ def _load_specs():
 
 FAMILIES, SECTIONS, CHOICES, RANGES, KEY_CHECKS = _load_specs()
 KEY_CHECKS["data.ood"] = "ood_sets"
+KEY_CHECKS["training.adam_betas"] = "betas"
 CHOICES["model.family"] = tuple(sorted(FAMILIES))
 
 
@@ -480,15 +493,26 @@ def load(path: Optional[str | Path], overrides: Iterable[str] = ()) -> Dict[str,
         raise ConfigError(f"{path}: {exc}" if path else str(exc)) from exc
 
 
+# training keys that only trade speed (or what is shown) for nothing the model learns: never in the identity
+SPEED_ONLY_TRAINING = ("progress", "sample_grid", "checkpoint_every", "ood_curve_every", "ood_curve_points",
+                       "channels_last", "compile")
+# keys added after runs existed: at this value they leave the identity, so earlier runs keep their names
+# (a family declares its own under ``identity_defaults`` in its spec)
+IDENTITY_DEFAULTS = {"training.optimizer": "adam", "training.precision": "auto", "training.lr_decay": 1.0,
+                     "training.adam_betas": [0.9, 0.999]}
+
+
 def model_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """What determines a trained model: architecture, training, in-distribution data, seed."""
-    # keys added after runs existed leave the identity when at their default, so earlier runs keep their names
     negative = cfg["training"].get("negative_ood") is not None
-    training = {k: v for k, v in cfg["training"].items() if k not in ("progress", "sample_grid", "checkpoint_every",
-                                                                      "ood_curve_every", "ood_curve_points",
-                                                                      "channels_last", "compile")
-                and not (k == "optimizer" and v == "adam") and not (k == "precision" and v == "auto") and (negative or not k.startswith("negative_"))}
-    return {"model": cfg["model"], "training": training,
+    late = dict(IDENTITY_DEFAULTS)
+    spec = FAMILIES.get(cfg["model"].get("family"))
+    late.update({f"model.{k}": v for k, v in (spec.identity_defaults if spec else {}).items()})
+    keep = lambda section, k, v: f"{section}.{k}" not in late or late[f"{section}.{k}"] != v
+    training = {k: v for k, v in cfg["training"].items() if k not in SPEED_ONLY_TRAINING and keep("training", k, v)
+                and (negative or not k.startswith("negative_"))}
+    model = {k: v for k, v in cfg["model"].items() if keep("model", k, v)}
+    return {"model": model, "training": training,
             "data": {k: cfg["data"][k] for k in ("in_distribution", "shape", "train_subsample", "val_fraction")}, "seed": cfg["run"]["seed"],
             **({"holdout_seed": cfg["run"]["holdout_seed"]} if cfg["run"].get("holdout_seed") is not None else {})}
 

@@ -111,3 +111,40 @@ def test_learning_rate_schedule_warmup_then_cosine():
     f = training._lr_lambda({"warmup_steps": 10, "steps": 110, "lr_schedule": "cosine"})
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_exponential_schedule_is_seed_002s_per_step_decay():
+    f = training._lr_lambda({"warmup_steps": 0, "steps": 50000, "lr_schedule": "exponential", "lr_decay": 0.999995})
+    assert f(0) == 1.0 and f(1000) == pytest.approx(0.999995 ** 1000) and f(50000) == pytest.approx(0.7788, abs=1e-4)
+
+
+def test_adam_betas_reach_the_optimizer(tiny_cfg):
+    cfg = dict(tiny_cfg["training"], adam_betas=[0.95, 0.9995], lr_schedule="exponential", lr_decay=0.5, warmup_steps=0)
+    opt, sched = training.make_optimizer(torch.nn.Linear(2, 2), cfg)
+    assert opt.param_groups[0]["betas"] == (0.95, 0.9995)
+    lr0 = opt.param_groups[0]["lr"]
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr0 * 0.5)
+
+
+def test_stop_training_checkpoints_the_step_reached_and_resumes_identically(tiny_cfg, tmp_path):
+    """A callback raising StopTraining (a wall-time budget) ends the run with an unfinished checkpoint at that step,
+    off the checkpoint grid; the same call resumes from it to the weights of an uninterrupted run."""
+    images = _images()
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    for d in (full_dir, cut_dir):
+        d.mkdir()
+    training.fit(tiny_cfg, full_dir, images, log=lambda m: None)
+
+    def budget(step, value):
+        if step == 3:  # checkpoint_every is 2: step 3 is saved only because training stops there
+            raise training.StopTraining()
+    _, result = training.fit(tiny_cfg, cut_dir, images, log=lambda m: None, callbacks=[budget])
+    state = training.load_checkpoint(cut_dir)
+    assert result.steps == 3 and state["step"] == 3 and state["finished"] is False
+    assert not (cut_dir / "figures" / "samples.png").exists()  # an unfinished model draws no sample grid
+    _, result = training.fit(tiny_cfg, cut_dir, images, log=lambda m: None)
+    assert result.resumed_from == 3 and result.steps == 6
+    a, b = _weights(full_dir), _weights(cut_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)

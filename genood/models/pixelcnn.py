@@ -22,6 +22,19 @@ import torch.nn.functional as F
 
 from genood.models import dlml
 from genood.models.base import BitsPerDimObjective
+from genood.precision import exact
+
+
+@exact
+def raw_to_dlml(params: torch.Tensor, channels: int, mixtures: int, levels: int) -> torch.Tensor:
+    """Seed 002's parameterization (``rescale_pixel_value: False``) in :mod:`models.dlml`'s units: the head gives
+    each logistic's location in pixel units (bin k's centre is k) and its scale as ``max(sigmoid(s) * (levels-1),
+    0.25)`` pixels; dlml wants means on [-1, 1] (centre of bin k at 2k/(levels-1) - 1) and log scales there."""
+    m, c = mixtures, channels
+    half = (levels - 1) / 2.0
+    means = params[:, m:m + c * m] / half - 1.0
+    scales = torch.clamp(torch.sigmoid(params[:, m + c * m:m + 2 * c * m]) * (levels - 1), min=0.25)
+    return torch.cat([params[:, :m], means, torch.log(scales / half), params[:, m + 2 * c * m:]], dim=1)
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
@@ -116,6 +129,7 @@ class PixelCNNPP(BitsPerDimObjective, nn.Module):
         c = self.shape[0]
         f, self.n_res, self.n_scales = int(cfg["filters"]), int(cfg["resnets"]), int(cfg["scales"])
         self.mixtures, self.levels = int(cfg["mixtures"]), int(cfg["levels"])
+        self.raw = cfg.get("input", "unit") == "raw"  # seed 002: pixel values 0..levels-1 in, pixel-unit parameters out
         drop = float(cfg["dropout"])
         cin = c + 1  # a constant channel of ones marks the image against the zero padding
         self.u_init = DownShiftedConv(cin, f, (2, 3))
@@ -139,7 +153,7 @@ class PixelCNNPP(BitsPerDimObjective, nn.Module):
 
     # --- the network ------------------------------------------------------------------------------
     def to_model_space(self, k: torch.Tensor) -> torch.Tensor:
-        return 2.0 * k / (self.levels - 1) - 1.0
+        return k if self.raw else 2.0 * k / (self.levels - 1) - 1.0
 
     def params(self, k: torch.Tensor) -> torch.Tensor:
         """Mixture parameters (B, P, H, W) of every pixel given the pixels before it; k (B,C,H,W) integer bins."""
@@ -165,7 +179,8 @@ class PixelCNNPP(BitsPerDimObjective, nn.Module):
                 size = sizes.pop()
                 u, ul = self.up_u_deconv[s - 1](u, size), self.up_ul_deconv[s - 1](ul, size)
         assert not us and not uls
-        return self.head(F.elu(ul))
+        out = self.head(F.elu(ul))
+        return raw_to_dlml(out, self.shape[0], self.mixtures, self.levels) if self.raw else out
 
     # --- protocol -----------------------------------------------------------------------------------
     def _bins(self, x: torch.Tensor) -> torch.Tensor:

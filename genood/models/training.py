@@ -36,6 +36,21 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class StopTraining(Exception):
+    """Raised by a training callback to end training early (a wall-time budget): the loop checkpoints the step it
+    reached (not finished) and returns; the same command resumes from there."""
+
+
+def _call_back(callbacks, done: int, value: float) -> bool:
+    """Run the per-step callbacks; True when one of them asked to stop (:class:`StopTraining`)."""
+    try:
+        for cb in callbacks or []:
+            cb(done, value)
+    except StopTraining:
+        return True
+    return False
+
+
 class CheckpointError(FileNotFoundError):
     """A checkpoint is missing or unreadable."""
 
@@ -60,16 +75,27 @@ def pick_device(name: str = "auto") -> torch.device:
 def _lr_lambda(cfg: Dict[str, Any]) -> Callable[[int], float]:
     warmup = int(cfg["warmup_steps"])
     total = int(cfg["steps"])
-    cosine = cfg["lr_schedule"] == "cosine"
+    schedule, decay = cfg["lr_schedule"], float(cfg.get("lr_decay", 1.0))
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
-        if not cosine:
+        if schedule == "exponential":  # seed 002: tf.train.exponential_decay(lr, step, 1, decay)
+            return decay ** step
+        if schedule == "constant":
             return 1.0
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return factor
+
+
+def make_optimizer(model: torch.nn.Module, tcfg: Dict[str, Any]):
+    """The configured optimizer (Adam with ``adam_betas``, or RMSprop) and its learning-rate schedule."""
+    name = tcfg.get("optimizer", "adam")
+    own = {"betas": tuple(float(b) for b in tcfg.get("adam_betas", (0.9, 0.999)))} if name == "adam" else {}
+    make = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[name]
+    optimizer = make(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]), **own)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg))
 
 
 @functools.lru_cache(maxsize=2)
@@ -246,9 +272,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
     ckpt_path = Path(run_directory) / CHECKPOINT
     torch.manual_seed(int(cfg["run"]["seed"]))
     model.to(device)
-    make = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[tcfg.get("optimizer", "adam")]
-    optimizer = make(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg))
+    optimizer, scheduler = make_optimizer(model, tcfg)
     setting = step_setting(model, cfg, device, log)
     start = _restore(model, optimizer, scheduler, ckpt_path, device, log, setting.scaler)
     if start >= total:
@@ -258,7 +282,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
     hooks = active_hooks(tcfg, images)
     loss_name = getattr(model, "loss_name", "loss")
     every, clip = max(1, int(tcfg["checkpoint_every"])), float(tcfg["grad_clip"] or 0.0)
-    extra, last_good, ema = {"shape": list(images.shape[1:]), "config": cfg, "precision": setting.precision}, start, None
+    extra, last_good, ema, done = {"shape": list(images.shape[1:]), "config": cfg, "precision": setting.precision}, start, None, start
     model.train()
     bar, t0 = _progress(tcfg, total, start), time.perf_counter()
     try:
@@ -278,16 +302,18 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
             if done % every == 0 or done == total:
                 save_checkpoint(ckpt_path, model, optimizer, scheduler, done, done == total, {**extra, **setting.state()})
                 last_good = done
-            for cb in callbacks or []:
-                cb(done, value)
+            if _call_back(callbacks, done, value):
+                if last_good != done:
+                    save_checkpoint(ckpt_path, model, optimizer, scheduler, done, False, {**extra, **setting.state()})
+                break
     finally:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
     setting.finish(model)
-    log(f"trained steps {start}->{total} in {seconds:.1f}s ({setting.precision}), final {loss_name} (running avg) {ema:.4f}")
-    return TrainResult(steps=total, resumed_from=start, final_loss=float(ema), seconds=seconds,
-                       images_per_second=(total - start) * int(tcfg["batch_size"]) / max(seconds, 1e-9),
+    log(f"trained steps {start}->{done} of {total} in {seconds:.1f}s ({setting.precision}), final {loss_name} (running avg) {ema:.4f}")
+    return TrainResult(steps=done, resumed_from=start, final_loss=float(ema), seconds=seconds,
+                       images_per_second=(done - start) * int(tcfg["batch_size"]) / max(seconds, 1e-9),
                        precision=setting.precision)
 
 
@@ -362,7 +388,8 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
     result = train(model, images, cfg, run_directory, log=log, callbacks=callbacks)
     n_grid = int(cfg["training"].get("sample_grid") or 0)
     grid_path = Path(run_directory) / "figures" / "samples.png"
-    if n_grid and len(model.shape) == 3 and (result.resumed_from < result.steps or not grid_path.exists()):
+    finished = result.steps >= int(cfg["training"]["steps"])  # a run stopped early (StopTraining) draws no samples yet
+    if n_grid and len(model.shape) == 3 and finished and (result.resumed_from < result.steps or not grid_path.exists()):
         gen = torch.Generator().manual_seed(seed + 17)
         image_grid(samples_to_uint8(model.sample(n_grid, generator=gen)), grid_path)
     return model, result

@@ -1,0 +1,92 @@
+"""The `*_paper` presets are the seeds' recipes: each resolved preset equals the values read off the seed's own
+code and released configuration (the table below names where each came from), and the parts of a recipe that
+the project had to add are checked against an independent computation."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from genood import runconfig
+
+# preset -> {dotted key: the seed's value}; the source of each row is in its comment
+RECIPES = {
+    # seed 002 (google-research genomics_ood/images_ood): train.py's flags and the params.json released beside its
+    # FMNIST checkpoints (num_hierarchies 1, num_resnet 5, num_filters 32, num_logistic_mix 1, dropout_p 0,
+    # rescale_pixel_value false, learning_rate 1e-4, learning_rate_decay 0.999995, momentum 0.95 / 0.9995,
+    # batch_size 32, total_steps 50000; no gradient clipping, no warm-up)
+    "pixelcnn_paper": {"model.family": "pixelcnn", "model.scales": 1, "model.resnets": 5, "model.filters": 32,
+                       "model.mixtures": 1, "model.dropout": 0.0, "model.input": "raw", "training.lr": 1e-4,
+                       "training.lr_schedule": "exponential", "training.lr_decay": 0.999995,
+                       "training.adam_betas": [0.95, 0.9995], "training.optimizer": "adam", "training.batch_size": 32,
+                       "training.steps": 50000, "training.grad_clip": 0.0, "training.warmup_steps": 0,
+                       "training.mutation_rate": 0.0, "training.l2_penalty": 0.0},
+    # seed 002's README for CIFAR10: the same with rescale_pixel_value true and 600,000 steps
+    "pixelcnn_rgb_paper": {"model.scales": 1, "model.filters": 32, "model.mixtures": 1, "model.input": "unit",
+                           "training.steps": 600000, "training.lr_decay": 0.999995},
+}
+
+
+def _get(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("preset", sorted(RECIPES))
+def test_preset_is_the_seed_recipe(preset):
+    cfg = runconfig.resolve({"preset": preset})
+    wrong = {k: (_get(cfg, k), v) for k, v in RECIPES[preset].items() if _get(cfg, k) != v}
+    assert not wrong, f"{preset} differs from its seed's recipe (ours, seed's): {wrong}"
+
+
+def test_raw_parameterization_is_seed_002s_quantized_logistic():
+    """Seed 002 with rescale_pixel_value false: location in pixels, scale max(sigmoid(s) * 255, 0.25), a logistic
+    shifted by -1/2 and quantized to 0..255 with the tails on the end bins. Ours maps that head onto dlml's
+    units; the log-probabilities must equal the seed's distribution computed here in float64."""
+    from genood.models import dlml
+    from genood.models.pixelcnn import raw_to_dlml
+
+    rng = np.random.default_rng(0)
+    h = w = 6
+    k = rng.integers(0, 256, size=(1, 1, h, w)).astype(float)
+    k[0, 0, 0, :3] = [0, 255, 128]
+    loc = k + rng.normal(0, 15, size=k.shape)  # locations beyond both ends included (near the edge bins)
+    pre = rng.normal(0, 3, size=(1, 1, h, w))
+    params = torch.tensor(np.concatenate([np.zeros((1, 1, h, w)), loc, pre], axis=1), dtype=torch.float32)
+    ours = dlml.log_prob(raw_to_dlml(params, 1, 1, 256), torch.tensor(k, dtype=torch.float32), 1, 256)
+
+    scale = np.maximum(255.0 / (1.0 + np.exp(-pre)), 0.25)
+    cdf = lambda v: 1.0 / (1.0 + np.exp(-(v - loc) / scale))
+    upper = np.where(k == 255, 1.0, cdf(k + 0.5))
+    lower = np.where(k == 0, 0.0, cdf(k - 0.5))
+    assert (upper - lower).min() > 1e-200  # the float64 reference is still exact here
+    want = np.log(upper - lower).sum()
+    assert float(ours[0]) == pytest.approx(want, rel=2e-5, abs=1e-3)
+
+
+def test_raw_input_model_feeds_pixel_values_and_keeps_its_likelihood_exact():
+    """model.input: raw sends 0..255 to the network; log_prob stays a normalized distribution over the bins
+    (the sum over all 256 values of one pixel of a 1x1 image is 1)."""
+    from genood.models.pixelcnn import build_pixelcnn
+    spec = runconfig.family_spec("pixelcnn")
+    m = build_pixelcnn((1, 1, 1), {**spec.keys, "filters": 4, "resnets": 1, "scales": 1, "input": "raw"}).eval()
+    assert torch.equal(m.to_model_space(torch.tensor([0.0, 255.0])), torch.tensor([0.0, 255.0]))
+    x = torch.arange(256, dtype=torch.float32).reshape(256, 1, 1, 1)
+    with torch.no_grad():
+        total = torch.logsumexp(m.log_prob(x), 0)
+    assert math.isclose(float(total), 0.0, abs_tol=1e-4)
+
+
+def test_new_recipe_keys_at_their_defaults_keep_earlier_run_names():
+    """adam_betas, lr_decay and model.input were added after runs existed: at their defaults a run's identity
+    (and so its name) is what it was before they existed."""
+    cfg = runconfig.resolve({"preset": "pixelcnn_tiny"})
+    ident = runconfig.model_identity(cfg)
+    assert "adam_betas" not in ident["training"] and "lr_decay" not in ident["training"]
+    assert "input" not in ident["model"]
+    raw = runconfig.model_identity(runconfig.resolve({"preset": "pixelcnn_tiny", "model": {"input": "raw"}}))
+    assert raw["model"]["input"] == "raw"
+    with pytest.raises(runconfig.ConfigError, match="adam_betas"):
+        runconfig.resolve({"training": {"adam_betas": [0.9, 1.5]}})
