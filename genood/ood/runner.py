@@ -23,6 +23,7 @@ from genood import precision, runconfig
 from genood import rundir
 from genood.data.registry import file_checksums, load_split
 from genood.data.transforms import eval_dequantization_noise, match_shape
+from genood.models import zoo
 from genood.models.training import CHECKPOINT, CheckpointError, fit, load_trained, pick_device
 from genood.ood import scores as score_registry
 from genood.ood.metrics import roc_curve_points
@@ -133,8 +134,8 @@ def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Con
     ckpt = cfg["ood"]["checkpoint"]
     device = pick_device(cfg["run"]["device"])
     if ckpt:
-        path = load_checkpoint_path(ckpt)
-        model, state = load_trained(path, map_location=device)
+        path = ckpt if zoo.is_zoo_ref(ckpt) else load_checkpoint_path(ckpt)
+        model, state = zoo.open_zoo_model(ckpt, device) if zoo.is_zoo_ref(ckpt) else load_trained(path, map_location=device)
         if not state.get("finished", False):
             console.warn(f"checkpoint {path} is from step {state['step']} of an unfinished training run.")
         have = tuple(train_images.shape[1:]) if train_images.ndim == 2 else (train_images.shape[3], *train_images.shape[1:3])
@@ -379,7 +380,9 @@ def _check_inputs(cfg: Dict[str, Any]) -> _Inputs:
     test_set = load_split(in_name, "test")
     oods = _load_ood_sets(cfg)
     names, columns = _checked_scores(cfg, images=train_set.images.ndim == 4)
-    if cfg["ood"]["checkpoint"]:
+    if zoo.is_zoo_ref(cfg["ood"]["checkpoint"]):
+        zoo.manifest(cfg["ood"]["checkpoint"][len(zoo.ZOO_PREFIX):])
+    elif cfg["ood"]["checkpoint"]:
         load_checkpoint_path(cfg["ood"]["checkpoint"])
     _check_negative_training(cfg, oods)
     shape = tuple(cfg["data"]["shape"] or train_set.shape_chw)
@@ -391,6 +394,8 @@ def _check_inputs(cfg: Dict[str, Any]) -> _Inputs:
 def negative_training_set(cfg: Dict[str, Any]) -> Optional[str]:
     """The OOD set the evaluated model was trained to push down (``training.negative_ood`` of this configuration,
     or of the checkpoint's when ``ood.checkpoint`` is set), or None."""
+    if zoo.is_zoo_ref(cfg["ood"]["checkpoint"]):
+        return (zoo.zoo_config(cfg["ood"]["checkpoint"]).get("training") or {}).get("negative_ood")
     if cfg["ood"]["checkpoint"]:
         from genood.models.training import load_checkpoint
 

@@ -1,0 +1,385 @@
+"""The model zoo: reference models trained by this project, shipped as safetensors with a manifest each.
+
+``zoo/reference.yaml`` lists the reference tier: each entry a seed's recipe (a preset and the data it trains on)
+and the CPU budget it may take here. ``genood-zoo train <name>`` trains one as far as its budget allows, across as
+many sessions as it takes: the run lives in ``<runs_root>/zoo/<run-name>/`` like any training run, and at every
+checkpoint its resume point (weights, optimizer, schedule, step: the run's checkpoint.pt, read back with
+``weights_only=True``) and a ledger of the wall time spent (``zoo/resume/<name>.json``) are copied into
+``zoo/resume/``, which is committed, so a new machine resumes where the last one stopped. When the recipe's steps
+or the budget are done, ``publish`` writes the final weights as ``zoo/<name>.safetensors`` (fp32) and the
+manifest ``zoo/<name>.json``: family, preset, the resolved configuration and its hash, data checksums, steps done
+of the recipe, wall time and machine, the commits that trained it, held-out bits/dim on 500 test images, the
+headline AUROC, the sha256 of the weights; the resume point leaves.
+
+``ood.checkpoint: zoo:<name>`` scores with a zoo model: the weights are checked against the manifest's sha256
+on every load and read with safetensors (nothing is unpickled). Names are one path component of
+``[A-Za-z0-9_.-]`` that does not start with ``-`` or ``.``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from genood import runconfig
+from genood.paths import PROJECT_ROOT
+
+__all__ = ["ZooError", "ZOO_PREFIX", "zoo_dir", "check_name", "reference_entries", "reference_config",
+           "manifest", "names", "is_zoo_ref", "open_zoo_model", "zoo_config", "publish", "verify",
+           "heldout_bits_per_dim", "Ledger", "train_reference", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES"]
+
+ZOO_PREFIX = "zoo:"
+MAX_FILE_BYTES = 12 * 1024 * 1024   # a weights file in the tree
+MAX_TOTAL_BYTES = 80 * 1024 * 1024  # all of them together
+VERIFY_IMAGES = 500
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+class ZooError(runconfig.ConfigError):
+    """A zoo name, entry or file is wrong; one sentence that says what to run."""
+
+
+def zoo_dir() -> Path:
+    return PROJECT_ROOT / "zoo"
+
+
+def _shown(path: Path) -> str:
+    """A path as a user types it: relative to the checkout when inside it."""
+    try:
+        return str(Path(path).relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def check_name(name: Any, what: str = "zoo model name") -> str:
+    """``name`` if it is one safe path component, else a ZooError."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ZooError(f"The {what} {name!r} must be 1-64 characters of letters, digits, '_', '.' or '-', not "
+                       f"starting with '-' or '.'; see `genood-zoo list` for the names there are.")
+    return name
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    return runconfig.load_yaml(path) if path.exists() else {}
+
+
+def reference_entries() -> Dict[str, Dict[str, Any]]:
+    """The reference tier as ``zoo/reference.yaml`` declares it: name -> entry."""
+    raw = _read_yaml(zoo_dir() / "reference.yaml").get("models") or {}
+    if not isinstance(raw, dict):
+        raise ZooError("zoo/reference.yaml: 'models' must map names to entries.")
+    for name, entry in raw.items():
+        check_name(name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            raise ZooError(f"zoo/reference.yaml: entry {name!r} needs a 'config' mapping (a preset and its data).")
+    return raw
+
+
+def _entry(name: str) -> Dict[str, Any]:
+    entries = reference_entries()
+    if check_name(name) not in entries:
+        raise ZooError(f"There is no reference model {name!r} in zoo/reference.yaml; known: "
+                       f"{', '.join(sorted(entries)) or 'none'}.")
+    return entries[name]
+
+
+def reference_config(name: str, overrides=()) -> Dict[str, Any]:
+    """The resolved training configuration of reference model ``name`` (runs under ``<runs_root>/zoo/``)."""
+    user = runconfig.copy_tree(_entry(name)["config"])
+    user.setdefault("run", {})["sweep_id"] = "zoo"
+    user.setdefault("tracking", {}).setdefault("wandb", False)
+    return runconfig.resolve(user, list(overrides))
+
+
+def names() -> List[str]:
+    """Published zoo models (a manifest beside its weights)."""
+    return sorted(p.stem for p in zoo_dir().glob("*.json") if (p.with_suffix(".safetensors")).exists())
+
+
+def manifest(name: str) -> Dict[str, Any]:
+    path = zoo_dir() / f"{check_name(name)}.json"
+    if not path.exists():
+        known = names()
+        raise ZooError(f"There is no zoo model {name!r} (no {_shown(path)}); known: "
+                       f"{', '.join(known) or 'none yet'}; `genood-zoo list` shows them.")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ZooError(f"The zoo manifest {path} could not be read ({type(exc).__name__}); restore it with "
+                       f"`git checkout -- {_shown(path)}`.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or "sha256" not in data:
+        raise ZooError(f"The zoo manifest {path} lacks its config or sha256; restore it with git.")
+    return data
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_zoo_ref(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(ZOO_PREFIX)
+
+
+def zoo_config(value: str) -> Dict[str, Any]:
+    """The training configuration a ``zoo:<name>`` reference was trained with."""
+    return manifest(value[len(ZOO_PREFIX):])["config"]
+
+
+def open_zoo_model(value: str, map_location="cpu"):
+    """``zoo:<name>`` -> (model in eval mode, state) with state like a checkpoint's (step, finished, shape,
+    config); the weights' sha256 is checked against the manifest first, and only safetensors is read."""
+    from safetensors.torch import load_file
+
+    from genood.models.registry import build_model
+
+    name = value[len(ZOO_PREFIX):]
+    info = manifest(name)
+    path = zoo_dir() / f"{name}.safetensors"
+    if not path.exists():
+        raise ZooError(f"The weights of zoo model {name!r} ({_shown(path)}) are missing; restore "
+                       f"them with `git checkout -- zoo/` (or `git lfs pull` where the tree uses LFS).")
+    if sha256(path) != info["sha256"]:
+        raise ZooError(f"The weights of zoo model {name!r} do not match the sha256 in its manifest (the file is "
+                       f"corrupted or was replaced); restore them with `git checkout -- {_shown(path)}`.")
+    model = build_model(tuple(info["shape"]), info["config"]["model"])
+    try:
+        model.load_state_dict(load_file(str(path), device=str(map_location)))
+    except (RuntimeError, KeyError) as exc:
+        raise ZooError(f"The weights of zoo model {name!r} do not fit the model its manifest describes "
+                       f"({str(exc).splitlines()[0]}); republish it with `genood-zoo publish {name}`.") from None
+    model.eval()
+    state = {"step": info["steps_done"], "finished": True, "shape": info["shape"], "config": info["config"]}
+    return model, state
+
+
+def heldout_bits_per_dim(model, cfg: Dict[str, Any], n: int = VERIFY_IMAGES) -> float:
+    """Mean bits/dim of the first ``n`` in-distribution test images (seeded evaluation dequantization)."""
+    import numpy as np
+    import torch
+
+    from genood.data.registry import load_split
+    from genood.data.transforms import eval_dequantization_noise, match_shape
+
+    test = load_split(cfg["data"]["in_distribution"], "test")
+    shape = tuple(cfg["data"]["shape"] or test.shape_chw)
+    images = match_shape(test.images, shape)[:n]
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = x + eval_dequantization_noise(len(x), shape, int(cfg["run"]["seed"]), "zoo_verify",
+                                      cfg["data"]["eval_dequantization"])
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        bits = torch.cat([model.bits_per_dim(x[i:i + 100].to(device)).cpu() for i in range(0, len(x), 100)])
+    return float(bits.double().mean())
+
+
+def _machine(threads: int) -> Dict[str, Any]:
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+class Ledger:
+    """``zoo/resume/<name>.json``: the wall time and steps each session spent on a reference model."""
+
+    def __init__(self, name: str):
+        self.path = zoo_dir() / "resume" / f"{check_name(name)}.json"
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"seconds": 0.0, "sessions": []}
+
+    @property
+    def seconds(self) -> float:
+        return float(self.data.get("seconds", 0.0))
+
+    def record(self, session: Dict[str, Any], seconds: float) -> None:
+        """Replace the current session's row (the last, when it has the same start) and the running total."""
+        rows = self.data["sessions"]
+        if rows and rows[-1].get("id") == session["id"]:
+            rows.pop()
+        rows.append(session)
+        self.data["seconds"] = seconds
+        from genood import rundir
+        rundir.write_json(self.path, self.data)
+
+
+def _git_commit() -> Optional[str]:
+    import subprocess
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class _Budget:
+    """A training callback: after every checkpoint, copy the resume point into zoo/resume/ and update the ledger;
+    stop (:class:`StopTraining`) once this session's minutes or the model's whole budget are spent."""
+
+    def __init__(self, name: str, directory: Path, every: int, minutes: Optional[float], budget_s: float,
+                 threads: int, log: Callable[[str], None]):
+        self.name, self.directory, self.every, self.log = name, Path(directory), max(1, every), log
+        self.ledger, self.t0 = Ledger(name), time.time()
+        self.prior = self.ledger.seconds
+        self.limit = min(budget_s - self.prior, float("inf") if minutes is None else minutes * 60.0)
+        self.session = {"id": uuid.uuid4().hex[:12], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.t0)), "commit": _git_commit(),
+                        "machine": _machine(threads), "from_step": None, "to_step": None, "seconds": 0.0}
+
+    def __call__(self, step: int, loss: float) -> None:
+        from genood.models.training import StopTraining
+        if self.session["from_step"] is None:
+            self.session["from_step"] = step - 1
+        if step % self.every == 0:
+            self.save(step)
+        if time.time() - self.t0 >= self.limit:
+            self.log(f"zoo {self.name}: budget reached at step {step} ({(self.prior + time.time() - self.t0) / 3600:.2f} h "
+                     f"of training in all); stopping with a resume point")
+            raise StopTraining()
+
+    def save(self, step: int) -> None:
+        """Copy the run's checkpoint (and its OOD curves) into zoo/resume/ and write the ledger."""
+        from genood import rundir
+        from genood.models.ood_curves import CURVES_FILE
+        from genood.models.training import CHECKPOINT
+        resume = zoo_dir() / "resume"
+        for src, dst in ((CHECKPOINT, f"{self.name}.pt"), (CURVES_FILE, f"{self.name}.curves.parquet")):
+            if (self.directory / src).exists():
+                rundir.atomic_write(resume / dst, lambda p, s=src: shutil.copyfile(self.directory / s, p))
+        elapsed = time.time() - self.t0
+        self.session.update(to_step=step, seconds=round(elapsed, 1))
+        self.ledger.record(dict(self.session), round(self.prior + elapsed, 1))
+
+
+def _adopt_resume_point(name: str, directory: Path, log: Callable[[str], None]) -> None:
+    """Put zoo/resume/<name>.pt into the run directory when it is further along than the run's own checkpoint."""
+    from genood.models.training import CHECKPOINT, load_checkpoint
+    src = zoo_dir() / "resume" / f"{name}.pt"
+    if not src.exists():
+        return
+    theirs = load_checkpoint(src)["step"]  # weights_only: refuses anything but tensors and plain data
+    dst = Path(directory) / CHECKPOINT
+    ours = load_checkpoint(dst)["step"] if dst.exists() else -1
+    if theirs > ours:
+        from genood import rundir
+        rundir.atomic_write(dst, lambda p: shutil.copyfile(src, p))
+        curves = zoo_dir() / "resume" / f"{name}.curves.parquet"
+        if curves.exists():
+            from genood.models.ood_curves import CURVES_FILE
+            rundir.atomic_write(Path(directory) / CURVES_FILE, lambda p: shutil.copyfile(curves, p))
+        log(f"zoo {name}: resuming from the committed resume point (step {theirs})")
+
+
+def train_reference(name: str, minutes: Optional[float] = None, threads: int = 1, overrides=(),
+                    log: Callable[[str], None] = print) -> Tuple[Path, bool]:
+    """Train reference model ``name`` for at most ``minutes`` of this session (and its budget in all); returns
+    (run directory, whether training is over: the recipe's steps or the whole budget done)."""
+    from genood import rundir
+    from genood.models.training import CHECKPOINT, load_checkpoint, run_training
+
+    entry = _entry(name)
+    cfg = reference_config(name, [f"run.num_threads={int(threads)}", *overrides])
+    if runconfig.model_identity(cfg) != runconfig.model_identity(reference_config(name)):
+        raise ZooError(f"The overrides {' '.join(overrides)} change what reference model {name!r} learns; only "
+                       f"speed-only keys (e.g. training.progress, run.device) may be set here: change the recipe "
+                       f"in zoo/reference.yaml instead.")
+    budget_s = float(entry.get("budget_hours", 3.0)) * 3600.0
+    directory = rundir.run_dir(cfg, runconfig.run_name(cfg, "train"))
+    _adopt_resume_point(name, directory, log)
+    budget = _Budget(name, directory, int(cfg["training"]["checkpoint_every"]), minutes, budget_s, int(threads), log)
+    if budget.limit <= 0 and (directory / CHECKPOINT).exists():
+        log(f"zoo {name}: its budget of {budget_s / 3600:.1f} h is spent")
+        return directory, True
+    run_training(cfg, callbacks=[budget])
+    state = load_checkpoint(directory / CHECKPOINT)
+    budget.save(int(state["step"]))
+    over = bool(state["finished"]) or Ledger(name).seconds >= budget_s - 1.0
+    return directory, over
+
+
+def publish(name: str, log: Callable[[str], None] = print, headline: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Final weights of reference model ``name`` -> zoo/<name>.safetensors + zoo/<name>.json; the resume point
+    leaves. ``headline``: the AUROC the reproduction measured for it (score, pair, value, interval)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from genood import rundir
+    from genood.models.training import CHECKPOINT, load_trained
+
+    cfg = reference_config(name)
+    directory = rundir.run_dir(cfg, runconfig.run_name(cfg, "train"))
+    if not (directory / CHECKPOINT).exists():
+        raise ZooError(f"Reference model {name!r} has no trained run in {directory}; train it with "
+                       f"`genood-zoo train {name}` first.")
+    model, state = load_trained(directory / CHECKPOINT)
+    tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
+    path = zoo_dir() / f"{name}.safetensors"
+    rundir.atomic_write(path, lambda p: save_file(tensors, str(p)))
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        path.unlink()
+        raise ZooError(f"The weights of {name!r} take {size / 2**20:.1f} MB, over the zoo's "
+                       f"{MAX_FILE_BYTES / 2**20:.0f} MB a file; publish a smaller preset.")
+    ledger = Ledger(name)
+    provenance = json.loads((directory / "provenance.json").read_text()) if (directory / "provenance.json").exists() else {}
+    info = {"name": name, "seed": _entry(name).get("seed"), "family": cfg["model"]["family"],
+            "preset": _entry(name)["config"].get("preset"), "config": state["config"],
+            "config_hash": hashlib.sha256(json.dumps(runconfig.model_identity(state["config"]), sort_keys=True,
+                                                     default=str).encode()).hexdigest()[:16],
+            "shape": list(state["shape"]), "parameters": int(sum(t.numel() for t in tensors.values())),
+            "data_checksums": provenance.get("data_files", {}), "steps_done": int(state["step"]),
+            "steps_recipe": int(cfg["training"]["steps"]), "precision": state.get("precision", "fp32"),
+            "wall_seconds": ledger.seconds, "sessions": ledger.data.get("sessions", []),
+            "commits": sorted({s.get("commit") for s in ledger.data.get("sessions", []) if s.get("commit")}),
+            "heldout_bits_per_dim": round(heldout_bits_per_dim(model, state["config"]), 6),
+            "heldout_images": VERIFY_IMAGES, "headline": headline or (manifest(name).get("headline") if
+                                                                      (zoo_dir() / f"{name}.json").exists() else None),
+            "curves": _curves_rows(directory), "sha256": sha256(path), "bytes": path.stat().st_size}
+    total = sum(p.stat().st_size for p in zoo_dir().glob("*.safetensors"))
+    if total > MAX_TOTAL_BYTES:
+        log(f"warning: the zoo's weights take {total / 2**20:.1f} MB, over its {MAX_TOTAL_BYTES / 2**20:.0f} MB")
+    rundir.write_json(zoo_dir() / f"{name}.json", info)
+    for leftover in (zoo_dir() / "resume").glob(f"{name}.*"):
+        if state["finished"] or leftover.suffix != ".json":
+            leftover.unlink()
+    log(f"zoo {name}: published {_shown(path)} ({info['bytes'] / 2**20:.1f} MB, step "
+        f"{info['steps_done']} of {info['steps_recipe']}, {info['heldout_bits_per_dim']:.4f} bits/dim)")
+    return info
+
+
+def _curves_rows(directory: Path) -> List[Dict[str, Any]]:
+    from genood.models.ood_curves import CURVES_FILE
+    path = Path(directory) / CURVES_FILE
+    if not path.exists():
+        return []
+    import pandas as pd
+    return json.loads(pd.read_parquet(path).to_json(orient="records"))
+
+
+def verify(name: str, bits: bool = True) -> Dict[str, Any]:
+    """Check zoo model ``name``: its sha256, that it loads, and (``bits``) its bits/dim on the manifest's test
+    images within 0.01 of the manifest. Returns what was measured; a ZooError when a check fails."""
+    model, _ = open_zoo_model(ZOO_PREFIX + name)
+    info = manifest(name)
+    out = {"name": name, "sha256": "ok", "loads": "ok"}
+    if bits:
+        got = heldout_bits_per_dim(model, info["config"], int(info.get("heldout_images", VERIFY_IMAGES)))
+        out["bits_per_dim"], out["manifest_bits_per_dim"] = got, info["heldout_bits_per_dim"]
+        if abs(got - info["heldout_bits_per_dim"]) > 0.01:
+            raise ZooError(f"Zoo model {name!r} gives {got:.4f} bits/dim on its test images, not the manifest's "
+                           f"{info['heldout_bits_per_dim']:.4f}; its weights or the data changed: restore them with git.")
+    return out

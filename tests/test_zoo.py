@@ -1,0 +1,152 @@
+"""The model zoo: reference training across sessions through zoo/resume/, publishing safetensors with a manifest,
+loading by ``zoo:<name>`` (sha256 checked, nothing unpickled), and the shipped models themselves."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from genood import runconfig
+from genood.models import zoo
+from tests.conftest import ROOT, TINY_MODEL
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch):
+    """A zoo folder of its own with one reference entry: the tiny flow on an 8x8 npz dataset, 8 steps."""
+    images = np.random.default_rng(3).integers(0, 256, size=(120, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "set.npz", images=images)
+    np.savez(tmp_path / "other.npz", images=(255 - images[:40]).astype(np.uint8))
+    entry = {"seed": "test", "budget_hours": 1.0, "config": {
+        "model": dict(TINY_MODEL), "run": {"runs_root": str(tmp_path / "runs")},
+        "data": {"in_distribution": f"npz:{tmp_path / 'set.npz'}", "ood": f"npz:{tmp_path / 'other.npz'}"},
+        "training": {"steps": 8, "batch_size": 8, "checkpoint_every": 2, "warmup_steps": 2, "progress": False,
+                     "sample_grid": 0, "ood_curve_every": 4, "ood_curve_points": 16}}}
+
+    def make(name):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "reference.yaml").write_text(yaml.safe_dump({"models": {"tiny": entry}}))
+        monkeypatch.setattr(zoo, "zoo_dir", lambda: folder)
+        return folder
+    return make
+
+
+def test_training_stopped_by_its_budget_resumes_on_a_new_machine_and_publishes_the_same_weights(tiny_zoo, tmp_path):
+    """Session 1 stops at its minutes with a resume point in zoo/resume/; the runs folder is then lost (a new
+    machine: only the committed zoo/ remains); session 2 resumes from zoo/resume/ and finishes. The published
+    weights equal those of one uninterrupted training, and the resume point leaves."""
+    whole = tiny_zoo("whole")
+    zoo.train_reference("tiny", log=lambda m: None)
+    want = zoo.publish("tiny", log=lambda m: None)
+    shutil.rmtree(tmp_path / "runs")
+
+    cut = tiny_zoo("cut")
+    logs = []
+    directory, over = zoo.train_reference("tiny", minutes=1e-9, log=logs.append)
+    assert not over and any("budget reached at step 1" in m for m in logs)
+    assert (cut / "resume" / "tiny.pt").exists()
+    ledger = json.loads((cut / "resume" / "tiny.json").read_text())
+    assert ledger["sessions"][0]["to_step"] == 1 and ledger["seconds"] > 0
+    shutil.rmtree(tmp_path / "runs")  # the new machine has the committed zoo/ only
+
+    logs = []
+    _, over = zoo.train_reference("tiny", log=logs.append)
+    assert over and any("resuming from the committed resume point (step 1)" in m for m in logs)
+    got = zoo.publish("tiny", log=lambda m: None)
+    assert got["sha256"] == want["sha256"] and got["steps_done"] == got["steps_recipe"] == 8
+    assert not list((cut / "resume").glob("tiny.*"))  # a finished training leaves no resume point
+    assert len(got["sessions"]) == 2 and got["wall_seconds"] >= ledger["seconds"]
+    assert [r["step"] for r in got["curves"] if r["auroc"] is not None] == [4, 8]
+    for key in ("family", "preset", "config", "config_hash", "data_checksums", "steps_done", "steps_recipe",
+                "wall_seconds", "sessions", "commits", "heldout_bits_per_dim", "headline", "sha256", "parameters"):
+        assert key in got, key
+    assert (whole / "tiny.safetensors").read_bytes() == (cut / "tiny.safetensors").read_bytes()
+
+
+def test_zoo_model_loads_verifies_and_scores_like_its_run(tiny_zoo, tmp_path):
+    """ood.checkpoint: zoo:<name> scores exactly as the training run's own checkpoint does."""
+    import pandas as pd
+
+    folder = tiny_zoo("z")
+    directory, _ = zoo.train_reference("tiny", log=lambda m: None)
+    zoo.publish("tiny", log=lambda m: None)
+    assert zoo.verify("tiny")["bits_per_dim"] == pytest.approx(zoo.manifest("tiny")["heldout_bits_per_dim"], abs=1e-6)
+    from genood.ood.runner import run_ood
+    common = runconfig.copy_tree(zoo.reference_entries()["tiny"]["config"])
+    common["ood"] = {"n_in_train": 16, "n_in_val": 16, "n_in_test": 16, "n_ood": 16, "n_generated": 0, "bootstrap": 0,
+                     "figures": False, "png": False, "baselines": []}
+    common["tracking"] = {"wandb": False}
+    frames = []
+    for ckpt, sweep in ((str(directory), "by_path"), ("zoo:tiny", "by_zoo")):
+        cfg = runconfig.resolve(common, [f"ood.checkpoint={ckpt}", f"run.sweep_id={sweep}"])
+        out = run_ood(cfg, echo=False)
+        frames.append(pd.read_parquet(out / "scores.parquet").sort_values(["split", "index"]).reset_index(drop=True))
+    assert frames[0]["log_likelihood"].tolist() == frames[1]["log_likelihood"].tolist()
+    assert (folder / "tiny.safetensors").stat().st_size < zoo.MAX_FILE_BYTES
+
+
+def test_corrupted_or_unknown_zoo_model_is_one_sentence_and_runs_nothing(tiny_zoo, tmp_path):
+    folder = tiny_zoo("z")
+    zoo.train_reference("tiny", log=lambda m: None)
+    zoo.publish("tiny", log=lambda m: None)
+    blob = bytearray((folder / "tiny.safetensors").read_bytes())
+    blob[-1] ^= 0xFF
+    (folder / "tiny.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(zoo.ZooError, match="sha256"):
+        zoo.open_zoo_model("zoo:tiny")
+    with pytest.raises(zoo.ZooError, match="no zoo model 'nope'"):
+        zoo.open_zoo_model("zoo:nope")
+    for bad in ("../escape", "-rf", "a/b", "", "x" * 80, "name\x00"):
+        with pytest.raises(zoo.ZooError, match="must be 1-64 characters"):
+            zoo.manifest(bad)
+
+
+def test_command_line_refuses_bad_zoo_input_with_exit_2(tmp_path):
+    """Through the real console entry point: an unknown model and a hostile name each end in one sentence, exit 2."""
+    for args in (["show", "no_such_model"], ["verify", "../../etc"], ["train", "no_such_model"],
+                 ["train", "pixelcnn_fmnist", "--minutes", "-3"]):
+        out = subprocess.run([sys.executable, "-m", "genood.commands.zoo", *args], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump({"preset": "flow_rq_nsf_tiny", "run": {"runs_root": str(tmp_path / "runs")},
+                                        "ood": {"checkpoint": "zoo:no_such_model"}, "tracking": {"wandb": False}}))
+    out = subprocess.run([sys.executable, str(ROOT / "main_ood.py"), "--config", str(cfg_path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "no zoo model 'no_such_model'" in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_overrides_that_change_the_recipe_are_refused(tiny_zoo):
+    tiny_zoo("z")
+    with pytest.raises(zoo.ZooError, match="change what reference model 'tiny' learns"):
+        zoo.train_reference("tiny", overrides=["training.lr=0.5"], log=lambda m: None)
+
+
+def test_reference_entries_resolve_to_their_presets():
+    """Every entry of the shipped zoo/reference.yaml is a valid configuration of the preset it names."""
+    entries = zoo.reference_entries()
+    assert entries
+    for name, entry in entries.items():
+        cfg = zoo.reference_config(name)
+        preset = runconfig.resolve({"preset": entry["config"]["preset"]})
+        assert cfg["model"] == preset["model"], name
+        assert cfg["run"]["sweep_id"] == "zoo"
+
+
+@pytest.mark.parametrize("name", zoo.names() or ["(none published)"])
+def test_shipped_zoo_model_verifies(name):
+    """Each shipped model: its sha256 matches, it loads from safetensors, and its bits/dim on the manifest's test
+    images is within 0.01 of the manifest; the files keep the zoo's size limits."""
+    total = sum(p.stat().st_size for p in zoo.zoo_dir().glob("*.safetensors"))
+    assert total <= zoo.MAX_TOTAL_BYTES
+    if name == "(none published)":
+        assert not list(zoo.zoo_dir().glob("*.safetensors"))  # weights without a manifest would be unverifiable
+        return
+    assert (zoo.zoo_dir() / f"{name}.safetensors").stat().st_size <= zoo.MAX_FILE_BYTES
+    out = zoo.verify(name)
+    assert abs(out["bits_per_dim"] - out["manifest_bits_per_dim"]) <= 0.01
