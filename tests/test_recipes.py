@@ -21,6 +21,17 @@ RECIPES = {
                        "training.adam_betas": [0.95, 0.9995], "training.optimizer": "adam", "training.batch_size": 32,
                        "training.steps": 50000, "training.grad_clip": 0.0, "training.warmup_steps": 0,
                        "training.mutation_rate": 0.0, "training.l2_penalty": 0.0},
+    # seed 004 (JakobHavtorn/hvae-oodd): its README's FashionMNIST command (--epochs 1000 --batch_size 128
+    # --free_nats 2 --free_nats_epochs 400 --warmup_epochs 200, weightnorm true in every block, latents 8 conv /
+    # 16 dense / 8 dense, 64 channels, kernels 5-3-3, BernoulliLikelihoodConv2d) and scripts/dvae_run.py (Adam
+    # lr 3e-4 constant; FreeNatsCooldown holds free_nats_epochs // 2 then decays over free_nats_epochs // 2)
+    "hvae_paper": {"model.family": "hvae", "model.likelihood": "bernoulli", "model.latents": [8, 16, 8],
+                   "model.latent_kinds": ["conv", "dense", "dense"], "model.kernels": [5, 3, 3], "model.channels": 64,
+                   "model.blocks": 3, "model.weight_norm": True, "model.free_bits": 2.0, "model.free_bits_per": "element",
+                   "model.free_bits_constant_steps": 200 * 469, "model.free_bits_steps": 200 * 469,
+                   "model.kl_warmup_steps": 200 * 469, "training.steps": 1000 * 469, "training.batch_size": 128,
+                   "training.lr": 3e-4, "training.lr_schedule": "constant", "training.warmup_steps": 0,
+                   "training.grad_clip": 0.0, "training.adam_betas": [0.9, 0.999]},
     # seed 002's README for CIFAR10: the same with rescale_pixel_value true and 600,000 steps
     "pixelcnn_rgb_paper": {"model.scales": 1, "model.filters": 32, "model.mixtures": 1, "model.input": "unit",
                            "training.steps": 600000, "training.lr_decay": 0.999995},
@@ -90,3 +101,37 @@ def test_new_recipe_keys_at_their_defaults_keep_earlier_run_names():
     assert raw["model"]["input"] == "raw"
     with pytest.raises(runconfig.ConfigError, match="adam_betas"):
         runconfig.resolve({"training": {"adam_betas": [0.9, 1.5]}})
+
+
+def test_seed_004_free_nats_floor_each_latent_dimension_at_its_share():
+    """oodd's FreeNats: a layer's KL of shape (B, d) is floored elementwise at free_nats / d; the schedule holds
+    free_nats for the constant steps and then falls linearly to 0."""
+    from genood.models.hvae import build_hvae
+
+    spec = runconfig.family_spec("hvae")
+    cfg = {**spec.keys, "likelihood": "bernoulli", "channels": 4, "blocks": 1, "latents": [2, 3, 2],
+           "free_bits": 2.0, "free_bits_per": "element", "free_bits_constant_steps": 10, "free_bits_steps": 20,
+           "weight_norm": True}
+    torch.manual_seed(0)
+    m = build_hvae((1, 28, 28), cfg)
+    assert [m.free_bits_floor(s) for s in (0, 10, 20, 30, 99)] == [2.0, 2.0, 1.0, 0.0, 0.0]
+    assert any("parametrizations" in name for name, _ in m.named_parameters())  # weight norm on the maps
+    x = torch.rand(3, 1, 28, 28) * 256
+    gen_state = torch.random.get_rng_state()
+    m._step = 0
+    got = m.training_loss(x)
+    torch.random.set_rng_state(gen_state)
+    t = m._targets(x)
+    posts = m._posteriors(m._encoder_input(t))
+    params, _, _, kls = m._top_down(posts, m._noise(posts), elementwise=True)
+    floored = sum(torch.maximum(k, torch.tensor(2.0 / k.shape[1])).sum(1) for k in kls)
+    want = -(m._log_lik(params, t) - floored) / (784 * math.log(2))  # no KL warm-up here: beta is 1
+    assert torch.allclose(got, want, atol=1e-5)
+    m._step = 10 ** 6  # after warm-up and the free nats: the plain negative ELBO
+    torch.random.set_rng_state(gen_state)
+    got = m.training_loss(x)
+    torch.random.set_rng_state(gen_state)
+    t = m._targets(x)
+    posts = m._posteriors(m._encoder_input(t))
+    params, _, _, kls = m._top_down(posts, m._noise(posts))
+    assert torch.allclose(got, -(m._log_lik(params, t) - sum(kls)) / (784 * math.log(2)), atol=1e-5)

@@ -21,8 +21,9 @@ a lower bound on log p(x) that tightens with S. ``bounds(x, ks)`` gives L>k for 
 the k lowest latents are taken from their conditional prior (its mode or a sample, ``llr.prior``) and
 only layers above k from the posterior, with the same posterior noise for every k so L>0 == L exactly.
 Training minimises the negative ELBO in bits/dim with KL warm-up (beta 0 -> 1 over ``kl_warmup_steps``)
-and free bits (each layer's KL floored at ``free_bits`` nats, the floor decaying to 0 over
-``free_bits_steps``).
+and free bits (each layer's KL floored at ``free_bits`` nats, or with ``free_bits_per: element`` each latent
+dimension at its share of them as seed 004 does; the floor held for ``free_bits_constant_steps`` and then
+decaying to 0 over ``free_bits_steps``).
 """
 from __future__ import annotations
 
@@ -47,11 +48,29 @@ def _gauss_logp(z: torch.Tensor, mu: torch.Tensor, log_sd: torch.Tensor) -> torc
 
 
 @exact
-def _gauss_kl(mu_q, log_sd_q, mu_p, log_sd_p) -> torch.Tensor:
-    """KL(N(mu_q, sd_q) || N(mu_p, sd_p)) summed over all but the batch dimension."""
+def _gauss_kl_elements(mu_q, log_sd_q, mu_p, log_sd_p) -> torch.Tensor:
+    """KL(N(mu_q, sd_q) || N(mu_p, sd_p)) of every latent dimension, (B, d)."""
     var_ratio = torch.exp(2 * (log_sd_q - log_sd_p))
     t = ((mu_q - mu_p) * torch.exp(-log_sd_p)).pow(2)
-    return (0.5 * (var_ratio + t - 1.0) - (log_sd_q - log_sd_p)).flatten(1).sum(1)
+    return (0.5 * (var_ratio + t - 1.0) - (log_sd_q - log_sd_p)).flatten(1)
+
+
+def _gauss_kl(mu_q, log_sd_q, mu_p, log_sd_p) -> torch.Tensor:
+    """KL(N(mu_q, sd_q) || N(mu_p, sd_p)) summed over all but the batch dimension."""
+    return _gauss_kl_elements(mu_q, log_sd_q, mu_p, log_sd_p).sum(1)
+
+
+def _weight_norm(module: nn.Module) -> None:
+    """w = g * v / |v| on ``module``. A map initialised to zero (a residual branch that starts as the identity)
+    keeps starting at zero: its direction v takes the default initialisation and its gain g is 0."""
+    zero = not bool(module.weight.detach().abs().sum())
+    if zero:
+        module.reset_parameters()
+        nn.init.zeros_(module.bias)
+    nn.utils.parametrizations.weight_norm(module)
+    if zero:
+        with torch.no_grad():
+            module.parametrizations.weight.original0.zero_()
 
 
 class ResBlock(nn.Module):
@@ -192,6 +211,12 @@ class HierarchicalVAE(nn.Module):
         out_ch = {"dlml": dlml.n_params(c, self.mixtures), "bernoulli": c, "gaussian": 2 * c}[self.lik]
         self.out = nn.Conv2d(h0[0], out_ch, 1) if conv else nn.Linear(h0[0], out_ch)
         self.free_bits, self.free_bits_steps = float(cfg["free_bits"]), int(cfg["free_bits_steps"])
+        self.free_bits_constant_steps = int(cfg.get("free_bits_constant_steps", 0))
+        self.free_bits_per = cfg.get("free_bits_per", "layer")
+        if cfg.get("weight_norm", False):  # seed 004: weight normalization on every convolution and dense map
+            for module in list(self.modules()):
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    _weight_norm(module)
         self.kl_warmup_steps = int(cfg["kl_warmup_steps"])
         self._step = None  # set by the training loop (KL warm-up, free bits)
         self.bound_cfg: Dict[str, Any] = {"samples": 1, "seed": 0, "chunk": 256}
@@ -252,9 +277,10 @@ class HierarchicalVAE(nn.Module):
             out.append(layer.posterior(d))
         return out
 
-    def _top_down(self, posts, noise, skip_k: int = 0, prior: str = "mode", prior_noise=None):
+    def _top_down(self, posts, noise, skip_k: int = 0, prior: str = "mode", prior_noise=None, elementwise: bool = False):
         """Top-down pass. Layers i > skip_k take z = mu_q + sd_q * noise; layers i <= skip_k take their conditional
-        prior's mode (or a sample with ``prior_noise``). Returns (likelihood params, per-layer log q, log p, kl)."""
+        prior's mode (or a sample with ``prior_noise``). Returns (likelihood params, per-layer log q, log p, kl);
+        ``elementwise``: each layer's KL per latent dimension (B, d) instead of its sum."""
         h = None
         b = posts[0][0].shape[0]
         logq, logp, kls = [], [], []
@@ -269,7 +295,7 @@ class HierarchicalVAE(nn.Module):
                 z = mu_q + torch.exp(lsd_q) * noise[i]
                 logq.append(_gauss_logp(z, mu_q, lsd_q))
                 logp.append(_gauss_logp(z, mu_p, lsd_p))
-                kls.append(_gauss_kl(mu_q, lsd_q, mu_p, lsd_p))
+                kls.append((_gauss_kl_elements if elementwise else _gauss_kl)(mu_q, lsd_q, mu_p, lsd_p))
             h = layer.down(z, h if self.skip else None)
         return self.out(h), logq[::-1], logp[::-1], kls[::-1]
 
@@ -282,13 +308,24 @@ class HierarchicalVAE(nn.Module):
         """Negative ELBO (one posterior sample, analytic KLs) in bits/dim, with KL warm-up and free bits."""
         t = self._targets(x)
         posts = self._posteriors(self._encoder_input(t))
-        params, _, _, kls = self._top_down(posts, self._noise(posts))
+        elementwise = self.free_bits_per == "element"
+        params, _, _, kls = self._top_down(posts, self._noise(posts), elementwise=elementwise)
         rec = self._log_lik(params, t)
         step = self._step if self._step is not None else 10 ** 12
         beta = min(1.0, step / self.kl_warmup_steps) if self.kl_warmup_steps > 0 else 1.0
-        floor = self.free_bits * max(0.0, 1.0 - step / self.free_bits_steps) if self.free_bits_steps > 0 else self.free_bits
-        kl = sum(torch.clamp(k, min=floor) if floor > 0 else k for k in kls)
+        floor = self.free_bits_floor(step)
+        if elementwise:  # seed 004's FreeNats: each latent dimension floored at free_bits / (its layer's dimensions)
+            kl = sum((torch.clamp(k, min=floor / k.shape[1]) if floor > 0 else k).sum(1) for k in kls)
+        else:
+            kl = sum(torch.clamp(k, min=floor) if floor > 0 else k for k in kls)
         return nats_to_bits_per_dim(rec - beta * kl, self.dim)
+
+    def free_bits_floor(self, step: int) -> float:
+        """Free bits at ``step``: ``free_bits`` for ``free_bits_constant_steps``, then falling linearly to 0 over
+        ``free_bits_steps`` (0: constant for ever)."""
+        if self.free_bits_steps <= 0:
+            return self.free_bits
+        return self.free_bits * min(1.0, max(0.0, 1.0 - (step - self.free_bits_constant_steps) / self.free_bits_steps))
 
     def _generators(self, x: torch.Tensor, salt: int) -> List[torch.Generator]:
         seed = int(self.bound_cfg.get("seed", 0))
