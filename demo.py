@@ -68,7 +68,10 @@ def main() -> int:
     if "0 failed" not in (status.stdout.splitlines() or [""])[0]:
         print("demo: some runs failed; `python sweep.py status " + sweep_id + "` shows why", file=sys.stderr)
         return 1
-    return agg.returncode
+    # the seeds' headline numbers on the zoo's reference models, as committed (genood-reproduce computes them)
+    print("\ndemo: the reproduction table of the zoo's reference models (zoo/REPRODUCTION.md):", flush=True)
+    table = subprocess.run([py, "-m", "genood.reports.reproduction", "--show"], cwd=ROOT)
+    return agg.returncode or table.returncode
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The model zoo: reference training across sessions through zoo/resume/, publishing safetensors with a manifest,
 loading by ``zoo:<name>`` (sha256 checked, nothing unpickled), and the shipped models themselves."""
 import json
+from pathlib import Path
 import shutil
 import subprocess
 import sys
@@ -150,3 +151,70 @@ def test_shipped_zoo_model_verifies(name):
     assert (zoo.zoo_dir() / f"{name}.safetensors").stat().st_size <= zoo.MAX_FILE_BYTES
     out = zoo.verify(name)
     assert abs(out["bits_per_dim"] - out["manifest_bits_per_dim"]) <= 0.01
+
+
+def test_reproduction_table_measures_published_rows_and_shows_training_ones(tiny_zoo, tmp_path):
+    """genood-reproduce: a row whose zoo model is published is measured by its OOD job (the detector's AUROC and
+    interval from metrics.json, equal to a direct run's); a row whose model is still training shows the step it
+    reached and the last point of its OOD curves; the Markdown table names the published number's source."""
+    from genood.reports import reproduction
+
+    folder = tiny_zoo("z")
+    ref = yaml.safe_load((folder / "reference.yaml").read_text())
+    ref["models"]["tiny_b"] = json.loads(json.dumps(ref["models"]["tiny"]))
+    ref["models"]["tiny_b"]["config"]["run"]["seed"] = 1
+    (folder / "reference.yaml").write_text(yaml.safe_dump(ref))
+    zoo.train_reference("tiny", log=lambda m: None)
+    zoo.publish("tiny", log=lambda m: None)
+    zoo.train_reference("tiny_b", minutes=1e-9, log=lambda m: None)  # stops at step 1: still training
+    cfg = runconfig.copy_tree(ref["models"]["tiny"]["config"])
+    cfg["ood"] = {"checkpoint": "zoo:tiny", "scores": ["log_likelihood"], "n_in_train": 16, "n_generated": 0,
+                  "bootstrap": 50, "figures": False, "png": False, "baselines": []}
+    rows = [{"id": "tiny_ll", "seed": "t", "method": "likelihood", "pair": ["set", "other"], "detector": "log_likelihood",
+             "label_free": True, "published": {"auroc": 0.5, "target": 0.48, "source": "a made-up paper, Table 9"},
+             "models": ["tiny"], "config": cfg},
+            {"id": "tiny_b_ll", "seed": "t", "method": "likelihood", "pair": ["set", "other"], "detector": "log_likelihood",
+             "published": {"auroc": None}, "models": ["tiny_b"], "config": cfg}]
+    (folder / "reproductions.yaml").write_text(yaml.safe_dump({"rows": rows}))
+    results = reproduction.reproduce(log=lambda m: None)
+    measured, training = results
+    assert measured["status"]["ready"] and 0.0 <= measured["ours"]["auroc"] <= 1.0
+    lo, hi = measured["ours"]["auroc_ci"]
+    assert lo <= measured["ours"]["auroc"] <= hi
+    assert not training["status"]["ready"] and training["ours"] is None
+    assert training["status"]["models"][0]["steps_done"] == 1 and training["status"]["models"][0]["state"] == "training"
+    text = (folder / "REPRODUCTION.md").read_text()
+    assert "a made-up paper, Table 9" in text and f"{measured['ours']['auroc']:.3f} [" in text
+    assert "1 / 8 (training" in text
+    shown = reproduction._committed()
+    assert [r["id"] for r in shown] == ["tiny_ll", "tiny_b_ll"]
+
+
+def test_a_zoo_foreground_takes_its_background_model_from_the_zoo(tiny_zoo, capsys):
+    """likelihood_ratio with ood.checkpoint: zoo:<fg> uses the published zoo model of the background's identity
+    (no training of its own); the ratio equals foreground minus that model's log-likelihood."""
+    import pandas as pd
+
+    from genood.ood.runner import run_ood
+
+    folder = tiny_zoo("z")
+    ref = yaml.safe_load((folder / "reference.yaml").read_text())
+    ref["models"]["tiny_bg"] = json.loads(json.dumps(ref["models"]["tiny"]))
+    ref["models"]["tiny_bg"]["config"]["training"]["mutation_rate"] = 0.2
+    (folder / "reference.yaml").write_text(yaml.safe_dump(ref))
+    for name in ("tiny", "tiny_bg"):
+        zoo.train_reference(name, log=lambda m: None)
+        zoo.publish(name, log=lambda m: None)
+    cfg = runconfig.copy_tree(ref["models"]["tiny"]["config"])
+    cfg["ood"] = {"checkpoint": "zoo:tiny", "scores": ["log_likelihood", "likelihood_ratio", "background_log_likelihood"],
+                  "n_in_train": 16,
+                  "n_in_val": 16, "n_generated": 0, "bootstrap": 0, "figures": False, "png": False, "baselines": []}
+    cfg["likelihood_ratio"] = {"selection": "none", "mutation_rate": 0.2, "l2_penalty": 0.0}
+    cfg["tracking"] = {"wandb": False}
+    out = run_ood(runconfig.resolve(cfg), echo=True)
+    assert "zoo model tiny_bg" in capsys.readouterr().err
+    assert not list((Path(ref["models"]["tiny"]["config"]["run"]["runs_root"]) / "background").glob("*"))
+    table = pd.read_parquet(out / "scores.parquet")
+    assert np.isfinite(table["likelihood_ratio"]).all()
+    np.testing.assert_allclose(table["likelihood_ratio"], table["log_likelihood"] - table["background_log_likelihood"],
+                               rtol=0, atol=1e-6)

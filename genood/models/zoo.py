@@ -31,7 +31,7 @@ from genood import runconfig
 from genood.paths import PROJECT_ROOT
 
 __all__ = ["ZooError", "ZOO_PREFIX", "zoo_dir", "check_name", "reference_entries", "reference_config",
-           "manifest", "names", "is_zoo_ref", "open_zoo_model", "zoo_config", "publish", "verify",
+           "manifest", "names", "is_zoo_ref", "find_published", "find_or_train", "open_zoo_model", "zoo_config", "publish", "verify",
            "heldout_bits_per_dim", "Ledger", "train_reference", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES"]
 
 ZOO_PREFIX = "zoo:"
@@ -160,6 +160,37 @@ def open_zoo_model(value: str, map_location="cpu"):
     model.eval()
     state = {"step": info["steps_done"], "finished": True, "shape": info["shape"], "config": info["config"]}
     return model, state
+
+
+def _identity_key(cfg: Dict[str, Any]) -> str:
+    return json.dumps(runconfig.model_identity(cfg), sort_keys=True, default=str)
+
+
+def find_published(cfg: Dict[str, Any]) -> Optional[str]:
+    """The published zoo model whose model identity (architecture, training, data, seed) is ``cfg``'s, or None."""
+    want = _identity_key(cfg)
+    for name in names():
+        try:
+            if _identity_key(manifest(name)["config"]) == want:
+                return name
+        except (ZooError, KeyError, TypeError):
+            continue
+    return None
+
+
+def find_or_train(cfg: Dict[str, Any], runs_root: Path, log: Callable[[str], None], **kwargs):
+    """:func:`models.runs.find_or_train` for the extra models a score needs (background models, ensemble members),
+    taking a published zoo model of the same identity first when the evaluated model itself comes from the zoo
+    (``ood.checkpoint: zoo:<name>``), so zoo runs pair zoo models with each other."""
+    from genood.models.runs import find_or_train as find_run_or_train
+    if is_zoo_ref((cfg.get("ood") or {}).get("checkpoint")):
+        name = find_published(cfg)
+        if name is not None:
+            info = manifest(name)
+            log(f"{kwargs.get('what', 'extra model')}: zoo model {name} (step {info['steps_done']:,} of "
+                f"{info['steps_recipe']:,} of its recipe)")
+            return open_zoo_model(ZOO_PREFIX + name)[0], zoo_dir()
+    return find_run_or_train(cfg, runs_root, log, **kwargs)
 
 
 def heldout_bits_per_dim(model, cfg: Dict[str, Any], n: int = VERIFY_IMAGES) -> float:

@@ -28,7 +28,8 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 
-from genood.models.runs import find_or_train, find_trained  # noqa: F401  (re-exported: their old home)
+from genood.models.runs import find_trained  # noqa: F401  (re-exported: its old home)
+from genood.models.zoo import find_or_train  # zoo models pair with zoo models (ood.checkpoint: zoo:<name>)
 from genood.ood.scores import StageContext, StageOutput, register_derived, register_stage
 
 
