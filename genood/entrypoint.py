@@ -19,9 +19,11 @@ def _known_errors() -> tuple:
     from genood.data.mirror import MirrorError
     from genood.data.registry import DatasetNotFoundError, UnknownDatasetError
     from genood.rundir import DiskFull, RunLocked
+    from genood.paths import UnsafeName
     from genood.runconfig import ConfigError
 
-    known = [UserError, ConfigError, DatasetNotFoundError, UnknownDatasetError, FormatError, MirrorError, RunLocked, DiskFull]
+    known = [UserError, ConfigError, UnsafeName, DatasetNotFoundError, UnknownDatasetError, FormatError, MirrorError, RunLocked,
+             DiskFull]
     for module, name in (("genood.orchestration.hostcheck", "SingleHostError"), ("genood.orchestration.store_postgres", "StoreUnreachable"),
                          ("genood.orchestration.resilient", "StoreOutage"), ("genood.orchestration.launch", "SubmissionFailed")):
         if module in sys.modules:

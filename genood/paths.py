@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-__all__ = ["PACKAGE_DIR", "PROJECT_ROOT"]
+__all__ = ["PACKAGE_DIR", "PROJECT_ROOT", "UnsafeName", "check_component", "name_problem", "confined", "NAME_CHARS", "MAX_NAME"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -22,3 +23,44 @@ def _project_root() -> Path:
 
 
 PROJECT_ROOT = _project_root()
+
+
+# --- names that become path components --------------------------------------------------------------------------
+# Run names, sweep ids, zoo names and set names arrive from configurations, meta-configurations, a shared store and
+# W&B, i.e. from other machines: each must be one path component of a safe character set before it names a file.
+NAME_CHARS = "letters, digits and _ . = + , -"
+MAX_NAME = 240  # file systems allow 255 bytes a component; room for a suffix
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+,-]*$")
+
+
+class UnsafeName(ValueError):
+    """A name that would become a path component is not one safe component; the message says which and why."""
+
+
+def name_problem(name: object) -> "str | None":
+    """Why ``name`` is not one safe path component (a phrase to follow 'must be ...'), or None when it is."""
+    if not isinstance(name, str) or not name:
+        return "a non-empty name"
+    if len(name) > MAX_NAME:
+        return f"at most {MAX_NAME} characters (it has {len(name)})"
+    if not _NAME.match(name) or ".." in name:
+        return f"one file-name component of {NAME_CHARS}, not starting with '-' or '.' and without '..'"
+    return None
+
+
+def check_component(name: object, what: str) -> str:
+    """``name`` if it is one safe path component (not empty, at most MAX_NAME characters of NAME_CHARS, not
+    starting with '-' or '.', no '..'), else UnsafeName naming ``what``."""
+    problem = name_problem(name)
+    if problem:
+        shown = name if not isinstance(name, str) or len(name) <= 80 else name[:77] + "..."
+        raise UnsafeName(f"The {what} must be {problem}, got {shown!r}; rename it.")
+    return name
+
+
+def confined(root: Path, path: Path, what: str) -> Path:
+    """``path`` resolved, if it lies inside ``root`` (resolved), else UnsafeName: nothing is written outside it."""
+    root_r, path_r = Path(root).resolve(), Path(path).resolve()
+    if path_r != root_r and root_r not in path_r.parents:
+        raise UnsafeName(f"The {what} {str(path)!r} lies outside {root_r}; names must not lead out of it.")
+    return path_r

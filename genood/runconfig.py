@@ -14,6 +14,7 @@ nothing here changes.
 from __future__ import annotations
 
 import copy
+import math
 import hashlib
 import json
 from pathlib import Path
@@ -118,6 +119,24 @@ CORE_CHOICES = {
 
 # numeric keys with bounds: (lowest allowed, highest allowed, inclusive low?) -- None means unbounded
 CORE_RANGES: Dict[str, tuple] = {
+    "run.seed": (0, 2**31 - 1, True),
+    "run.holdout_seed": (0, 2**31 - 1, True),
+    "run.num_threads": (1, 4096, True),
+    "training.steps": (1, None, True),
+    "training.batch_size": (1, None, True),
+    "training.lr": (0.0, None, False),
+    "training.warmup_steps": (0, None, True),
+    "training.weight_decay": (0.0, None, True),
+    "training.grad_clip": (0.0, None, True),
+    "training.checkpoint_every": (1, None, True),
+    "training.sample_grid": (0, 4096, True),
+    "training.negative_weight": (0.0, None, True),
+    "data.train_subsample": (1, None, True),
+    "ood.batch_size": (1, None, True),
+    "ood.n_in_train": (1, None, True),
+    "ood.n_in_test": (1, None, True),
+    "ood.n_ood": (1, None, True),
+    "ood.n_generated": (0, None, True),
     "data.val_fraction": (0.0, 0.9, True),
     "training.mutation_rate": (0.0, 1.0, True),
     "training.lr_decay": (0.0, 1.0, False),
@@ -128,6 +147,23 @@ CORE_RANGES: Dict[str, tuple] = {
     "tracking.chart_points": (1, None, True),
     "training.ood_curve_every": (0, None, True),
     "training.ood_curve_points": (1, None, True),
+}
+
+
+# keys whose default (null) says nothing of their type: what a value must be when it is not null
+CORE_TYPES: Dict[str, str] = {
+    "run.holdout_seed": "int", "run.num_threads": "int", "data.shape": "shape", "data.train_subsample": "int",
+    "training.negative_ood": "str", "ood.n_in_test": "int", "ood.n_ood": "int", "ood.checkpoint": "str",
+    "tracking.entity": "str", "run.name": "str",
+}
+TYPE_TESTS: Dict[str, Tuple[str, Callable[[Any], bool]]] = {
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "str": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
+    "int_list": ("a non-empty list of integers", lambda v: isinstance(v, list) and bool(v) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in v)),
+    "shape": ("[C, H, W] (or [D]) of positive integers", lambda v: isinstance(v, list) and len(v) in (1, 3) and all(
+        isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 4096 for x in v)),
 }
 
 
@@ -189,6 +225,16 @@ def _check_in_splits(path: str, value: Any) -> None:
                           f"got {value!r}.")
 
 
+def _check_name(path: str, value: Any) -> None:
+    if value is None:
+        return
+    from genood.paths import name_problem
+    problem = name_problem(value)
+    if problem:
+        shown = value if not isinstance(value, str) or len(value) <= 80 else value[:77] + "..."
+        raise ConfigError(f"Config key '{path}' must be {problem}, got {shown!r}.")
+
+
 def _check_betas(path: str, value: Any) -> None:
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                                  and 0.0 <= v < 1.0 for v in value)):
@@ -198,7 +244,7 @@ def _check_betas(path: str, value: Any) -> None:
 # named checks a spec may attach to a key (``checks: {section.key: <name>}``)
 CHECKS: Dict[str, Callable[[str, Any], None]] = {"grid": _check_log_tau_grid, "ood_sets": _check_ood_sets,
                                                  "ood_groups": _check_ood_groups, "in_splits": _check_in_splits,
-                                                 "betas": _check_betas}
+                                                 "betas": _check_betas, "name": _check_name}
 FREE_TYPED = {"data.ood"}  # keys whose check alone says what they may hold
 
 
@@ -242,7 +288,14 @@ def _rules(raw: Dict[str, Any], prefix: str = "") -> Tuple[Dict[str, tuple], Dic
         lo, hi = v[0], v[1]
         ranges[prefix + k] = (lo, hi, bool(v[2]) if len(v) > 2 else True)
     checks = {prefix + k: v for k, v in (raw.get("checks") or {}).items()}
+    for k, v in (raw.get("types") or {}).items():
+        if v not in TYPE_TESTS:
+            raise RuntimeError(f"Spec type {v!r} of '{prefix + k}' is none of {', '.join(TYPE_TESTS)}.")
+        TYPES[prefix + k] = v
     return choices, ranges, checks
+
+
+TYPES: Dict[str, str] = dict(CORE_TYPES)  # every declared type, the spec files' ``types:`` included
 
 
 def _load_specs():
@@ -283,6 +336,7 @@ def _load_specs():
 FAMILIES, SECTIONS, CHOICES, RANGES, KEY_CHECKS = _load_specs()
 KEY_CHECKS["data.ood"] = "ood_sets"
 KEY_CHECKS["training.adam_betas"] = "betas"
+KEY_CHECKS["run.name"] = KEY_CHECKS["run.sweep_id"] = "name"  # names become path components
 CHOICES["model.family"] = tuple(sorted(FAMILIES))
 
 
@@ -396,10 +450,17 @@ def _validate(cfg: Any, schema: Dict[str, Any], prefix: str, family: Optional[Fa
             continue
         if path not in FREE_TYPED and not _type_ok(default, value):
             raise ConfigError(f"Config key '{path}' must be {type(default).__name__}, got {value!r}.")
+        declared = TYPES.get(path)
+        if declared and value is not None and not TYPE_TESTS[declared][1](value):
+            raise ConfigError(f"Config key '{path}' must be {TYPE_TESTS[declared][0]} or null, got {value!r}.")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"Config key '{path}' must be a finite number, got {value!r}.")
         choices = CHOICES.get(path) or (family.choices.get(path) if family else None)
         if choices and value not in choices:
             raise ConfigError(f"Config key '{path}' must be one of {', '.join(map(str, choices))}, got {value!r}.")
         bounds = RANGES.get(path) or (family.ranges.get(path) if family else None)
+        if bounds and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"Config key '{path}' must be a number, got {value!r}.")
         if bounds and value is not None:
             lo, hi, inclusive = bounds
             if (lo is not None and (value < lo if inclusive else value <= lo)) or (hi is not None and value > hi):
@@ -416,7 +477,12 @@ def parse_override(text: str) -> Dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"Override '{text}' must look like dotted.key=value.")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else None
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        why = str(getattr(exc, "problem", None) or type(exc).__name__)
+        raise ConfigError(f"Config key '{key.strip()}': the override's value {raw[:60]!r} is not valid YAML ({why}); "
+                          f"quote it, e.g. {key.strip()}='\"...\"'.") from None
     node: Dict[str, Any] = {}
     cursor = node
     parts = key.strip().split(".")
@@ -443,10 +509,15 @@ def load_yaml(path: str | Path) -> Dict[str, Any]:
 
 def _preset(name: str, chain: tuple = ()) -> Dict[str, Any]:
     """A preset's keys; a preset may build on another (``preset: <base>`` inside it), its own keys on top."""
+    from genood.paths import name_problem
+    if name_problem(name):  # a name, never a path: '../x' or a 10,000-character string is no preset
+        known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+        raise ConfigError(f"Config key 'preset' must be a preset name ({name_problem(name)}), got {name[:80]!r}; "
+                          f"known presets: {known}.")
     preset_path = PRESET_DIR / f"{name}.yaml"
     if not preset_path.exists():
         known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-        raise ConfigError(f"Unknown preset '{name}' (no {preset_path}); known presets: {known}.")
+        raise ConfigError(f"Config key 'preset': unknown preset '{name}' (no {preset_path}); known presets: {known}.")
     if name in chain:
         raise ConfigError(f"Presets build on each other in a cycle: {' -> '.join(chain + (name,))}; fix 'preset:' in {preset_path}.")
     data = load_yaml(preset_path)
@@ -539,8 +610,14 @@ def used_sections(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _safe(dataset: Any) -> str:
-    """A dataset name as a path component (``npz:/a/b.npz``, ``manifold:sphere:d=2,dim=5`` ...)."""
-    return "".join("_" if ch in ":/,= " else ch for ch in str(dataset))
+    """A dataset name as a path component (``npz:/a/b.npz``, ``manifold:sphere:d=2,dim=5`` ...): characters
+    outside [A-Za-z0-9_.+-] become '_', no '..', no leading '.' or '-', at most 100 characters (the run name's
+    hash tells runs apart)."""
+    out = "".join(ch if (ch.isascii() and (ch.isalnum() or ch in "_.+-")) else "_" for ch in str(dataset))
+    while ".." in out:
+        out = out.replace("..", "_")
+    out = out.lstrip(".-") or "_"
+    return out if len(out) <= 100 else out[:100]
 
 
 def run_name(cfg: Dict[str, Any], kind: str) -> str:

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict
 
-from genood.paths import PROJECT_ROOT
+from genood.paths import PROJECT_ROOT, check_component, confined
 
 __all__ = ["DiskFull", "disk_full_sentence", "runs_root", "run_dir", "atomic_write", "write_text", "write_json", "open_run_log", "TRACKED_PACKAGES",
            "provenance", "RunLocked", "RunLock", "run_lock"]
@@ -51,8 +51,13 @@ def runs_root(cfg: Dict[str, Any]) -> Path:
 
 
 def run_dir(cfg: Dict[str, Any], name: str) -> Path:
-    """The directory of one run, created if needed."""
-    path = runs_root(cfg) / str(cfg["run"]["sweep_id"]) / name
+    """The directory of one run, created if needed. The sweep id and the run name are each one safe path
+    component (:func:`genood.paths.check_component`) and the directory lies inside the runs root, or nothing is
+    made (UnsafeName): names come from configurations, stores and W&B, i.e. from other machines."""
+    root = runs_root(cfg)
+    sweep = check_component(str(cfg["run"]["sweep_id"]), "sweep id (run.sweep_id)")
+    path = root / sweep / check_component(str(name), "run name (run.name)")
+    confined(root, path, "run directory")
     (path / "figures").mkdir(parents=True, exist_ok=True)
     return path
 
