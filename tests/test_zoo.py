@@ -218,3 +218,17 @@ def test_a_zoo_foreground_takes_its_background_model_from_the_zoo(tiny_zoo, caps
     assert np.isfinite(table["likelihood_ratio"]).all()
     np.testing.assert_allclose(table["likelihood_ratio"], table["log_likelihood"] - table["background_log_likelihood"],
                                rtol=0, atol=1e-6)
+
+
+def test_shipped_reproduction_rows_resolve_and_name_reference_models():
+    """Every row of zoo/reproductions.yaml is a valid OOD configuration scoring a zoo model of the reference tier,
+    and carries its published number's source."""
+    from genood.reports import reproduction
+
+    entries = zoo.reference_entries()
+    for row in reproduction.rows():
+        cfg = runconfig.resolve(row["config"])
+        assert cfg["ood"]["checkpoint"] == f"zoo:{row['models'][0]}", row["id"]
+        assert all(m in entries for m in row["models"]), row["id"]
+        assert row["published"]["source"], row["id"]
+        assert runconfig.model_identity(cfg) == runconfig.model_identity(zoo.reference_config(row["models"][0])), row["id"]

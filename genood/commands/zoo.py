@@ -30,7 +30,8 @@ def _list() -> None:
         ledger = zoo.Ledger(name)
         rows = ledger.data.get("sessions") or []
         step = rows[-1].get("to_step") if rows else 0
-        print(f"{name:28s} training: step {step or 0:,}, {ledger.seconds / 3600:.2f} h of its "
+        state = f"training: step {step or 0:,}" if rows else "not started"
+        print(f"{name:28s} {state}, {ledger.seconds / 3600:.2f} h of its "
               f"{float(entry.get('budget_hours', 3.0)):.1f} h budget (genood-zoo train {name})")
 
 
