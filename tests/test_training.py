@@ -23,16 +23,22 @@ def _weights(directory: Path):
     return training.load_checkpoint(directory)["model"]
 
 
+def _trained_uninterrupted(cfg, tmp_path):
+    """(images, a run directory trained without interruption, an empty one for the interrupted run)."""
+    images = _images()
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    for d in (full_dir, cut_dir):
+        d.mkdir()
+    training.fit(cfg, full_dir, images, log=lambda m: None)
+    return images, full_dir, cut_dir
+
+
 class Interrupt(Exception):
     pass
 
 
 def test_resume_after_interruption_gives_identical_weights(tiny_cfg, tmp_path):
-    images = _images()
-    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
-    for d in (full_dir, cut_dir):
-        d.mkdir()
-    training.fit(tiny_cfg, full_dir, images, log=lambda m: None)
+    images, full_dir, cut_dir = _trained_uninterrupted(tiny_cfg, tmp_path)
 
     def stop_at_4(step, bpd):
         if step == 4:
@@ -131,11 +137,7 @@ def test_adam_betas_reach_the_optimizer(tiny_cfg):
 def test_stop_training_checkpoints_the_step_reached_and_resumes_identically(tiny_cfg, tmp_path):
     """A callback raising StopTraining (a wall-time budget) ends the run with an unfinished checkpoint at that step,
     off the checkpoint grid; the same call resumes from it to the weights of an uninterrupted run."""
-    images = _images()
-    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
-    for d in (full_dir, cut_dir):
-        d.mkdir()
-    training.fit(tiny_cfg, full_dir, images, log=lambda m: None)
+    images, full_dir, cut_dir = _trained_uninterrupted(tiny_cfg, tmp_path)
 
     def budget(step, value):
         if step == 3:  # checkpoint_every is 2: step 3 is saved only because training stops there
