@@ -5,7 +5,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["PACKAGE_DIR", "PROJECT_ROOT", "UnsafeName", "check_component", "name_problem", "confined", "NAME_CHARS", "MAX_NAME"]
+__all__ = ["PACKAGE_DIR", "PROJECT_ROOT", "UnsafeName", "check_component", "name_problem", "confined", "shown_name", "shown_path", "NAME_CHARS", "MAX_NAME"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -48,13 +48,25 @@ def name_problem(name: object) -> "str | None":
     return None
 
 
+def shown_name(name: object, limit: int = 80) -> object:
+    """A name as an error message shows it: strings over ``limit`` characters cut with '...'."""
+    return name if not isinstance(name, str) or len(name) <= limit else name[:limit - 3] + "..."
+
+
+def shown_path(path: Path) -> str:
+    """A path as a user types it: relative to the project root when inside it."""
+    try:
+        return str(Path(path).relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def check_component(name: object, what: str) -> str:
     """``name`` if it is one safe path component (not empty, at most MAX_NAME characters of NAME_CHARS, not
     starting with '-' or '.', no '..'), else UnsafeName naming ``what``."""
     problem = name_problem(name)
     if problem:
-        shown = name if not isinstance(name, str) or len(name) <= 80 else name[:77] + "..."
-        raise UnsafeName(f"The {what} must be {problem}, got {shown!r}; rename it.")
+        raise UnsafeName(f"The {what} must be {problem}, got {shown_name(name)!r}; rename it.")
     return name
 
 

@@ -228,11 +228,10 @@ def _check_in_splits(path: str, value: Any) -> None:
 def _check_name(path: str, value: Any) -> None:
     if value is None:
         return
-    from genood.paths import name_problem
+    from genood.paths import name_problem, shown_name
     problem = name_problem(value)
     if problem:
-        shown = value if not isinstance(value, str) or len(value) <= 80 else value[:77] + "..."
-        raise ConfigError(f"Config key '{path}' must be {problem}, got {shown!r}.")
+        raise ConfigError(f"Config key '{path}' must be {problem}, got {shown_name(value)!r}.")
 
 
 def _check_betas(path: str, value: Any) -> None:
@@ -509,15 +508,14 @@ def load_yaml(path: str | Path) -> Dict[str, Any]:
 
 def _preset(name: str, chain: tuple = ()) -> Dict[str, Any]:
     """A preset's keys; a preset may build on another (``preset: <base>`` inside it), its own keys on top."""
-    from genood.paths import name_problem
-    if name_problem(name):  # a name, never a path: '../x' or a 10,000-character string is no preset
+    from genood.paths import name_problem, shown_name
+    problem = name_problem(name)  # a name, never a path: '../x' or a 10,000-character string is no preset
+    preset_path = None if problem else PRESET_DIR / f"{name}.yaml"
+    if preset_path is None or not preset_path.exists():
         known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-        raise ConfigError(f"Config key 'preset' must be a preset name ({name_problem(name)}), got {name[:80]!r}; "
-                          f"known presets: {known}.")
-    preset_path = PRESET_DIR / f"{name}.yaml"
-    if not preset_path.exists():
-        known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-        raise ConfigError(f"Config key 'preset': unknown preset '{name}' (no {preset_path}); known presets: {known}.")
+        what = (f"must be a preset name ({problem}), got {shown_name(name)!r}" if problem
+                else f"names an unknown preset '{name}' (no {preset_path})")
+        raise ConfigError(f"Config key 'preset' {what}; known presets: {known}.")
     if name in chain:
         raise ConfigError(f"Presets build on each other in a cycle: {' -> '.join(chain + (name,))}; fix 'preset:' in {preset_path}.")
     data = load_yaml(preset_path)

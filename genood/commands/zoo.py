@@ -28,9 +28,7 @@ def _list() -> None:
         if name in published:
             continue
         ledger = zoo.Ledger(name)
-        rows = ledger.data.get("sessions") or []
-        step = rows[-1].get("to_step") if rows else 0
-        state = f"training: step {step or 0:,}" if rows else "not started"
+        state = "not started" if ledger.step is None else f"training: step {ledger.step:,}"
         print(f"{name:28s} {state}, {ledger.seconds / 3600:.2f} h of its "
               f"{float(entry.get('budget_hours', 3.0)):.1f} h budget (genood-zoo train {name})")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import re
 import shutil
 import time
 import uuid
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from genood import runconfig
-from genood.paths import PROJECT_ROOT
+from genood.paths import NAME_CHARS, PROJECT_ROOT, name_problem, shown_name, shown_path
 
 __all__ = ["ZooError", "ZOO_PREFIX", "zoo_dir", "check_name", "reference_entries", "reference_config",
            "manifest", "names", "is_zoo_ref", "find_published", "find_or_train", "open_zoo_model", "zoo_config", "publish", "verify",
@@ -38,7 +37,7 @@ ZOO_PREFIX = "zoo:"
 MAX_FILE_BYTES = 12 * 1024 * 1024   # a weights file in the tree
 MAX_TOTAL_BYTES = 80 * 1024 * 1024  # all of them together
 VERIFY_IMAGES = 500
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+MAX_NAME = 64
 
 
 class ZooError(runconfig.ConfigError):
@@ -49,18 +48,11 @@ def zoo_dir() -> Path:
     return PROJECT_ROOT / "zoo"
 
 
-def _shown(path: Path) -> str:
-    """A path as a user types it: relative to the checkout when inside it."""
-    try:
-        return str(Path(path).relative_to(PROJECT_ROOT))
-    except ValueError:
-        return str(path)
-
-
 def check_name(name: Any, what: str = "zoo model name") -> str:
-    """``name`` if it is one safe path component, else a ZooError."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise ZooError(f"The {what} {name!r} must be 1-64 characters of letters, digits, '_', '.' or '-', not "
+    """``name`` if it is one safe path component (:func:`genood.paths.name_problem`) of at most 64 characters,
+    else a ZooError."""
+    if name_problem(name) or len(name) > MAX_NAME:
+        raise ZooError(f"The {what} {shown_name(name)!r} must be 1-{MAX_NAME} characters of {NAME_CHARS}, not "
                        f"starting with '-' or '.'; see `genood-zoo list` for the names there are.")
     return name
 
@@ -106,13 +98,13 @@ def manifest(name: str) -> Dict[str, Any]:
     path = zoo_dir() / f"{check_name(name)}.json"
     if not path.exists():
         known = names()
-        raise ZooError(f"There is no zoo model {name!r} (no {_shown(path)}); known: "
+        raise ZooError(f"There is no zoo model {name!r} (no {shown_path(path)}); known: "
                        f"{', '.join(known) or 'none yet'}; `genood-zoo list` shows them.")
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ZooError(f"The zoo manifest {path} could not be read ({type(exc).__name__}); restore it with "
-                       f"`git checkout -- {_shown(path)}`.") from None
+                       f"`git checkout -- {shown_path(path)}`.") from None
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or "sha256" not in data:
         raise ZooError(f"The zoo manifest {path} lacks its config or sha256; restore it with git.")
     return data
@@ -146,11 +138,11 @@ def open_zoo_model(value: str, map_location="cpu"):
     info = manifest(name)
     path = zoo_dir() / f"{name}.safetensors"
     if not path.exists():
-        raise ZooError(f"The weights of zoo model {name!r} ({_shown(path)}) are missing; restore "
+        raise ZooError(f"The weights of zoo model {name!r} ({shown_path(path)}) are missing; restore "
                        f"them with `git checkout -- zoo/` (or `git lfs pull` where the tree uses LFS).")
     if sha256(path) != info["sha256"]:
         raise ZooError(f"The weights of zoo model {name!r} do not match the sha256 in its manifest (the file is "
-                       f"corrupted or was replaced); restore them with `git checkout -- {_shown(path)}`.")
+                       f"corrupted or was replaced); restore them with `git checkout -- {shown_path(path)}`.")
     model = build_model(tuple(info["shape"]), info["config"]["model"])
     try:
         model.load_state_dict(load_file(str(path), device=str(map_location)))
@@ -237,6 +229,12 @@ class Ledger:
     @property
     def seconds(self) -> float:
         return float(self.data.get("seconds", 0.0))
+
+    @property
+    def step(self) -> Optional[int]:
+        """The step the last session reached, or None before the first."""
+        rows = self.data.get("sessions") or []
+        return int(rows[-1].get("to_step") or 0) if rows else None
 
     def record(self, session: Dict[str, Any], seconds: float) -> None:
         """Replace the current session's row (the last, when it has the same start) and the running total."""
@@ -387,7 +385,7 @@ def publish(name: str, log: Callable[[str], None] = print, headline: Optional[Di
     for leftover in (zoo_dir() / "resume").glob(f"{name}.*"):
         if state["finished"] or leftover.suffix != ".json":
             leftover.unlink()
-    log(f"zoo {name}: published {_shown(path)} ({info['bytes'] / 2**20:.1f} MB, step "
+    log(f"zoo {name}: published {shown_path(path)} ({info['bytes'] / 2**20:.1f} MB, step "
         f"{info['steps_done']} of {info['steps_recipe']}, {info['heldout_bits_per_dim']:.4f} bits/dim)")
     return info
 

@@ -130,12 +130,19 @@ def load_checkpoint_path(value: str) -> Path:
     return path
 
 
+def _open_checkpoint(value: str, device):
+    """``ood.checkpoint`` -> (what to call it, (model, state)): a zoo model (``zoo:<name>``) or a checkpoint file."""
+    if zoo.is_zoo_ref(value):
+        return value, zoo.open_zoo_model(value, device)
+    path = load_checkpoint_path(value)
+    return path, load_trained(path, map_location=device)
+
+
 def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Console, tracker, callbacks=None):
     ckpt = cfg["ood"]["checkpoint"]
     device = pick_device(cfg["run"]["device"])
     if ckpt:
-        path = ckpt if zoo.is_zoo_ref(ckpt) else load_checkpoint_path(ckpt)
-        model, state = zoo.open_zoo_model(ckpt, device) if zoo.is_zoo_ref(ckpt) else load_trained(path, map_location=device)
+        path, (model, state) = _open_checkpoint(ckpt, device)
         if not state.get("finished", False):
             console.warn(f"checkpoint {path} is from step {state['step']} of an unfinished training run.")
         have = tuple(train_images.shape[1:]) if train_images.ndim == 2 else (train_images.shape[3], *train_images.shape[1:3])

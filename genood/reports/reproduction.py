@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from genood import runconfig
+from genood.paths import shown_path
 
 __all__ = ["rows", "row_status", "measure_row", "reproduce", "markdown", "curves_figure", "main"]
 
@@ -45,7 +46,7 @@ def rows() -> List[Dict[str, Any]]:
 def row_status(row: Dict[str, Any]) -> Dict[str, Any]:
     """Where the row's models stand: published (steps done of the recipe) or training (ledger and last curve)."""
     zoo = _zoo()
-    published = set(zoo.names())
+    published, entries = set(zoo.names()), zoo.reference_entries()
     models = []
     for name in row["models"]:
         if name in published:
@@ -55,11 +56,10 @@ def row_status(row: Dict[str, Any]) -> Dict[str, Any]:
                            "bits_per_dim": m["heldout_bits_per_dim"], "curve": _last_curve(m.get("curves") or [])})
             continue
         ledger = zoo.Ledger(name)
-        sessions = ledger.data.get("sessions") or []
-        entry = zoo.reference_entries().get(name, {})
+        entry = entries.get(name, {})
         steps_recipe = int(zoo.reference_config(name)["training"]["steps"]) if entry else None
-        models.append({"name": name, "state": "training" if sessions else "not started",
-                       "steps_done": sessions[-1].get("to_step") if sessions else 0, "steps_recipe": steps_recipe,
+        models.append({"name": name, "state": "not started" if ledger.step is None else "training",
+                       "steps_done": ledger.step or 0, "steps_recipe": steps_recipe,
                        "hours": ledger.seconds / 3600.0, "budget_hours": float(entry.get("budget_hours", 3.0)),
                        "curve": _last_curve(_resume_curves(name))})
     return {"ready": all(m["state"] == "published" for m in models), "models": models}
@@ -98,7 +98,7 @@ def measure_row(row: Dict[str, Any], threads: int = 1, log: Callable[[str], None
                                     f"{directory}/metrics.json; name one of {', '.join(sorted(metrics))}.")
     log(f"{row['id']}: AUROC {entry['auroc']:.4f} ({row['detector']}) in {directory}")
     return {"auroc": entry["auroc"], "auroc_ci": entry.get("auroc_ci"), "optimistic": bool(entry.get("optimistic", False)),
-            "run": _zoo()._shown(Path(directory))}
+            "run": shown_path(Path(directory))}
 
 
 def reproduce(select: Optional[List[str]] = None, threads: int = 1, measure: bool = True,
