@@ -5,7 +5,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["PACKAGE_DIR", "PROJECT_ROOT", "UnsafeName", "check_component", "name_problem", "confined", "shown_name", "shown_path", "NAME_CHARS", "MAX_NAME"]
+__all__ = ["PACKAGE_DIR", "PROJECT_ROOT", "UnsafeName", "check_component", "name_problem", "confined", "shown_name", "shown_path", "check_sweep_ref", "NAME_CHARS", "MAX_NAME"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -68,6 +68,20 @@ def check_component(name: object, what: str) -> str:
     if problem:
         raise UnsafeName(f"The {what} must be {problem}, got {shown_name(name)!r}; rename it.")
     return name
+
+
+def check_sweep_ref(ref: object, what: str = "sweep id") -> str:
+    """``ref`` if it names a sweep safely: one safe component (a local sweep, ``local-...``) or W&B's
+    ``entity/project/id`` with each of its three parts one, else UnsafeName. Sweep ids become folder names."""
+    parts = ref.split("/") if isinstance(ref, str) else [ref]
+    if len(parts) not in (1, 3):
+        raise UnsafeName(f"The {what} must be a local sweep id or W&B's entity/project/id, got {shown_name(ref)!r}.")
+    for part in parts:
+        problem = name_problem(part)
+        if problem:
+            raise UnsafeName(f"The {what} {shown_name(ref)!r} must be {'parts each ' if len(parts) == 3 else ''}"
+                             f"{problem}; check the id `sweep.py list` prints.")
+    return ref
 
 
 def confined(root: Path, path: Path, what: str) -> Path:

@@ -23,18 +23,15 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
+from genood.errors import ConfigError
 from genood.paths import PACKAGE_DIR
 
-__all__ = ["PRESET_DIR", "ConfigError", "CORE_DEFAULTS", "CORE_CHOICES", "CORE_RANGES", "OOD_GROUPS", "ood_sets",
+__all__ = ["PRESET_DIR", "ConfigError", "CORE_DEFAULTS", "CORE_CHOICES", "CORE_RANGES", "OOD_GROUPS", "HAND_GROUPS", "ood_sets",
            "IN_SPLITS", "CHECKS", "FREE_TYPED", "FamilySpec", "SectionSpec", "SPEC_GLOBS", "family_spec",
            "schema_for", "copy_tree", "deep_merge", "validate", "parse_override", "load_yaml", "resolve", "load",
            "model_identity", "used_sections", "run_name", "dump"]
 
 PRESET_DIR = PACKAGE_DIR / "presets"
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one sentence for the user."""
 
 
 CORE_DEFAULTS: Dict[str, Any] = {
@@ -122,31 +119,31 @@ CORE_RANGES: Dict[str, tuple] = {
     "run.seed": (0, 2**31 - 1, True),
     "run.holdout_seed": (0, 2**31 - 1, True),
     "run.num_threads": (1, 4096, True),
-    "training.steps": (1, None, True),
-    "training.batch_size": (1, None, True),
-    "training.lr": (0.0, None, False),
-    "training.warmup_steps": (0, None, True),
-    "training.weight_decay": (0.0, None, True),
-    "training.grad_clip": (0.0, None, True),
-    "training.checkpoint_every": (1, None, True),
+    "training.steps": (1, 10**9, True),
+    "training.batch_size": (1, 65536, True),
+    "training.lr": (0.0, 1000.0, False),
+    "training.warmup_steps": (0, 10**9, True),
+    "training.weight_decay": (0.0, 1000.0, True),
+    "training.grad_clip": (0.0, 1000000000.0, True),
+    "training.checkpoint_every": (1, 10**9, True),
     "training.sample_grid": (0, 4096, True),
-    "training.negative_weight": (0.0, None, True),
-    "data.train_subsample": (1, None, True),
-    "ood.batch_size": (1, None, True),
-    "ood.n_in_train": (1, None, True),
-    "ood.n_in_test": (1, None, True),
-    "ood.n_ood": (1, None, True),
-    "ood.n_generated": (0, None, True),
+    "training.negative_weight": (0.0, 1000000.0, True),
+    "data.train_subsample": (1, 10**8, True),
+    "ood.batch_size": (1, 65536, True),
+    "ood.n_in_train": (1, 10**8, True),
+    "ood.n_in_test": (1, 10**8, True),
+    "ood.n_ood": (1, 10**8, True),
+    "ood.n_generated": (0, 10**8, True),
     "data.val_fraction": (0.0, 0.9, True),
     "training.mutation_rate": (0.0, 1.0, True),
     "training.lr_decay": (0.0, 1.0, False),
-    "training.l2_penalty": (0.0, None, True),
-    "ood.n_in_val": (1, None, True),
-    "ood.bootstrap": (0, None, True),
+    "training.l2_penalty": (0.0, 1000000.0, True),
+    "ood.n_in_val": (1, 10**8, True),
+    "ood.bootstrap": (0, 10**6, True),
     "ood.confidence": (0.0, 1.0, False),
-    "tracking.chart_points": (1, None, True),
-    "training.ood_curve_every": (0, None, True),
-    "training.ood_curve_points": (1, None, True),
+    "tracking.chart_points": (1, 10**6, True),
+    "training.ood_curve_every": (0, 10**9, True),
+    "training.ood_curve_points": (1, 10**8, True),
 }
 
 
@@ -174,13 +171,18 @@ def _check_log_tau_grid(path: str, value: Any) -> None:
                           f"at least 2 points, got {value!r}.")
 
 
-OOD_GROUPS = ("near", "transform", "far", "real")  # the suite's groups (data.derived.GROUPS says what each holds)
+# the suite's groups: near (class splits), shift (the meaning kept: to be accepted), corruption (the meaning lost),
+# far (synthetic), real (another dataset); ``transform`` is a set to be measured into shift or corruption at run
+# time (genood.ood.semantics), the default of every transform; shift and corruption given in data.ood are by hand
+OOD_GROUPS = ("near", "transform", "shift", "corruption", "far", "real")
+HAND_GROUPS = ("shift", "corruption")  # groups that only a hand sets (measurement gives them to 'transform' sets)
 
 
 def ood_sets(value: Any, path: str = "data.ood") -> List[Tuple[str, str]]:
     """``data.ood`` as [(dataset, group)]: a name, a list of names (each in its derivation's default group:
     class splits near, transforms and blends transform, synthetic sets far, real datasets real), or a mapping
-    ``{group: [names]}`` that groups them explicitly. Raises ConfigError in one sentence when malformed."""
+    ``{group: [names]}`` that groups them explicitly (``transform``: measured into shift or corruption at run
+    time; ``shift`` / ``corruption``: set by hand). Raises ConfigError in one sentence when malformed."""
     def names(v, where):
         items = [v] if isinstance(v, str) else v
         if not isinstance(items, list) or not items or not all(isinstance(n, str) and n for n in items):
@@ -264,6 +266,7 @@ class FamilySpec:
     auto_precision: str = "bf16"  # what training.precision 'auto' means where bf16 is native: bf16, or fp32 where it hurts
     auto_precision_reason: str = ""  # why a family keeps fp32 under auto (measured; printed in the training log)
     identity_defaults: Dict[str, Any] = field(default_factory=dict)  # model keys added late: at this value not in the identity
+    config_checks: Tuple[str, ...] = ()  # rules across model keys (genood.models.config_checks.MODEL_CHECKS)
 
 
 @dataclass(frozen=True)
@@ -315,7 +318,7 @@ def _load_specs():
                                             tuple(fam.get("run_name") or ()), fam.get("loss", "loss"),
                                             tuple(fam.get("sections") or ()), rel, tuple(fam.get("run_keys") or ()),
                                             str(fam.get("auto_precision", "bf16")), str(fam.get("auto_precision_reason", "")),
-                                            dict(fam.get("identity_defaults") or {}))
+                                            dict(fam.get("identity_defaults") or {}), tuple(fam.get("config_checks") or ()))
                 if families[name].auto_precision not in ("bf16", "fp32"):
                     raise RuntimeError(f"Model family '{name}' ({rel}): auto_precision must be bf16 or fp32.")
                 checks.update(k)
@@ -395,8 +398,12 @@ def deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _type_ok(default: Any, value: Any) -> bool:
-    if default is None or value is None:
+    """Whether ``value`` has the type of the schema's ``default``; null only where the default is null (a key that
+    means something when unset), never for a key that always holds a value."""
+    if default is None:
         return True
+    if value is None:
+        return False
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, float):
@@ -408,6 +415,12 @@ def _type_ok(default: Any, value: Any) -> bool:
     if isinstance(default, str):
         return isinstance(value, str)
     return True
+
+
+def _type_phrase(default: Any) -> str:
+    """What a value of ``default``'s type is called in a sentence (never null: see _type_ok)."""
+    kinds = {bool: "true or false", float: "a number", int: "an integer", list: "a list", str: "a string"}
+    return next((text for kind, text in kinds.items() if isinstance(default, kind)), type(default).__name__)
 
 
 def _coerce_floats(cfg: Dict[str, Any], schema: Dict[str, Any]) -> None:
@@ -448,7 +461,7 @@ def _validate(cfg: Any, schema: Dict[str, Any], prefix: str, family: Optional[Fa
             _validate(value, default, path + ".", family)
             continue
         if path not in FREE_TYPED and not _type_ok(default, value):
-            raise ConfigError(f"Config key '{path}' must be {type(default).__name__}, got {value!r}.")
+            raise ConfigError(f"Config key '{path}' must be {_type_phrase(default)}, got {value!r}.")
         declared = TYPES.get(path)
         if declared and value is not None and not TYPE_TESTS[declared][1](value):
             raise ConfigError(f"Config key '{path}' must be {TYPE_TESTS[declared][0]} or null, got {value!r}.")
@@ -550,6 +563,10 @@ def resolve(user: Dict[str, Any], overrides: Iterable[str] = ()) -> Dict[str, An
     if cfg["run"].get("sweep_id") in (None, ""):
         cfg["run"]["sweep_id"] = "single"  # a run outside any sweep (null would name a folder 'None')
     validate(cfg, schema)
+    if FAMILIES[family].config_checks:
+        from genood.models.config_checks import MODEL_CHECKS
+        for rule in FAMILIES[family].config_checks:
+            MODEL_CHECKS[rule](cfg["model"])
     return cfg
 
 

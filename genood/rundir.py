@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict
 
 from genood.paths import PROJECT_ROOT, check_component, confined
 
-__all__ = ["DiskFull", "disk_full_sentence", "runs_root", "run_dir", "atomic_write", "write_text", "write_json", "open_run_log", "TRACKED_PACKAGES",
+__all__ = ["DiskFull", "disk_full_sentence", "runs_root", "run_dir", "allow_writes", "write_roots", "check_target", "atomic_write", "write_text", "write_json", "open_run_log", "TRACKED_PACKAGES",
            "provenance", "RunLocked", "RunLock", "run_lock"]
 
 _UMASK = os.umask(0)
@@ -44,10 +44,54 @@ def disk_full_sentence(exc: OSError, path: Any = None) -> str:
     return f"No space left on device writing {target}{free}."
 
 
+# --- where files may be written -----------------------------------------------------------------------------------
+# Every file this package writes goes through atomic_write, which refuses a target outside the write roots: the
+# runs roots of the configurations in use (registered by runs_root), the project's zoo/, the data root, and folders the
+# user named on a command line (allow_writes). A name from a configuration, a store or W&B that slipped past the
+# component check (genood.paths.check_component) still cannot put a file anywhere else.
+_WRITE_ROOTS: set = set()
+_ROOTS_LOCK = threading.Lock()
+
+
+def allow_writes(root: Path) -> Path:
+    """Register ``root`` (resolved) as a folder files may be written under; returns it. For the runs root of a
+    configuration and folders typed by the user (``--out``, ``--stats``), never for a name from elsewhere."""
+    resolved = Path(os.path.expanduser(str(root))).resolve()
+    with _ROOTS_LOCK:
+        _WRITE_ROOTS.add(resolved)
+    return resolved
+
+
+def write_roots() -> list:
+    """The folders files may be written under, resolved: the project's zoo/, the data root and every registered
+    root."""
+    with _ROOTS_LOCK:
+        registered = set(_WRITE_ROOTS)
+    from genood.data.registry import data_dir
+    return sorted(registered | {(PROJECT_ROOT / "zoo").resolve(), data_dir().resolve()})
+
+
+def check_target(path: Path) -> Path:
+    """``path`` if it (resolved, symbolic links followed) lies under one of :func:`write_roots`, else UnsafeName."""
+    resolved = Path(path).resolve()
+    roots = write_roots()
+    if not any(resolved == r or r in resolved.parents for r in roots):
+        from genood.paths import UnsafeName, shown_path
+        near = sorted(roots, key=lambda r: -len(os.path.commonpath([str(r), str(resolved)])))[:2]
+        more = f" and {len(roots) - 2} more" if len(roots) > 2 else ""
+        raise UnsafeName(f"Refusing to write {shown_path(Path(path))}: it lies outside the runs root and the folders "
+                         f"this command may write to ({', '.join(shown_path(r) for r in near)}{more}); "
+                         f"names must not lead out of them.")
+    return resolved
+
+
 def runs_root(cfg: Dict[str, Any]) -> Path:
-    """``run.runs_root`` as an absolute path (relative paths are taken from the project root)."""
+    """``run.runs_root`` as an absolute path (relative paths are taken from the project root), registered as a
+    folder files may be written under (:func:`allow_writes`)."""
     root = Path(os.path.expanduser(str(cfg["run"]["runs_root"])))
-    return root if root.is_absolute() else PROJECT_ROOT / root
+    root = root if root.is_absolute() else PROJECT_ROOT / root
+    allow_writes(root)
+    return root
 
 
 def run_dir(cfg: Dict[str, Any], name: str) -> Path:
@@ -63,8 +107,10 @@ def run_dir(cfg: Dict[str, Any], name: str) -> Path:
 
 
 def atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
-    """Call ``writer(tmp_path)`` then rename the temporary file onto ``path``."""
+    """Call ``writer(tmp_path)`` then rename the temporary file onto ``path``, which must lie under one of the
+    :func:`write_roots` (UnsafeName otherwise, and nothing is written)."""
     path = Path(path)
+    check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -95,6 +141,7 @@ def open_run_log(directory: Path, name: str = "ood") -> logging.Logger:
     logger = logging.getLogger(f"run.{directory}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    check_target(Path(directory) / "run.log")
     target = str(directory / "run.log")
     if not any(getattr(h, "baseFilename", None) == target for h in logger.handlers):
         handler = logging.FileHandler(target)
@@ -178,6 +225,7 @@ class RunLock:
         if self.depth:
             self.depth += 1
             return self
+        check_target(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         try:

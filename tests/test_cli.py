@@ -29,7 +29,7 @@ def test_unknown_config_key_names_its_dotted_path(tmp_path):
 
 
 def test_bad_value_type_and_choice():
-    with pytest.raises(runconfig.ConfigError, match="'training.steps' must be int"):
+    with pytest.raises(runconfig.ConfigError, match="'training.steps' must be an integer, got 'many'"):
         runconfig.resolve({"training": {"steps": "many"}})
     with pytest.raises(runconfig.ConfigError, match="'model.coupling' must be one of rq_nsf, affine"):
         runconfig.resolve({}, ["model.coupling=glow"])
@@ -38,7 +38,7 @@ def test_bad_value_type_and_choice():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("lid.chunk_size=0", "'lid.chunk_size' must be >= 1, got 0"),
+    ("lid.chunk_size=0", "'lid.chunk_size' must be >= 1 and <= 65536, got 0"),
     ("lid.n_per_split=-3", "'lid.n_per_split' must be >= 1"),
     ("lid.keep=1.5", "'lid.keep' must be > 0.0 and <= 1.0"),
     ("lid.lpca_variance=0", "'lid.lpca_variance' must be > 0.0"),

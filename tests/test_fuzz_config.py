@@ -105,3 +105,53 @@ def test_command_line_overrides_as_typed_are_one_sentence(tmp_path_factory, key,
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     assert rc == entrypoint.EXIT_USER_ERROR and len(lines) == 1 and lines[0].startswith("error: "), (key, text, lines)
     assert not any(runs.iterdir())
+
+
+# Each family's tiny preset: a model that builds in well under a second (feature_flow needs a trained extractor
+# run and is built in tests/test_feature_flow.py).
+BUILD_PRESETS = {"realnvp": "realnvp_tiny", "glow": "glow_tiny", "diffusion": "diffusion_vp_tiny", "flow": "flow_rq_nsf_tiny",
+                 "tabular_flow": "flow_tabular", "hvae": "hvae_tiny", "pixelcnn": "pixelcnn_tiny"}
+
+
+def test_every_accepted_model_value_builds_a_model_that_runs():
+    """'Or run correctly': a model value the configuration accepts must build and give a training loss on a batch;
+    the builder never meets a value validation let through (null for a sized key, ragged per-layer lists, a
+    channel count GroupNorm cannot split ...)."""
+    import torch
+
+    from genood.models.registry import build_model
+    assert set(BUILD_PRESETS) | {"feature_flow"} == set(runconfig.FAMILIES)
+    torch.manual_seed(0)
+    built = refused = 0
+    for family, preset in BUILD_PRESETS.items():
+        base = runconfig.resolve({"preset": preset})
+        for key in (k for k in _leaves(base["model"]) if k != "family"):
+            for value in BAD:
+                try:
+                    cfg = runconfig.resolve({"preset": preset, "model": _nest(key, value)})
+                except ConfigError as exc:
+                    assert "\n" not in str(exc) and f"'model.{key}'" in str(exc), (family, key, value, str(exc))
+                    refused += 1
+                    continue
+                shape = tuple(cfg["data"].get("shape") or (1, 16, 16))
+                model = build_model(shape, cfg["model"])
+                loss = model.training_loss(torch.randint(0, 256, (2, *shape)).float())
+                assert loss.shape == () or loss.numel() >= 1, (family, key, value)
+                built += 1
+    assert built >= 20 and refused > 10 * built
+
+
+def test_every_declared_cross_key_rule_exists():
+    from genood.models.config_checks import MODEL_CHECKS
+    for family in runconfig.FAMILIES.values():
+        assert set(family.config_checks) <= set(MODEL_CHECKS), (family.name, family.config_checks)
+
+
+@pytest.mark.parametrize("preset,key,value", [("hvae_tiny", "kernels", [5, 3]), ("hvae_tiny", "kernels", [4, 3, 3]),
+                                              ("hvae_tiny", "latent_kinds", ["conv", "sideways", "dense"]),
+                                              ("diffusion_vp_tiny", "channels", [12, 32, 32]),
+                                              ("diffusion_vp_tiny", "attention", [True]),
+                                              ("pixelcnn_tiny", "filters", None), ("pixelcnn_tiny", "filters", 10**9)])
+def test_values_the_builder_could_not_use_are_refused_naming_the_key(preset, key, value):
+    with pytest.raises(ConfigError, match=f"'model.{key}'"):
+        runconfig.resolve({"preset": preset, "model": {key: value}})

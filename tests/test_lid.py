@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from genood import rundir
 from genood.data import manifolds
 from genood.ood import lid, lpca
 
@@ -120,6 +121,7 @@ def test_flow_trained_on_a_subspace_has_lid_near_its_dimension(tmp_path):
 
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_lid_stage_resumes_a_killed_run_with_the_same_numbers(tmp_path, mode, monkeypatch):
+    rundir.allow_writes(tmp_path)  # this test's folders stand for a run directory the runner chose
     from genood import runconfig
     from genood.models.flows import build_model
     from genood.ood import lid_stage
@@ -170,6 +172,7 @@ def test_lid_stage_resumes_a_killed_run_with_the_same_numbers(tmp_path, mode, mo
 
 def test_runs_share_complete_spectra_through_the_shared_store(tmp_path, monkeypatch):
     """A second run on the same model and points (say, another log tau) reuses the first run's spectra."""
+    rundir.allow_writes(tmp_path)  # this test's folders stand for a run directory the runner chose
     from genood import runconfig
     from genood.models.flows import build_model
     from genood.ood import lid_stage

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from genood import runconfig
+from genood import rundir, runconfig
 from genood.models import zoo
 from tests.conftest import ROOT, TINY_MODEL
 
@@ -32,6 +32,7 @@ def tiny_zoo(tmp_path, monkeypatch):
         folder.mkdir()
         (folder / "reference.yaml").write_text(yaml.safe_dump({"models": {"tiny": entry}}))
         monkeypatch.setattr(zoo, "zoo_dir", lambda: folder)
+        rundir.allow_writes(folder)  # a zoo folder of the test's own, as the project's zoo/ is by default
         return folder
     return make
 

@@ -36,7 +36,10 @@ ROOT = PROJECT_ROOT
 def _runs_root(arg) -> Path:
     raw = arg or os.environ.get("OOD_RUNS_ROOT") or "runs"
     path = Path(raw).expanduser()
-    return path if path.is_absolute() else (ROOT / path)
+    path = path if path.is_absolute() else (ROOT / path)
+    from genood import rundir
+    rundir.allow_writes(path)  # typed by the user (or OOD_RUNS_ROOT): where this command's files go
+    return path
 
 
 def _open_store(runs_root: Path, store: str = None):
@@ -121,6 +124,7 @@ def cmd_agent(args) -> None:
     logger.info(f"agent stops: {done}")
     if args.stats:
         from genood import rundir
+        rundir.allow_writes(Path(args.stats).parent)  # a file the user named
         rundir.write_json(Path(args.stats), {"pid": os.getpid(), "counters": done, "claim_seconds": claim_times})
 
 
@@ -205,7 +209,7 @@ def cmd_aggregate(args) -> None:
     frame, unreadable = collect_runs(dirs)
     select_on = selection_tokens(args.select_on)
     try:
-        suite_text = format_suite(frame, select_on)
+        suite_text = format_suite(frame, select_on, run_dirs=dirs)
     except SelectionError as exc:
         raise SystemExit(f"error: {exc}")
     print(format_pivot(frame) + lid_error_section(dirs) + suite_text)
@@ -278,9 +282,9 @@ def _report_parsers(sub) -> None:
         p = sub.add_parser(name)
         p.add_argument("sweep_ids", nargs="+", metavar="sweep-id", help="one or more sweeps, aggregated together")
         p.add_argument("--select-on", action="append", metavar="GROUPS_OR_SETS",
-                       help="choose one label-free detector by its worst AUROC on these OOD groups (near, transform, "
+                       help="choose one label-free detector by its worst AUROC on these OOD groups (near, corruption, "
                             "far, real) or sets, comma-separated, and report it on every other set (default with an "
-                            "OOD suite: near,transform)")
+                            "OOD suite: near,corruption)")
         if name == "aggregate":
             p.add_argument("--wandb", action="store_true",
                            help="also log the table as a wandb.Table (always for W&B sweeps; offline without a login)")
@@ -323,8 +327,24 @@ HANDLERS = {"create": cmd_create, "agent": cmd_agent, "status": cmd_status, "rer
             "aggregate": cmd_aggregate, "report": cmd_report, "list": cmd_list, "launch": cmd_launch}
 
 
+def _sweep_ref_problem(ref: str):
+    """Why a sweep id typed on the command line cannot name a folder (one sentence), or None."""
+    from genood.paths import UnsafeName, check_sweep_ref
+    try:
+        check_sweep_ref(ref, "sweep id")
+    except UnsafeName as exc:
+        return str(exc)
+    return None
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    for ref in [getattr(args, "sweep_id", None), *(getattr(args, "sweep_ids", None) or [])]:
+        if ref is not None:
+            problem = _sweep_ref_problem(ref)
+            if problem:
+                print(f"error: {problem}", file=sys.stderr)
+                return entrypoint.EXIT_USER_ERROR
     if args.cmd == "agent":
         args.gpu = args.gpu if args.gpu is not None else (args.gpu_pos or None)
         args.count = args.count if args.count is not None else args.count_pos

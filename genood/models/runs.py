@@ -20,6 +20,8 @@ __all__ = ["find_trained", "find_or_train", "resolve_run_keys"]
 
 @contextmanager
 def _locked(path: Path):
+    from genood.rundir import check_target
+    check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

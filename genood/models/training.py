@@ -23,7 +23,7 @@ import torch
 from genood import precision as precision_mod
 from genood import runconfig
 from genood.data.transforms import dequantize_uniform
-from genood.rundir import atomic_write
+from genood.rundir import allow_writes, atomic_write
 
 __all__ = ["CHECKPOINT", "TrainingDiverged", "StepSetting", "step_setting", "CheckpointError", "TrainResult", "pick_device", "batch_indices",
            "save_checkpoint", "CHECKPOINT_KEYS", "RESUME_KEYS", "load_checkpoint", "train", "fit", "load_trained",
@@ -263,10 +263,13 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
     The objective is ``model.training_loss(x).mean()`` (flows: bits/dim, diffusions: denoising score
     matching, ...) changed by the training hooks the configuration turns on (:mod:`models.training_hooks`),
     so every family shares this loop, its checkpoints, resume and NaN guard.
-    ``callbacks`` get ``(step, loss)`` after every step.
+    ``callbacks`` get ``(step, loss)`` after every step. ``run_directory`` is the caller's choice (the package's
+    own callers take it from :func:`rundir.run_dir`, which confines names to the runs root), so it becomes a
+    folder files may be written under.
     """
     from genood.models.training_hooks import active_hooks
 
+    allow_writes(Path(run_directory))
     tcfg, total = cfg["training"], int(cfg["training"]["steps"])
     device = pick_device(cfg["run"]["device"])
     ckpt_path = Path(run_directory) / CHECKPOINT

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from genood import rundir
+from genood.paths import shown_name
 from genood.threads import agent_presence
 from genood.orchestration.jobs import JOBS
 from genood.orchestration.resilient import DEFAULT_OUTAGE_LIMIT, ResilientStore, StoreOutage
@@ -113,10 +114,13 @@ def disk_full_error(exc: BaseException) -> Optional[OSError]:
 
 def _claim_directory(config: Dict[str, Any]) -> Optional[Path]:
     """The run directory of a claimed run (``<runs_root>/<sweep id>/<run name>``), when its config names it."""
+    from genood.paths import check_component, confined
     run = config.get("run") or {}
     if not (run.get("runs_root") and run.get("sweep_id") and run.get("name")):
         return None
-    return rundir.runs_root(config) / str(run["sweep_id"]) / str(run["name"])
+    root = rundir.runs_root(config)
+    path = root / check_component(run["sweep_id"], "sweep id of a claimed run") / check_component(run["name"], "name of a claimed run")
+    return confined(root, path, "run directory of a claimed run")
 
 
 def _propose(store: Store, sweep: Dict[str, Any]) -> bool:
@@ -170,7 +174,14 @@ def _run_claim(store, sweep, claim, me: str, lease: float, log, done: Dict[str, 
     """Run one claimed run under a heartbeat, holding its directory's lock, and record how it ended in the store
     and in ``done``."""
     sweep_id = sweep["id"]
-    directory = _claim_directory(claim.config)
+    from genood.paths import UnsafeName
+    try:
+        directory = _claim_directory(claim.config)
+    except UnsafeName as exc:  # the store holds a name that is not a folder name (written by another machine)
+        store.fail(sweep_id, claim.name, me, str(exc), 1)
+        done["failed"] += 1
+        log.warning(f"{shown_name(claim.name)} failed without running: {exc}")
+        return
     lock = None
     if directory is not None:
         try:

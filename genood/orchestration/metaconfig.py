@@ -87,8 +87,11 @@ def _collect_axes(node: Any, path: Tuple[str, ...], found: List[Tuple[Tuple[str,
             unknown = set(node) - AXIS_KEYS
             if unknown:
                 raise ConfigError(f"'{_dotted(path)}' is an axis (sweep: true) with unknown key(s) {', '.join(sorted(unknown))}.")
+            if not isinstance(node.get("values"), list) or not node["values"]:
+                raise ConfigError(f"'{_dotted(path + ('values',))}' must be a non-empty list of the axis' values, "
+                                  f"got {node.get('values')!r}.")
             found.append((path, node))
-            for i, v in enumerate(node.get("values") or []):
+            for i, v in enumerate(node["values"]):
                 _collect_axes(v, path + (f"values[{i}]",), found)  # nested axes inside values are refused below
             return
         for key, value in node.items():
@@ -258,8 +261,9 @@ def config_digest(cfg: Dict[str, Any]) -> str:
 
 def run_name_for(meta: MetaConfig, choice: Dict[str, int], cfg: Dict[str, Any], digest: Optional[str] = None) -> str:
     """Readable run name: the chosen aliases, then a hash of the resolved config."""
+    from genood.runconfig import _safe
     parts = [meta.axes[i].aliases[choice[a.identifier]] for i, a in enumerate(meta.axes)]
-    stem = "-".join(p.replace("/", "_").replace(" ", "_") for p in parts) or "run"
+    stem = _safe("-".join(parts)) if parts else "run"  # aliases are free text; a run name is one path component
     return f"{stem[:80]}-{digest or config_digest(cfg)}"
 
 

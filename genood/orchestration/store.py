@@ -75,7 +75,11 @@ def is_server_locator(locator: str) -> bool:
 
 def open_store(locator, runs_root: Optional[Path] = None, timeout: float = 60.0) -> "Store":
     """The store behind ``locator`` (a ``postgresql://`` URL or a SQLite file path). ``timeout``: seconds to wait
-    for a connection (PostgreSQL) or for a busy SQLite file before a call fails."""
+    for a connection (PostgreSQL) or for a busy SQLite file before a call fails. ``runs_root``, chosen by the caller
+    (never by a name in the store), becomes a folder files may be written under (:func:`rundir.allow_writes`)."""
+    if runs_root is not None:
+        from genood import rundir
+        rundir.allow_writes(Path(runs_root))
     if is_server_locator(str(locator)):
         from genood.orchestration.store_postgres import PostgresStore
         return PostgresStore(str(locator), runs_root=runs_root, timeout=timeout)

@@ -56,7 +56,8 @@ def config_from_wandb(params: Dict[str, Any], root: Path) -> tuple[metaconfig.Me
     """Rebuild (meta, resolved run config, run name) from a W&B run's flat parameters."""
     if META_PARAM not in params:
         raise ConfigError(f"This W&B sweep was not created by `sweep.py create` (no '{META_PARAM}' parameter).")
-    path = root / params[META_PARAM]
+    from genood.paths import confined
+    path = confined(root, root / str(params[META_PARAM]), "meta-configuration named by the W&B sweep")
     meta = metaconfig.load(path)
     if meta_digest(meta) != params.get(DIGEST_PARAM):
         raise ConfigError(f"{path} differs from the file the sweep was created from; check out the same commit on this machine.")
@@ -102,7 +103,8 @@ def run_agent(full_id: str, root: Path, runs_root: Path, count: Optional[int]) -
     """Run W&B sweep runs in this process until W&B says the sweep is done (or ``count`` runs)."""
     require_wandb()
     import wandb
-    entity, project, sweep_id = full_id.split("/")
+    from genood.paths import check_sweep_ref
+    entity, project, sweep_id = check_sweep_ref(full_id, "W&B sweep id").split("/")
 
     def one_run():
         run = wandb.init()
@@ -133,7 +135,8 @@ def download_runs(full_id: str, out: Path) -> list:
             if detector and field in ("auroc", "aupr_in", "aupr_out", "fpr95", "n_in", "n_ood"):
                 metrics.setdefault(detector, {})[field] = value
         cfg = dict(run.config).get("resolved") or dict(run.config)
-        directory = out / "wandb_runs" / run.name
+        from genood.paths import check_component
+        directory = out / "wandb_runs" / check_component(run.name, f"name of a run of W&B sweep {full_id}")
         rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
         rundir.write_json(directory / "metrics.json", metrics)
         dirs.append(directory)

@@ -53,7 +53,15 @@ class StageContext:
     runs_root: Optional[Path]      # for caches shared between runs
     truth: Dict[str, np.ndarray] = field(default_factory=dict)  # split -> known LID of every row (synthetic manifolds)
     table: Any = None              # the per-batch scores so far (DataFrame, rows in split order), when the runner has them
-    groups: Dict[str, str] = field(default_factory=dict)  # OOD split key -> its suite group (near/transform/far/real)
+    groups: Dict[str, str] = field(default_factory=dict)  # OOD split key -> its suite group (near/shift/corruption/...)
+
+    def __post_init__(self):
+        # the caller chose these folders (the runner: rundir.run_dir and rundir.runs_root, which confine names);
+        # a stage's caches and artifacts may be written under them
+        from genood import rundir
+        for folder in (self.run_dir, self.runs_root):
+            if folder is not None:
+                rundir.allow_writes(Path(folder))
 
 
 @dataclass
