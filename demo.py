@@ -64,7 +64,7 @@ def main() -> int:
     print(f"demo: agents finished in {time.time() - t0:.0f}s\n", flush=True)
     status = subprocess.run([py, "sweep.py", "status", sweep_id], cwd=ROOT, capture_output=True, text=True)
     print(status.stdout.splitlines()[0] if status.stdout else "")
-    agg = subprocess.run([py, "sweep.py", "aggregate", sweep_id, "--select-on", "transform"], cwd=ROOT)
+    agg = subprocess.run([py, "sweep.py", "aggregate", sweep_id, "--select-on", "corruption"], cwd=ROOT)
     if "0 failed" not in (status.stdout.splitlines() or [""])[0]:
         print("demo: some runs failed; `python sweep.py status " + sweep_id + "` shows why", file=sys.stderr)
         return 1

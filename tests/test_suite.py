@@ -167,9 +167,14 @@ def test_one_run_scores_every_ood_set_against_in_distribution_work_done_once(tin
     assert sorted(calls) == sorted(["in_train", "in_val", "in_test", "generated", "ood@mnist", "ood@fmnist_hflip",
                                     "ood@fmnist_uniform"])
     metrics = json.loads((directory / "metrics.json").read_text())
+    measured = json.loads((directory / "semantics.json").read_text())["sets"]  # the transform, measured
+    assert [m["ood_dataset"] for m in measured] == ["fmnist:hflip"]
     for name in sets:
         entry = metrics[f"{name}::log_likelihood"]
-        assert entry["ood_dataset"] == name and entry["ood_group"] == runconfig.ood_sets(name)[0][1]
+        declared = runconfig.ood_sets(name)[0][1]
+        want = measured[0]["group"] if declared == "transform" else declared
+        assert want in ("shift", "corruption", "real", "far")
+        assert entry["ood_dataset"] == name and entry["ood_group"] == want
     assert metrics["fmnist:uniform::baseline:intensity_mean"]["model_free"] is True
     table = pd.read_parquet(directory / "scores.parquet")
     assert set(table.loc[table.split == "ood", "dataset"]) == set(sets)

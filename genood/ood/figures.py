@@ -193,7 +193,10 @@ def suite_heatmap(metrics: Dict[str, Dict], sets: List[tuple], title: str = ""):
             continue
         name = key.split("::", 1)[1] + (" (mf)" if entry.get("model_free") else "")
         rows.setdefault(name, {})[key.split("::", 1)[0]] = entry.get("auroc")
-    order = [n for g in ("near", "transform", "far", "real") for n, grp in sets if grp == g]
+    from genood.reports.suite import GROUP_ORDER
+    measured = {e["ood_dataset"]: e["ood_group"] for e in metrics.values() if isinstance(e, dict) and "ood_group" in e}
+    sets = [(n, measured.get(n, grp)) for n, grp in sets]  # transform sets carry their measured group
+    order = [n for g in GROUP_ORDER for n, grp in sets if grp == g]
     labels = sorted(rows)
     z = [[rows[r].get(c, float("nan")) for c in order] for r in labels]
     fig = go.Figure(go.Heatmap(z=z, x=[f"{c} ({dict(sets)[c]})" for c in order], y=labels, zmin=0, zmax=1,

@@ -170,11 +170,15 @@ def _model_label(cfg: Dict[str, Any]) -> str:
 
 @dataclass
 class OodSet:
-    """One OOD set of a run: its dataset name, suite group and stage key (``ood`` when the run has one set)."""
+    """One OOD set of a run: its dataset name, suite group and stage key (``ood`` when the run has one set);
+    ``group_source`` says who set the group: ``declared`` (its derivation's or the mapping's group), ``hand``
+    (shift or corruption in data.ood), ``measured`` (genood.ood.semantics; ``semantics`` holds the row)."""
     name: str
     group: str
     key: str
     images: Any = None   # ImageSet of its test split
+    group_source: str = "declared"
+    semantics: Optional[Dict[str, Any]] = None
 
 
 def _slug(name: str) -> str:
@@ -226,8 +230,20 @@ def _check_combined_sets(cfg: Dict[str, Any], names: List[str], columns: List[st
 def _load_ood_sets(cfg: Dict[str, Any]) -> List[OodSet]:
     """Every OOD set of ``data.ood`` with its test split loaded (bad names fail here, in one sentence)."""
     sets = runconfig.ood_sets(cfg["data"]["ood"])
-    return [OodSet(name, group, "ood" if len(sets) == 1 else f"ood@{_slug(name)}", load_split(name, "test"))
-            for name, group in sets]
+    out = [OodSet(name, group, "ood" if len(sets) == 1 else f"ood@{_slug(name)}", load_split(name, "test"),
+                  "hand" if group in runconfig.HAND_GROUPS else "declared") for name, group in sets]
+    todo = [o for o in out if o.group == "transform"]
+    if todo:  # does the transform keep the meaning? measured by a classifier of the in-distribution (cached)
+        from genood.ood import semantics
+        try:
+            found = semantics.measure(cfg["data"]["in_distribution"], [o.name for o in todo],
+                                      float(cfg["data"]["val_fraction"]), runconfig.holdout_seed(cfg),
+                                      log=lambda line: print(line, file=sys.stderr))
+        except ValueError as exc:
+            raise runconfig.ConfigError(str(exc)) from None
+        for o, m in zip(todo, found):
+            o.group, o.group_source, o.semantics = m.group, m.source, m.row()
+    return out
 
 
 def _build_splits(cfg, train_set, test_set, oods: List[OodSet], train_images, shape, seed: int) -> List[SplitData]:
@@ -341,7 +357,7 @@ def evaluate_sets(table, columns: List[str], info, cfg, oods: List[OodSet], valu
         entries = evaluate(sub, columns, info, cfg, got)
         prefix = "" if len(oods) == 1 else f"{o.name}::"
         for key, entry in entries.items():
-            metrics[prefix + key] = dict(entry, ood_dataset=o.name, ood_group=o.group)
+            metrics[prefix + key] = dict(entry, ood_dataset=o.name, ood_group=o.group, group_source=o.group_source)
         if values is not None:
             values.update({prefix + k: v for k, v in got.items()})
     return metrics
@@ -490,6 +506,9 @@ def _evaluate_and_write(table, columns, info, cfg, oods, stages, directory: Path
     _write_detector_values(directory, detector_values)
     for out in stages.values():
         metrics.update(out.metrics)
+    measured = [o.semantics for o in oods if o.semantics is not None]
+    if measured:  # the accuracies behind each measured group, beside the suite (genood.ood.semantics)
+        rundir.write_json(directory / "semantics.json", {"in_dataset": cfg["data"]["in_distribution"], "sets": measured})
     rundir.write_json(directory / "metrics.json", metrics)
     rundir.write_json(directory / "provenance.json", rundir.provenance(checksums))
     return metrics

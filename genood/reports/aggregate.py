@@ -31,7 +31,7 @@ METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 COLUMNS = ["model", "in_dataset", "ood_dataset", "detector", "auroc", "aupr_in", "aupr_out", "fpr95", "n_in", "n_ood", "run"]
 # numeric interval columns and flags kept in the CSV beside COLUMNS (the text tables show COLUMNS)
 EXTRA_COLUMNS = [f"{m}_{end}" for m in METRICS for end in ("lo", "hi")] + ["label_free", "optimistic", "per_batch", "seed", "group",
-                                                                         "ood_group", "model_free"]
+                                                                         "ood_group", "group_source", "model_free"]
 
 
 def run_dirs_under(roots: List[Path]) -> List[Path]:
@@ -137,6 +137,7 @@ def collect_runs(directories: List[Path]) -> Tuple[pd.DataFrame, int]:
                          "optimistic": bool(values.get("optimistic", False)), "per_batch": values.get("per") == "batch",
                          "seed": (cfg.get("run") or {}).get("seed"), "group": config_group(cfg),
                          "ood_group": values.get("ood_group") or _default_group(set_name),
+                         "group_source": values.get("group_source") or "declared",
                          "model_free": bool(values.get("model_free", False))})
     frame = pd.DataFrame(rows, columns=COLUMNS + EXTRA_COLUMNS)
     return frame.sort_values(["model", "in_dataset", "ood_dataset", "detector", "run"], ignore_index=True), unfinished
@@ -320,22 +321,31 @@ def _wrapped(table: pd.DataFrame, width: int) -> List[str]:
 
 
 def default_selection(frame: pd.DataFrame) -> List[str]:
-    """``near`` and ``transform`` where the runs have them and at least one other group remains to report on."""
-    groups = set(frame["ood_group"])
-    chosen = [g for g in ("near", "transform") if g in groups]
+    """``near`` and ``corruption`` (``transform`` for runs made before sets were measured) where the runs have them
+    and at least one other OOD group remains to report on; shifts are never a selection set."""
+    groups = set(frame["ood_group"]) - {"shift"}
+    chosen = [g for g in ("near", "corruption", "transform") if g in groups]
     return chosen if chosen and groups - set(chosen) else []
 
 
-def format_suite(frame: pd.DataFrame, select_on: Optional[List[str]] = None, width: int = 100) -> str:
+def format_suite(frame: pd.DataFrame, select_on: Optional[List[str]] = None, width: int = 100,
+                 run_dirs: Optional[List[Path]] = None) -> str:
     """The suite's console view (empty without a suite): per model, detectors x (in-distribution, group) as
-    ``mean/worst`` AUROC over the group's sets, then the detector selected on ``select_on`` (default: near and
-    transform) with its numbers on every other set and the model-free baseline beside it."""
+    ``mean/worst`` AUROC over the group's sets (the shift column apart: 0.5 is the wish there), then the detector
+    selected on ``select_on`` (default: near and corruption) with its numbers on every other set and the
+    model-free baseline beside it."""
     from genood.reports import suite
 
     if not suite.has_suite(frame):
         return ""
     sets = suite.per_set(frame)
     parts = ["\nOOD suite: AUROC mean/worst over each group's sets (label-free per-point detectors; (mf) = model-free baseline)"]
+    groups = suite.set_groups(frame, run_dirs or [])
+    if len(groups):
+        parts.append("\nGroups of the transformed sets (a shift keeps the meaning: the grouping classifier's accuracy "
+                     "stays within the margin of its clean accuracy; otherwise a corruption):")
+        parts.extend(textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False)
+                     for line in suite.set_group_lines(groups))
     for model, table in suite.group_table(sets).items():
         parts.append(f"\n{model}")
         parts.extend(_wrapped(table, width))
@@ -389,7 +399,9 @@ def auroc_heatmap(frame: pd.DataFrame):
 def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap: bool = False,
                   select_on: Optional[List[str]] = None) -> List[Path]:
     """Write aggregate.csv, aggregate.md and report.html into ``out`` (atomically), with an OOD suite also
-    suite.csv (per set) and suite_groups.csv (per group); optionally the AUROC heatmap."""
+    suite.csv (per set) and suite_groups.csv (per group); optionally the AUROC heatmap. ``out`` is the caller's
+    choice and becomes a write root."""
+    rundir.allow_writes(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "aggregate.csv", out / "aggregate.md", out / "report.html"]
     lid_errors = collect_lid_errors(run_dirs)
@@ -406,6 +418,10 @@ def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap:
         rundir.atomic_write(paths[-1], lambda p: sets.to_csv(p, index=False))
         paths.append(out / "suite_groups.csv")
         rundir.atomic_write(paths[-1], lambda p: suite.group_summary(sets).to_csv(p, index=False))
+        groups = suite.set_groups(frame, run_dirs)
+        if len(groups):
+            paths.append(out / "set_groups.csv")
+            rundir.atomic_write(paths[-1], lambda p: groups.to_csv(p, index=False))
     report.write(frame, run_dirs, paths[2], select_on=select_on)  # one self-contained page (plotly.js and images embedded)
     if not lid_errors.empty:
         paths.append(out / "lid_error.csv")
@@ -450,7 +466,7 @@ def parse_roots(prog: str, doc: str, out_help: str, argv=None):
     parser.add_argument("--out", type=Path, help=out_help)
     parser.add_argument("--select-on", action="append", metavar="GROUPS_OR_SETS",
                         help="choose one label-free detector on these OOD groups or sets (comma-separated) and report it "
-                             "on every other set (default with an OOD suite: near,transform)")
+                             "on every other set (default with an OOD suite: near,corruption; shifts are never selected on)")
     args = parser.parse_args(argv)
     from genood.reports.suite import selection_tokens
     args.select_on = selection_tokens(args.select_on)

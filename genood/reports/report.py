@@ -206,7 +206,7 @@ def _table_html(table: pd.DataFrame, first: str = "detector") -> str:
     return head + body + "</table>"
 
 
-def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]]) -> None:
+def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]], run_dirs=()) -> None:
     """The OOD suite: per model the group summary (mean/worst per group), the detectors x sets table with the
     sets a learned detector loses to the best model-free baseline marked '!', the selected detector's lines and
     the severity curves."""
@@ -214,11 +214,23 @@ def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]])
     from genood.reports.aggregate import default_selection
 
     sets = suite.per_set(frame)
-    page.add("<h2>OOD suite</h2><p>Groups: <b>near</b> (class splits: semantic shift), <b>transform</b> (the "
-             "in-distribution images transformed or blended), <b>far</b> (synthetic images), <b>real</b> (another "
-             "dataset). Cells of the group table: AUROC mean/worst over the group's sets. In the per-set table a "
+    page.add("<h2>OOD suite</h2><p>Groups: <b>near</b> (class splits: semantic shift), <b>corruption</b> (the "
+             "in-distribution images transformed so that their meaning is lost), <b>far</b> (synthetic images), "
+             "<b>real</b> (another dataset); apart from them <b>shift</b> (transforms that keep the meaning: a "
+             "detector should accept them, so an AUROC near 0.5 is the wish there, and they never enter an OOD group "
+             "or a selection). Whether a transform keeps the meaning is measured (table below) unless set by hand. "
+             "Cells of the group table: AUROC mean/worst over the group's sets. In the per-set table a "
              "learned detector's cell ends in '!' where the best model-free baseline (mf) of that set is at least as "
              "good.</p>")
+    groups = suite.set_groups(frame, run_dirs)
+    if len(groups):
+        shown = groups.assign(**{c: groups[c].map(lambda v: "-" if v is None or v != v else f"{v:.3f}")
+                                 for c in ("accuracy", "clean_accuracy", "drop", "margin")})
+        shown = shown.assign(source=shown["source"].map(lambda v: "set by hand" if v == "hand" else v))
+        page.add("<h3>Groups of the transformed sets</h3><p>A small CNN trained on the in-distribution's training "
+                 "split classifies each transformed test set; a transform whose accuracy stays within the margin of "
+                 "the clean accuracy is a shift, otherwise a corruption.</p>"
+                 + _table_html(shown.set_index("ood_dataset"), first="OOD set"))
     for model, table in suite.group_table(sets).items():
         page.add(f"<h3>{html.escape(model)}: groups</h3>" + _table_html(table))
         g = sets[sets["model"] == model]
@@ -260,7 +272,7 @@ def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-ba
         suite_runs = has_suite(frame)
         _pivot_html(frame[frame["ood_group"] == "real"] if suite_runs and (frame["ood_group"] == "real").any() else frame, page)
         if suite_runs:
-            _suite_html(frame, page, select_on)
+            _suite_html(frame, page, select_on, run_dirs)
         elif frame["ood_dataset"].nunique() <= 8:
             page.add("<h2>AUROC heatmap</h2>")
             _heatmap(frame, page)
@@ -281,7 +293,9 @@ def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-ba
 
 def write(frame: pd.DataFrame, run_dirs: List[Path], path: Path, title: Optional[str] = None,
           select_on: Optional[List[str]] = None) -> Path:
-    """Write the report atomically to ``path`` and return it."""
+    """Write the report atomically to ``path`` (a file the caller names: its folder becomes a write root) and
+    return it."""
+    rundir.allow_writes(Path(path).parent)
     text = build(frame, run_dirs, title or "Likelihood-based OOD detection", select_on)
     rundir.write_text(Path(path), text)
     return Path(path)

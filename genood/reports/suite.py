@@ -1,5 +1,5 @@
-"""The OOD suite view of aggregated runs: per OOD set, per group (near / transform / far / real), and an
-honest selection of one detector.
+"""The OOD suite view of aggregated runs: per OOD set, per group (near / corruption / far / real, and the
+shift column apart), and an honest selection of one detector.
 
 A detector is worth what it does on sets nobody tuned it on, so this module judges detectors by their
 mean and worst case over groups of OOD sets, and chooses one without looking at the sets it reports:
@@ -24,11 +24,16 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-__all__ = ["GROUP_ORDER", "SET_KEYS", "SelectionError", "per_set", "group_summary", "selection_tokens",
+__all__ = ["GROUP_ORDER", "OOD_JUDGED", "SHIFT", "ood_rows", "shift_summary", "set_groups", "set_group_lines", "SET_KEYS", "SelectionError", "per_set", "group_summary", "selection_tokens",
            "selection_mask", "select", "selection", "ceiling", "selection_lines", "group_table", "has_suite", "severity_rows",
            "severity_figure"]
 
-GROUP_ORDER = ("near", "transform", "far", "real")
+GROUP_ORDER = ("near", "corruption", "far", "real", "transform", "shift")
+# The groups OOD detection is judged on. ``shift`` (in_test against a meaning-keeping transform of it, see
+# genood.ood.semantics) asks the other question, whether a shift is accepted: an AUROC near 0.5 is the wish there,
+# so shift sets have their own column and never enter an OOD group, a selection or a ceiling.
+OOD_JUDGED = ("near", "corruption", "far", "real", "transform")
+SHIFT = "shift"
 SET_KEYS = ["model", "in_dataset", "ood_dataset"]
 
 
@@ -58,6 +63,69 @@ def per_set(frame: pd.DataFrame) -> pd.DataFrame:
     order = {g: i for i, g in enumerate(GROUP_ORDER)}
     s = s.assign(_g=s["ood_group"].map(lambda g: order.get(g, len(order))))
     return s.sort_values(["model", "in_dataset", "_g", "ood_dataset", "detector"])[cols].reset_index(drop=True)
+
+
+def ood_rows(sets: pd.DataFrame) -> pd.DataFrame:
+    """The rows OOD detection is judged on: every set but the shifts."""
+    return sets[sets["ood_group"] != SHIFT]
+
+
+def shift_summary(sets: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, in-distribution, detector) over the shift sets (in_test against a meaning-keeping transform of
+    it): mean AUROC and the mean distance from 0.5 (``gap``: 0 when every shift is accepted as in-distribution),
+    the set farthest from 0.5 and its AUROC. Empty when the runs hold no shift set."""
+    shifts = sets[sets["ood_group"] == SHIFT]
+    rows = []
+    for key, g in shifts.groupby(["model", "in_dataset", "detector"], sort=True):
+        far = g.loc[(g["auroc"] - 0.5).abs().idxmax()]
+        rows.append(dict(zip(["model", "in_dataset", "detector"], key), n_sets=len(g), model_free=bool(g["model_free"].all()),
+                         mean=float(g["auroc"].mean()), gap=float((g["auroc"] - 0.5).abs().mean()),
+                         farthest_set=str(far["ood_dataset"]), farthest=float(far["auroc"])))
+    return pd.DataFrame(rows, columns=["model", "in_dataset", "detector", "n_sets", "model_free", "mean", "gap",
+                                       "farthest_set", "farthest"])
+
+
+GROUP_COLUMNS = ["in_dataset", "ood_dataset", "group", "source", "accuracy", "clean_accuracy", "drop", "margin"]
+
+
+def set_groups(frame: pd.DataFrame, run_dirs) -> pd.DataFrame:
+    """One row per (in-distribution, OOD set) whose group was measured or set by hand: the group, who set it
+    (``measured`` with the grouping classifier's accuracy on the set and on clean in_test, or ``hand``)."""
+    import json
+    from pathlib import Path
+    rows = {}
+    for directory in run_dirs:
+        path = Path(directory) / "semantics.json"
+        if path.is_file():
+            info = json.loads(path.read_text())
+            for r in info.get("sets", []):
+                rows[(info["in_dataset"], r["ood_dataset"])] = {k: r.get(k) for k in GROUP_COLUMNS[2:]}
+    if "group_source" in frame:
+        hand = frame[frame["group_source"] == "hand"][["in_dataset", "ood_dataset", "ood_group"]].drop_duplicates()
+        for r in hand.itertuples(index=False):
+            rows[(r.in_dataset, r.ood_dataset)] = {"group": r.ood_group, "source": "hand", "accuracy": None,
+                                                   "clean_accuracy": None, "drop": None, "margin": None}
+    out = pd.DataFrame([{"in_dataset": a, "ood_dataset": b, **v} for (a, b), v in sorted(rows.items())], columns=GROUP_COLUMNS)
+    return out
+
+
+def set_group_lines(groups: pd.DataFrame) -> List[str]:
+    """Console lines: per in-distribution, each transformed set's group and why (the measurement, or 'set by hand')."""
+    lines = []
+    for ind, g in groups.groupby("in_dataset", sort=True):
+        cells = []
+        for r in g.itertuples(index=False):
+            if r.source == "hand":
+                cells.append(f"{r.ood_dataset} {r.group} (set by hand)")
+            elif r.source == "measured":
+                cells.append(f"{r.ood_dataset} {r.group} (accuracy {r.accuracy:.3f})")
+        clean = g["clean_accuracy"].dropna()
+        margin = g["margin"].dropna()
+        head = (f"in {ind}: grouping classifier's clean accuracy {clean.iloc[0]:.3f}, shift = within "
+                f"{margin.iloc[0]:.2f} of it" if len(clean) else f"in {ind}")
+        if cells:
+            lines.append(f"{head}: " + ", ".join(cells))
+    return lines
 
 
 def _bounds(g: pd.DataFrame) -> pd.DataFrame:
@@ -92,6 +160,9 @@ def selection_mask(sets: pd.DataFrame, tokens: List[str]) -> pd.Series:
     pairs = sets["in_dataset"].astype(str) + "->" + sets["ood_dataset"].astype(str)
     for token in tokens:
         hit = (sets["ood_group"] == token) | (sets["ood_dataset"] == token) | (pairs == token)
+        if token == SHIFT or (hit & (sets["ood_group"] == SHIFT)).any():
+            raise SelectionError(f"--select-on {token!r} names shift sets, which keep the in-distribution's meaning "
+                                 f"(a detector should accept them); select on OOD groups such as near and corruption.")
         if not hit.any():
             known = ", ".join(sorted(set(sets["ood_group"]))) or "none"
             raise SelectionError(f"--select-on {token!r} names no group or OOD set of these runs; use a group "
@@ -123,6 +194,8 @@ def selection(sets: pd.DataFrame, tokens: List[str], chooser=select) -> Dict[str
     summary over the held-out sets (``groups``)."""
     out: Dict[str, Dict[str, Any]] = {}
     mask = selection_mask(sets, tokens)
+    shifts = sets[sets["ood_group"] == SHIFT]
+    sets, mask = ood_rows(sets), mask[sets["ood_group"] != SHIFT]
     for model, g in sets.groupby("model", sort=True):
         chosen_on = g[mask.loc[g.index]]
         if chosen_on.empty:
@@ -131,9 +204,10 @@ def selection(sets: pd.DataFrame, tokens: List[str], chooser=select) -> Dict[str
         rest = g[~mask.loc[g.index]]
         names = [n for n in (pick.get("detector"), pick.get("baseline")) if n]
         held = rest[rest["detector"].isin(names)]
+        mine = shifts[(shifts["model"] == model) & shifts["detector"].isin(names)]
         pick.update(held_out=held.reset_index(drop=True),
                     groups=group_summary(held) if len(held) else pd.DataFrame(), tokens=list(tokens),
-                    ceiling=ceiling(rest))
+                    ceiling=ceiling(rest), shift=shift_summary(mine))
         out[model] = pick
     return out
 
@@ -142,7 +216,8 @@ def ceiling(sets: pd.DataFrame) -> pd.DataFrame:
     """Per (in-distribution, group): the mean and the worst over the group's sets of the best learned
     detector's AUROC on each set, the detector chosen per set with that set's OOD labels: an optimistic upper
     bound on what any single learned detector of these runs reaches (``optimistic`` is True on every row)."""
-    learned = sets[~sets["model_free"].astype(bool)]
+    learned = ood_rows(sets)
+    learned = learned[~learned["model_free"].astype(bool)]
     if learned.empty:
         return pd.DataFrame(columns=["in_dataset", "ood_group", "n_sets", "mean", "worst", "worst_set", "optimistic"])
     best = learned.loc[learned.groupby(SET_KEYS)["auroc"].idxmax()]
@@ -182,6 +257,12 @@ def selection_lines(picked: Dict[str, Dict[str, Any]]) -> List[str]:
             lines.append("  ceiling (optimistic: each held-out set's best learned detector, chosen with its OOD labels): "
                          + "; ".join(f"in {r.in_dataset}, {r.ood_group}: mean {r.mean:.3f}, worst {r.worst:.3f} ({r.worst_set})"
                                      for r in ceil.itertuples(index=False)))
+        shift = p.get("shift")
+        if shift is not None and len(shift):
+            lines.append("  shift (in_test against meaning-keeping transforms of it; AUROC 0.5 = accepted, gap = mean "
+                         "|AUROC - 0.5|): " + "; ".join(
+                             f"in {r.in_dataset}, {r.detector}: mean {r.mean:.3f}, gap {r.gap:.3f}, farthest "
+                             f"{r.farthest_set} {r.farthest:.3f}" for r in shift.itertuples(index=False)))
         mine = held[held["detector"] == p["detector"]]
         if len(mine):
             beaten = int((~mine["beats_baselines"]).sum())

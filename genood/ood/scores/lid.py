@@ -58,6 +58,8 @@ def lid_splits(ctx: StageContext) -> list:
     stages over the same decomposition (the rho_r trend) use the same ones, so they share its cache."""
     lcfg = ctx.cfg["lid"]
     wanted = set(lcfg.get("ood_groups") or [])  # OOD sets of other groups get no LID (it costs per point)
+    if "transform" in wanted:  # transform sets are measured into shift or corruption (genood.ood.semantics)
+        wanted |= {"shift", "corruption"}
     ins = set(lcfg.get("in_splits") or ["in_train", "in_val", "in_test", "generated"])
     return [sp for sp in ctx.splits if (ctx.groups[sp[0]] in wanted if sp[0] in ctx.groups else sp[0] in ins)]
 
