@@ -261,13 +261,14 @@ class _Budget:
     stop (:class:`StopTraining`) once this session's minutes or the model's whole budget are spent."""
 
     def __init__(self, name: str, directory: Path, every: int, minutes: Optional[float], budget_s: float,
-                 threads: int, log: Callable[[str], None]):
+                 threads: int, log: Callable[[str], None], precision: Optional[str] = None):
         self.name, self.directory, self.every, self.log = name, Path(directory), max(1, every), log
         self.ledger, self.t0 = Ledger(name), time.time()
         self.prior = self.ledger.seconds
         self.limit = min(budget_s - self.prior, float("inf") if minutes is None else minutes * 60.0)
         self.session = {"id": uuid.uuid4().hex[:12], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.t0)), "commit": _git_commit(),
-                        "machine": _machine(threads), "from_step": None, "to_step": None, "seconds": 0.0}
+                        "machine": _machine(threads), "precision": precision, "from_step": None, "to_step": None,
+                        "seconds": 0.0}
 
     def __call__(self, step: int, loss: float) -> None:
         from genood.models.training import StopTraining
@@ -313,12 +314,24 @@ def _adopt_resume_point(name: str, directory: Path, log: Callable[[str], None]) 
         log(f"zoo {name}: resuming from the committed resume point (step {theirs})")
 
 
+def _session_precision(cfg: Dict[str, Any]) -> str:
+    """The precision this session trains in (``training.precision`` resolved on this machine, as training does):
+    a model resumed on another machine may change precision between sessions, and each ledger row says which."""
+    from genood import precision as precision_mod
+    from genood.models.training import pick_device
+    device = pick_device(str(cfg["run"].get("device") or "auto"))
+    spec = runconfig.family_spec(cfg["model"].get("family", "flow"))
+    return precision_mod.dtype_name(precision_mod.resolve(str(cfg["training"].get("precision") or "fp32"), device,
+                                                          spec.auto_precision))
+
+
 def train_reference(name: str, minutes: Optional[float] = None, threads: int = 1, overrides=(),
                     log: Callable[[str], None] = print) -> Tuple[Path, bool]:
     """Train reference model ``name`` for at most ``minutes`` of this session (and its budget in all); returns
     (run directory, whether training is over: the recipe's steps or the whole budget done)."""
     from genood import rundir
-    from genood.models.training import CHECKPOINT, load_checkpoint, run_training
+    from genood.models.runs import run_training
+    from genood.models.training import CHECKPOINT, load_checkpoint
 
     entry = _entry(name)
     cfg = reference_config(name, [f"run.num_threads={int(threads)}", *overrides])
@@ -329,7 +342,8 @@ def train_reference(name: str, minutes: Optional[float] = None, threads: int = 1
     budget_s = float(entry.get("budget_hours", 3.0)) * 3600.0
     directory = rundir.run_dir(cfg, runconfig.run_name(cfg, "train"))
     _adopt_resume_point(name, directory, log)
-    budget = _Budget(name, directory, int(cfg["training"]["checkpoint_every"]), minutes, budget_s, int(threads), log)
+    budget = _Budget(name, directory, int(cfg["training"]["checkpoint_every"]), minutes, budget_s, int(threads), log,
+                     _session_precision(cfg))
     if budget.limit <= 0 and (directory / CHECKPOINT).exists():
         log(f"zoo {name}: its budget of {budget_s / 3600:.1f} h is spent")
         return directory, True
@@ -351,6 +365,7 @@ def publish(name: str, log: Callable[[str], None] = print, headline: Optional[Di
 
     cfg = reference_config(name)
     directory = rundir.run_dir(cfg, runconfig.run_name(cfg, "train"))
+    _adopt_resume_point(name, directory, log)  # a clone holds only the committed resume point
     if not (directory / CHECKPOINT).exists():
         raise ZooError(f"Reference model {name!r} has no trained run in {directory}; train it with "
                        f"`genood-zoo train {name}` first.")
