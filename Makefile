@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup data demo test bench gpu-check clean-runs
+.PHONY: setup data demo test bench gpu-check clean-runs docs
 
 setup: $(STAMP) chromium postgresql slurm
 
@@ -54,6 +54,13 @@ data: $(STAMP)
 
 demo: setup data
 	$(PY) demo.py
+
+# the hands-on notebook executed on a real kernel, with its outputs, as one HTML page
+docs: setup data
+	@mkdir -p docs
+	$(PY) -m jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=1200 \
+	  --output-dir docs notebooks/hands_on_guide.ipynb
+	@echo "wrote docs/hands_on_guide.html"
 
 test: setup data
 	$(VENV)/bin/ruff check -q .

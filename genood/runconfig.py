@@ -26,7 +26,7 @@ import yaml
 from genood.errors import ConfigError
 from genood.paths import PACKAGE_DIR
 
-__all__ = ["PRESET_DIR", "ConfigError", "CORE_DEFAULTS", "CORE_CHOICES", "CORE_RANGES", "OOD_GROUPS", "HAND_GROUPS", "ood_sets",
+__all__ = ["PRESET_DIR", "ConfigError", "CORE_DEFAULTS", "CORE_CHOICES", "CORE_RANGES", "OOD_GROUPS", "GROUP_ORDER", "HAND_GROUPS", "ood_sets",
            "IN_SPLITS", "CHECKS", "FREE_TYPED", "FamilySpec", "SectionSpec", "SPEC_GLOBS", "family_spec",
            "schema_for", "copy_tree", "deep_merge", "validate", "parse_override", "load_yaml", "resolve", "load",
            "model_identity", "used_sections", "run_name", "dump"]
@@ -175,6 +175,7 @@ def _check_log_tau_grid(path: str, value: Any) -> None:
 # far (synthetic), real (another dataset); ``transform`` is a set to be measured into shift or corruption at run
 # time (genood.ood.semantics), the default of every transform; shift and corruption given in data.ood are by hand
 OOD_GROUPS = ("near", "transform", "shift", "corruption", "far", "real")
+GROUP_ORDER = ("near", "corruption", "far", "real", "transform", "shift")  # how tables and figures order the groups
 HAND_GROUPS = ("shift", "corruption")  # groups that only a hand sets (measurement gives them to 'transform' sets)
 
 
@@ -247,6 +248,7 @@ CHECKS: Dict[str, Callable[[str, Any], None]] = {"grid": _check_log_tau_grid, "o
                                                  "ood_groups": _check_ood_groups, "in_splits": _check_in_splits,
                                                  "betas": _check_betas, "name": _check_name}
 FREE_TYPED = {"data.ood"}  # keys whose check alone says what they may hold
+NULL_MEANS_DEFAULT = {"run.sweep_id"}  # keys whose null is read as their default (a run outside any sweep: single)
 
 
 @dataclass(frozen=True)
@@ -460,7 +462,7 @@ def _validate(cfg: Any, schema: Dict[str, Any], prefix: str, family: Optional[Fa
         if isinstance(default, dict):
             _validate(value, default, path + ".", family)
             continue
-        if path not in FREE_TYPED and not _type_ok(default, value):
+        if path not in FREE_TYPED and not _type_ok(default, value) and not (value is None and path in NULL_MEANS_DEFAULT):
             raise ConfigError(f"Config key '{path}' must be {_type_phrase(default)}, got {value!r}.")
         declared = TYPES.get(path)
         if declared and value is not None and not TYPE_TESTS[declared][1](value):

@@ -11,7 +11,7 @@ from genood import runconfig
 
 @pytest.fixture(scope="module")
 def extractor(tmp_path_factory):
-    from genood.models.training import run_training
+    from genood.models.runs import run_training
 
     tmp = tmp_path_factory.mktemp("features")
     rng = np.random.default_rng(0)

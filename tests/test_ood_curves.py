@@ -20,7 +20,8 @@ def _cfg(tmp, every, root="runs"):
 
 def test_curves_are_recorded_every_n_steps_and_leave_the_weights_as_without(npz_pair):
     from genood.models.ood_curves import OodCurves
-    from genood.models.training import load_trained, run_training
+    from genood.models.runs import run_training
+    from genood.models.training import load_trained
     from genood.ood.metrics import auroc
 
     with_curves = run_training(_cfg(npz_pair, 4), echo=False)
@@ -40,7 +41,7 @@ def test_curves_are_recorded_every_n_steps_and_leave_the_weights_as_without(npz_
 
 
 def test_a_killed_run_resumes_its_curves(npz_pair):
-    from genood.models.training import run_training
+    from genood.models.runs import run_training
 
     class Killed(Exception):
         pass
@@ -81,7 +82,8 @@ def test_negative_training_pushes_down_only_its_own_set_and_refuses_to_be_evalua
     import math
 
     from genood.data.transforms import dequantize_uniform
-    from genood.models.training import load_trained, run_training
+    from genood.models.runs import run_training
+    from genood.models.training import load_trained
     from genood.models.training_hooks import _negative_set, _negative_term
     from genood.ood.runner import run_ood
 

@@ -150,24 +150,13 @@ def cmd_rerun(args) -> None:
     print(f"re-queued {n} run(s) of {args.sweep_id}")
 
 
-def _one_sweep_run_dirs(runs_root: Path, sweep_id: str, store_arg=None):
-    out = runs_root / sweep_id.replace("/", "_")
-    if sweep_id.startswith("local-"):
-        store = _open_store(runs_root, store_arg)
-        _local_sweep(store, sweep_id)
-        runs = store.runs(sweep_id)
-        return ([Path(r["run_dir"]) for r in runs if r["status"] == "finished" and r["run_dir"]],
-                sum(r["status"] != "finished" for r in runs), out)
-    from genood.orchestration import wandb_backend
-    return wandb_backend.download_runs(sweep_id, out), 0, out
-
-
 def _sweep_run_dirs(args):
     """(finished run directories, how many runs are not finished, the output folder) of one or several sweeps."""
+    from genood.orchestration.sweep_runs import sweep_run_dirs
     runs_root = _runs_root(args.runs_root)
     dirs, missing, outs = [], 0, []
     for sweep_id in args.sweep_ids:
-        d, m, o = _one_sweep_run_dirs(runs_root, sweep_id, args.store)
+        d, m, o = sweep_run_dirs(runs_root, sweep_id, args.store)
         dirs += d
         missing += m
         outs.append(o)

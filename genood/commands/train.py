@@ -14,7 +14,7 @@ from genood.commands import config_command
 
 
 def _job(cfg):
-    from genood.models.training import run_training
+    from genood.models.runs import run_training
 
     return run_training(cfg)
 

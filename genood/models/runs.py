@@ -5,7 +5,9 @@ models, ensemble members, the feature extractor of a flow on features.
 runs root (any sweep, any run name); :func:`find_or_train` trains it into ``<runs_root>/<folder>/<name>`` when
 there is none, under a file lock so two agents never train the same one twice. :func:`resolve_run_keys` turns
 model keys that name another run by preset (a family's ``run_keys``, e.g. ``model.features: hvae_tiny``) into
-that run's checkpoint, trained on this run's data with this run's in_val held out.
+that run's checkpoint, trained on this run's data with this run's in_val held out. :func:`run_training` is the
+training job behind ``train.py`` (run directory, dependencies, training, tracking): it sits here, above
+:mod:`genood.models.training`, because a run's dependencies may need training first.
 """
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import copy
 import fcntl
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-__all__ = ["find_trained", "find_or_train", "resolve_run_keys"]
+__all__ = ["find_trained", "find_or_train", "resolve_run_keys", "run_training"]
 
 
 @contextmanager
@@ -79,7 +81,7 @@ def find_or_train(bg_cfg: Dict[str, Any], runs_root: Path, log, folder: str = "b
         shape = tuple(bg_cfg["data"]["shape"] or train_set.shape_chw)
         from genood import rundir
         rundir.write_text(directory / "config.yaml", runconfig.dump(bg_cfg))
-        model, _ = fit(bg_cfg, directory, match_shape(train_set.images, shape), log=log)
+        model, _ = fit(resolve_run_keys(bg_cfg, log), directory, match_shape(train_set.images, shape), log=log)
     return model, directory
 
 
@@ -110,3 +112,46 @@ def resolve_run_keys(cfg: Dict[str, Any], log: Callable[[str], None]) -> Dict[st
         out["model"][key] = str(Path(where) / CHECKPOINT)
         log(f"model.{key}: {value} -> {out['model'][key]}")
     return out
+
+
+def run_training(cfg: Dict[str, Any], echo: bool = True,
+                 callbacks: Optional[List[Callable[[int, float], None]]] = None) -> Path:
+    """The training job behind ``train.py``: resolve the run directory, train, track. Returns the directory."""
+    import sys
+
+    from genood import rundir, runconfig
+    from genood.data.registry import file_checksums, load_split
+    from genood.data.transforms import match_shape
+    from genood.models.training import CHECKPOINT, fit, ood_curves
+    from genood.tracking import Tracker
+
+    train_set = load_split(cfg["data"]["in_distribution"], "train")  # bad input fails before any folder is made
+    shape = tuple(cfg["data"]["shape"] or train_set.shape_chw)
+    name = runconfig.run_name(cfg, "train")
+    directory = rundir.run_dir(cfg, name)
+    with rundir.run_lock(directory):  # one writer per run directory
+        logger = rundir.open_run_log(directory)
+
+        def log(msg: str) -> None:
+            logger.info(msg)
+            if echo:
+                print(msg, file=sys.stderr, flush=True)
+
+        log(f"run directory: {directory}")
+        rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
+        rundir.write_json(directory / "provenance.json", rundir.provenance(file_checksums(train_set.files)))
+        tracker = Tracker(cfg, directory, name, job_type="train", warn=log)
+        try:
+            _, result = fit(resolve_run_keys(cfg, log), directory, match_shape(train_set.images, shape), log=log,
+                            callbacks=[tracker.training_curve] + ood_curves(cfg, directory, shape, log, tracker)
+                            + list(callbacks or []))
+            tracker.summary({f"train/final_{runconfig.family_spec(cfg['model']['family']).loss}": result.final_loss, "train/images_per_second": result.images_per_second})
+            from genood.models.ood_curves import curves_figure
+            curves = curves_figure(directory, f"OOD curves during training ({name})")
+            if curves is not None:
+                from genood.ood.figures import write_figures
+                write_figures({"ood_curves": curves}, directory / "figures", False, log)
+            tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
+        finally:
+            tracker.finish()
+    return directory

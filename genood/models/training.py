@@ -27,7 +27,7 @@ from genood.rundir import allow_writes, atomic_write
 
 __all__ = ["CHECKPOINT", "TrainingDiverged", "StepSetting", "step_setting", "CheckpointError", "TrainResult", "pick_device", "batch_indices",
            "save_checkpoint", "CHECKPOINT_KEYS", "RESUME_KEYS", "load_checkpoint", "train", "fit", "load_trained",
-           "run_training"]
+           "ood_curves"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -259,16 +259,13 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: Dict[str, Any], run
           log: Callable[[str], None] = print, callbacks: Optional[List[Callable[[int, float], None]]] = None) -> TrainResult:
     """Train ``model`` on ``images`` (uint8 (N,C,H,W), or float (N,D) vectors) per ``cfg['training']``, resuming if possible.
 
-    Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end (``finished=True``).
-    The objective is ``model.training_loss(x).mean()`` (flows: bits/dim, diffusions: denoising score
-    matching, ...) changed by the training hooks the configuration turns on (:mod:`models.training_hooks`),
-    so every family shares this loop, its checkpoints, resume and NaN guard.
-    ``callbacks`` get ``(step, loss)`` after every step. ``run_directory`` is the caller's choice (the package's
-    own callers take it from :func:`rundir.run_dir`, which confines names to the runs root), so it becomes a
-    folder files may be written under.
+    Writes ``checkpoint.pt`` into ``run_directory`` (the caller's choice, so a write root) every ``checkpoint_every``
+    steps and at the end (``finished=True``). The objective is ``model.training_loss(x).mean()`` (flows: bits/dim,
+    diffusions: denoising score matching, ...) changed by the training hooks the configuration turns on
+    (:mod:`models.training_hooks`): every family shares this loop, its checkpoints, resume and NaN guard.
+    ``callbacks`` get ``(step, loss)`` after every step.
     """
     from genood.models.training_hooks import active_hooks
-
     allow_writes(Path(run_directory))
     tcfg, total = cfg["training"], int(cfg["training"]["steps"])
     device = pick_device(cfg["run"]["device"])
@@ -351,6 +348,15 @@ def _progress(tcfg: Dict[str, Any], total: int, start: int):
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
+def _check_run_keys_resolved(cfg: Dict[str, Any]) -> None:
+    presets = {p.stem for p in runconfig.PRESET_DIR.glob("*.yaml")}
+    for key in runconfig.family_spec(cfg["model"]["family"]).run_keys:
+        if str(cfg["model"].get(key) or "") in presets:
+            raise runconfig.ConfigError(f"model.{key} names the preset {cfg['model'][key]!r}, a run still to be found "
+                                        f"or trained: pass the configuration through "
+                                        f"genood.models.runs.resolve_run_keys before fit.")
+
+
 def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[str], None] = print,
         callbacks: Optional[List[Callable[[int, float], None]]] = None):
     """Build the configured model for uint8 images (N,H,W,C), train it (resuming), save a sample grid.
@@ -358,13 +364,15 @@ def fit(cfg: Dict[str, Any], run_directory: Path, train_images, log: Callable[[s
     ``train_images`` is the whole training split: ``data.val_fraction`` of it (``data.splits.holdout``)
     is left out here and becomes the OOD job's ``in_val`` split.
 
+    Model keys that name another run (a family's ``run_keys``) must already be checkpoint paths: the callers
+    resolve them first (:func:`genood.models.runs.resolve_run_keys`, which finds or trains that run).
+
     Returns ``(model, TrainResult)``; the model is in eval mode on its training device.
     """
     from genood.models.registry import build_model
-    from genood.models.runs import resolve_run_keys
     from genood.models.sample_grid import image_grid, samples_to_uint8
 
-    cfg = resolve_run_keys(cfg, log)  # model keys naming another run by preset: found or trained now
+    _check_run_keys_resolved(cfg)
     from genood.threads import apply_threads
     apply_threads(cfg, log)
     seed = int(cfg["run"]["seed"])
@@ -429,45 +437,3 @@ def ood_curves(cfg: Dict[str, Any], directory: Path, shape, log, tracker) -> lis
                                     "this data holds vectors: set it to 0.")
 
     return [OodCurves(cfg, directory, tuple(shape), log, tracker)]
-
-
-def run_training(cfg: Dict[str, Any], echo: bool = True,
-                 callbacks: Optional[List[Callable[[int, float], None]]] = None) -> Path:
-    """The training job behind ``train.py``: resolve the run directory, train, track. Returns the directory."""
-    import sys
-
-    from genood import rundir
-    from genood.data.registry import file_checksums, load_split
-    from genood.data.transforms import match_shape
-    from genood.tracking import Tracker
-
-    train_set = load_split(cfg["data"]["in_distribution"], "train")  # bad input fails before any folder is made
-    shape = tuple(cfg["data"]["shape"] or train_set.shape_chw)
-    name = runconfig.run_name(cfg, "train")
-    directory = rundir.run_dir(cfg, name)
-    with rundir.run_lock(directory):  # one writer per run directory
-        logger = rundir.open_run_log(directory)
-
-        def log(msg: str) -> None:
-            logger.info(msg)
-            if echo:
-                print(msg, file=sys.stderr, flush=True)
-
-        log(f"run directory: {directory}")
-        rundir.write_text(directory / "config.yaml", runconfig.dump(cfg))
-        rundir.write_json(directory / "provenance.json", rundir.provenance(file_checksums(train_set.files)))
-        tracker = Tracker(cfg, directory, name, job_type="train", warn=log)
-        try:
-            _, result = fit(cfg, directory, match_shape(train_set.images, shape), log=log,
-                            callbacks=[tracker.training_curve] + ood_curves(cfg, directory, shape, log, tracker)
-                            + list(callbacks or []))
-            tracker.summary({f"train/final_{runconfig.family_spec(cfg['model']['family']).loss}": result.final_loss, "train/images_per_second": result.images_per_second})
-            from genood.models.ood_curves import curves_figure
-            curves = curves_figure(directory, f"OOD curves during training ({name})")
-            if curves is not None:
-                from genood.ood.figures import write_figures
-                write_figures({"ood_curves": curves}, directory / "figures", False, log)
-            tracker.artifact(directory / CHECKPOINT, f"checkpoint-{name}", "model")
-        finally:
-            tracker.finish()
-    return directory

@@ -193,7 +193,7 @@ def suite_heatmap(metrics: Dict[str, Dict], sets: List[tuple], title: str = ""):
             continue
         name = key.split("::", 1)[1] + (" (mf)" if entry.get("model_free") else "")
         rows.setdefault(name, {})[key.split("::", 1)[0]] = entry.get("auroc")
-    from genood.reports.suite import GROUP_ORDER
+    from genood.runconfig import GROUP_ORDER
     measured = {e["ood_dataset"]: e["ood_group"] for e in metrics.values() if isinstance(e, dict) and "ood_group" in e}
     sets = [(n, measured.get(n, grp)) for n, grp in sets]  # transform sets carry their measured group
     order = [n for g in GROUP_ORDER for n, grp in sets if grp == g]

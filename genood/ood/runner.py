@@ -31,7 +31,8 @@ from genood.ood.stages import fingerprint, model_digest, resumable_blocks
 
 from genood.ood.detectors import evaluate
 
-__all__ = ["SplitData", "score_images", "load_checkpoint_path", "OodSet", "evaluate_sets", "run_ood"]
+__all__ = ["SplitData", "ScoredSplits", "score_images", "load_checkpoint_path", "OodSet", "evaluate_sets", "run_ood",
+           "open_checkpoint", "build_figures", "checked_scores"]
 
 
 @dataclass
@@ -130,7 +131,7 @@ def load_checkpoint_path(value: str) -> Path:
     return path
 
 
-def _open_checkpoint(value: str, device):
+def open_checkpoint(value: str, device="cpu"):
     """``ood.checkpoint`` -> (what to call it, (model, state)): a zoo model (``zoo:<name>``) or a checkpoint file."""
     if zoo.is_zoo_ref(value):
         return value, zoo.open_zoo_model(value, device)
@@ -142,7 +143,7 @@ def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Con
     ckpt = cfg["ood"]["checkpoint"]
     device = pick_device(cfg["run"]["device"])
     if ckpt:
-        path, (model, state) = _open_checkpoint(ckpt, device)
+        path, (model, state) = open_checkpoint(ckpt, device)
         if not state.get("finished", False):
             console.warn(f"checkpoint {path} is from step {state['step']} of an unfinished training run.")
         have = tuple(train_images.shape[1:]) if train_images.ndim == 2 else (train_images.shape[3], *train_images.shape[1:3])
@@ -155,7 +156,8 @@ def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Con
         from genood.models.training import ood_curves
 
         shape = tuple(train_images.shape[1:]) if train_images.ndim == 2 else (train_images.shape[3], *train_images.shape[1:3])
-        model, result = fit(cfg, directory, train_images, log=console,
+        from genood.models.runs import resolve_run_keys
+        model, result = fit(resolve_run_keys(cfg, console), directory, train_images, log=console,
                             callbacks=[tracker.training_curve] + ood_curves(cfg, directory, shape, console, tracker)
                             + list(callbacks or []))
     if hasattr(model, "configure"):  # families with evaluation settings of their own (diffusions: ode.*)
@@ -195,7 +197,7 @@ def _score_names(cfg: Dict[str, Any], images: bool) -> List[str]:
     return score_registry.with_requirements(list(dict.fromkeys(list(cfg["ood"]["scores"]) + extra)))
 
 
-def _checked_scores(cfg: Dict[str, Any], images: bool):
+def checked_scores(cfg: Dict[str, Any], images: bool):
     """(score names with what they require, table columns), after checking that the family can provide every
     score and that every combined set names computed columns: these fail before anything is trained."""
     from genood.models.registry import model_class
@@ -402,7 +404,7 @@ def _check_inputs(cfg: Dict[str, Any]) -> _Inputs:
     train_set = load_split(in_name, "train")  # models train on the train split only
     test_set = load_split(in_name, "test")
     oods = _load_ood_sets(cfg)
-    names, columns = _checked_scores(cfg, images=train_set.images.ndim == 4)
+    names, columns = checked_scores(cfg, images=train_set.images.ndim == 4)
     if zoo.is_zoo_ref(cfg["ood"]["checkpoint"]):
         zoo.manifest(cfg["ood"]["checkpoint"][len(zoo.ZOO_PREFIX):])
     elif cfg["ood"]["checkpoint"]:
@@ -462,26 +464,12 @@ def _score_run(cfg: Dict[str, Any], inputs: _Inputs, name: str, directory: Path,
     tracker = Tracker(cfg, directory, name, job_type="ood", warn=console.warn)
     try:
         model = _resolve_model(cfg, directory, inputs.train_images, console, tracker, callbacks)
-        device = next(model.parameters()).device
-        model.eval()
-        for n in names:
-            score_registry.check_needs(n, model, cfg["model"]["family"])
         splits = _build_splits(cfg, inputs.train_set, inputs.test_set, oods, inputs.train_images, inputs.shape, seed)
-        import pandas as pd
-        t0 = time.perf_counter()
-        scored, split_of = _model_inputs(model, splits, cfg, inputs.shape, seed,
-                                         directory / "score_blocks" / "generated_images.npz", console)
-        batch_names = [n for n in names if score_registry.get(n).per_batch]
-        frames = _per_batch_frames(model, scored, split_of, batch_names, cfg, directory, console, device)
-        console(f"scored {sum(len(f) for f in frames)} samples in {time.perf_counter() - t0:.1f}s")
-        stages = _run_stages(model, scored, frames, [n for n in names if score_registry.get(n).stage is not None],
-                             cfg, seed, console, directory, {sp.key: sp.true_lid for sp in splits if sp.true_lid is not None},
-                             {o.key: o.group for o in oods})
+        scored = ScoredSplits.compute(model, splits, cfg, names, inputs.shape, directory, console,
+                                      {o.key: o.group for o in oods})
+        table, info, stages = scored.table, scored.info, scored.stages
         from genood.models.views import write_model_views
-        write_model_views(model, scored, directory)  # families with internals to show (coupling flows)
-        table = pd.concat(frames, ignore_index=True)
-        info = _metric_info(model, stages)
-        _derive(table, [n for n in names if score_registry.get(n).derived is not None], cfg, info)
+        write_model_views(model, scored.inputs, directory)  # families with internals to show (coupling flows)
         rundir.atomic_write(directory / "scores.parquet", lambda p: table.to_parquet(p, index=False))
 
         metrics = _evaluate_and_write(table, inputs.columns, info, cfg, oods, stages, directory, inputs.checksums)
@@ -494,6 +482,43 @@ def _score_run(cfg: Dict[str, Any], inputs: _Inputs, name: str, directory: Path,
         _report_console(metrics, inputs.columns, cfg["data"]["in_distribution"], oods, console)
     finally:
         tracker.finish()
+
+
+@dataclass
+class ScoredSplits:
+    """Every score of ``names`` over the scored splits: the per-point table (``split``, ``dataset``, ``index`` and
+    one column per score), each score's metric info, the stages' outputs and the model's inputs (key, dataset, x,
+    index). The runner and :mod:`genood.api` both score through :meth:`compute`."""
+    table: Any
+    info: Dict[str, Dict[str, Any]]
+    stages: Dict[str, Any]
+    inputs: List[tuple]
+
+    @classmethod
+    def compute(cls, model, splits: List[SplitData], cfg: Dict[str, Any], names: List[str], shape, directory: Path,
+                console, groups: Optional[Dict[str, str]] = None) -> "ScoredSplits":
+        """Per-batch scores (cached per split under ``directory``), then the stages, then the derived scores
+        (fitted on the in_val rows); ``generated`` joins the splits when ``ood.n_generated`` asks for samples."""
+        import pandas as pd
+
+        seed = int(cfg["run"]["seed"])
+        device = next(model.parameters()).device
+        model.eval()
+        for n in names:
+            score_registry.check_needs(n, model, cfg["model"]["family"])
+        t0 = time.perf_counter()
+        scored, split_of = _model_inputs(model, splits, cfg, shape, seed,
+                                         directory / "score_blocks" / "generated_images.npz", console)
+        batch_names = [n for n in names if score_registry.get(n).per_batch]
+        frames = _per_batch_frames(model, scored, split_of, batch_names, cfg, directory, console, device)
+        console(f"scored {sum(len(f) for f in frames)} samples in {time.perf_counter() - t0:.1f}s")
+        stages = _run_stages(model, scored, frames, [n for n in names if score_registry.get(n).stage is not None],
+                             cfg, seed, console, directory, {sp.key: sp.true_lid for sp in splits if sp.true_lid is not None},
+                             groups)
+        table = pd.concat(frames, ignore_index=True)
+        info = _metric_info(model, stages)
+        _derive(table, [n for n in names if score_registry.get(n).derived is not None], cfg, info)
+        return cls(table, info, stages, scored)
 
 
 def _evaluate_and_write(table, columns, info, cfg, oods, stages, directory: Path, checksums) -> Dict[str, Any]:
@@ -524,9 +549,17 @@ def _report_console(metrics, columns, in_name: str, oods: List[OodSet], console)
 
 
 def _figures(table, names, metrics, cfg, directory: Path, console: _Console, stages=None, oods=None) -> None:
-    """The run's figures. With several OOD sets: the single-set figures for the first set, and the suite's
-    AUROC heatmap (every label-free per-point detector against every set)."""
-    from genood.ood.figures import roc_figure, suite_heatmap, write_figures
+    """The run's figures (:func:`build_figures`) written to ``figures/``."""
+    from genood.ood.figures import write_figures
+    write_figures(build_figures(table, names, metrics, cfg, directory, stages, oods), directory / "figures",
+                  bool(cfg["ood"]["png"]), console.warn)
+
+
+def build_figures(table, names, metrics, cfg, directory: Optional[Path] = None, stages=None, oods=None) -> Dict[str, Any]:
+    """The run's figures as plotly figures by name: each score's own (histograms, LID curves, ...), ``roc`` and
+    the stages' figures; with several OOD sets the single-set figures for the first set and ``suite_auroc`` (every
+    label-free per-point detector against every set); with a ``directory`` also its training-time figures."""
+    from genood.ood.figures import roc_figure, suite_heatmap
 
     figs = {}
     if oods and len(oods) > 1:
@@ -555,6 +588,8 @@ def _figures(table, names, metrics, cfg, directory: Path, console: _Console, sta
     for out in (stages or {}).values():
         if out.figures is not None:
             figs.update(out.figures(table, metrics, cfg))
+    if directory is None:
+        return figs
     from genood.models.ood_curves import curves_figure
     curves = curves_figure(directory, f"OOD curves during training, {_model_label(cfg)} on {in_name}")
     if curves is not None:
@@ -563,4 +598,4 @@ def _figures(table, names, metrics, cfg, directory: Path, console: _Console, sta
     views = views_figure(directory, f"{_model_label(cfg)}: coupling layers and latents, {in_name} (in) and {ood_name} (OOD)")
     if views is not None:
         figs["model_views"] = views
-    write_figures(figs, directory / "figures", bool(cfg["ood"]["png"]), console.warn)
+    return figs

@@ -131,15 +131,43 @@ def _label_keeping(name: str, in_dataset: str) -> Optional[str]:
     return None
 
 
+def _classifier(in_dataset, train, test, weights: Path, table: Dict[str, Any], table_path: Path,
+                val_fraction: float, holdout_seed: int, log):
+    """The grouping classifier of ``in_dataset``: read from ``weights`` (safetensors), or trained on the training
+    positions of the holdout and saved there, its in_val and clean in_test accuracies put into ``table``."""
+    import torch
+
+    from genood import rundir
+    from genood.data.splits import holdout
+
+    n, h, w, c = train.images.shape
+    net = _net(c, h, w, int(max(train.labels.max(), test.labels.max())) + 1)
+    if weights.is_file():
+        from safetensors.torch import load_file
+        net.load_state_dict(load_file(str(weights)))
+        net.eval()
+        return net
+    fit, val = holdout(len(train), float(val_fraction), int(holdout_seed))
+    threads = torch.get_num_threads()
+    log(f"semantics: training the grouping classifier on {in_dataset} ({len(fit)} images, {STEPS} steps)")
+    net = train_classifier(train.images[fit], train.labels[fit])
+    torch.set_num_threads(threads)
+    from safetensors.torch import save_file
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    rundir.atomic_write(weights, lambda p: save_file(state, str(p)))
+    table["in_val"] = classifier_accuracy(net, train.images[val], train.labels[val]) if len(val) else None
+    table["in_test"] = classifier_accuracy(net, test.images, test.labels)
+    rundir.write_json(table_path, table)
+    return net
+
+
 def measure(in_dataset: str, names: List[str], val_fraction: float, holdout_seed: int,
             log: Callable[[str], None] = lambda s: None) -> List[Measured]:
     """Each of ``names`` (OOD sets of a run on ``in_dataset``) with its measured group; loads the data it needs,
     trains (or reuses) the classifier. Sets of ``in_dataset`` without labels cannot be measured: ValueError."""
-    import torch
 
     from genood import rundir
     from genood.data.registry import load_split
-    from genood.data.splits import holdout
 
     out: List[Measured] = []
     todo = []
@@ -161,24 +189,7 @@ def measure(in_dataset: str, names: List[str], val_fraction: float, holdout_seed
     folder = _cache_dir() / f"{_safe(in_dataset)}-{key}"
     weights, table_path = folder / "classifier.safetensors", folder / "accuracy.json"
     table = json.loads(table_path.read_text()) if table_path.is_file() else {}
-    n, h, w, c = train.images.shape
-    net = _net(c, h, w, int(max(train.labels.max(), test.labels.max())) + 1)
-    if weights.is_file():
-        from safetensors.torch import load_file
-        net.load_state_dict(load_file(str(weights)))
-        net.eval()
-    else:
-        fit, val = holdout(len(train), float(val_fraction), int(holdout_seed))
-        threads = torch.get_num_threads()
-        log(f"semantics: training the grouping classifier on {in_dataset} ({len(fit)} images, {STEPS} steps)")
-        net = train_classifier(train.images[fit], train.labels[fit])
-        torch.set_num_threads(threads)
-        from safetensors.torch import save_file
-        state = {k: v.contiguous() for k, v in net.state_dict().items()}
-        rundir.atomic_write(weights, lambda p: save_file(state, str(p)))
-        table["in_val"] = classifier_accuracy(net, train.images[val], train.labels[val]) if len(val) else None
-        table["in_test"] = classifier_accuracy(net, test.images, test.labels)
-        rundir.write_json(table_path, table)
+    net = _classifier(in_dataset, train, test, weights, table, table_path, val_fraction, holdout_seed, log)
     if "in_test" not in table:
         table["in_test"] = classifier_accuracy(net, test.images, test.labels)
     changed = False

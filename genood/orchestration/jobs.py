@@ -1,7 +1,7 @@
 """Job kinds a sweep can run. Each has ``resolve(raw) -> config`` (validation, defaults) and
 ``run(config, run_directory_name) -> run directory``.
 
-* ``train``: ``train.py``'s job (models.training.run_training).
+* ``train``: ``train.py``'s job (models.runs.run_training).
 * ``ood``: ``main_ood.py``'s job (ood.runner.run_ood).
 * ``sleep``: a trivial job for measuring the orchestration itself (bench, tests): it sleeps,
   optionally reports a fake metric ``curve`` step by step, optionally fails, and writes a
@@ -28,7 +28,7 @@ class Job:
 
 
 def _run_train(cfg: Dict[str, Any], callbacks=None) -> Path:
-    from genood.models.training import run_training
+    from genood.models.runs import run_training
     return run_training(cfg, callbacks=callbacks)
 
 

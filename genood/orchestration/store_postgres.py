@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from genood.orchestration.store import SCHEMA, Store
+from genood.orchestration.store_sqlite import SCHEMA, Store
 
 
 class StoreUnreachable(RuntimeError):

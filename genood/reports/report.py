@@ -16,13 +16,13 @@ import html
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 
 from genood import rundir
-from genood.reports.aggregate import (best_over_pairs, best_over_pairs_line, collect_lid_errors, collect_runs, pair_label, pivots,
+from genood.reports.collect import (best_over_pairs, best_over_pairs_line, collect_lid_errors, collect_runs, pair_label, pivots,
                                seed_summary)
 
 MAX_SCATTER = 1500   # points per split in a scatter (seeded subsample): keeps the page light
@@ -156,13 +156,15 @@ def roc_figure(directory: Path, table: pd.DataFrame, metrics: Dict, title: str, 
     return fig
 
 
-def _run_section(directory: Path, page: Page) -> None:
+def _run_pair(directory: Path):
+    """(cfg, metrics, table, pair label, prefix) of one OOD run, restricted to its first OOD set; None when the
+    directory is not an OOD job (e.g. the orchestration's sleep job)."""
     import yaml
 
     metrics = json.loads((directory / "metrics.json").read_text())
     cfg = yaml.safe_load((directory / "config.yaml").read_text()) or {}
-    if "data" not in cfg:  # not an OOD job (e.g. the orchestration's sleep job): nothing to draw
-        return
+    if "data" not in cfg:
+        return None
     from genood import runconfig
     from genood.data.registry import canonical_name
 
@@ -170,27 +172,50 @@ def _run_section(directory: Path, page: Page) -> None:
     first = sets[0][0]
     prefix = f"{first}::" if len(sets) > 1 else ""
     pair = f"{cfg['data']['in_distribution']} -> {first}" + (f" (first of {len(sets)} OOD sets)" if prefix else "")
-    page.add(f"<details><summary>{html.escape(directory.name)} ({html.escape(pair)})</summary><div class='grid'>")
     scores_path = directory / "scores.parquet"
     table = pd.read_parquet(scores_path) if scores_path.exists() else pd.DataFrame()
     if prefix and len(table):
         table = table[(table["split"] != "ood") | (table["dataset"] == canonical_name(first))]
         metrics = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    return cfg, metrics, table, pair, prefix
+
+
+def run_figures(directory: Path) -> Dict[str, Any]:
+    """The report's figures of one finished run directory as plotly figures, by name, in the page's order: each
+    score's own figures (``<score>`` or ``<score>:<i>``, as its registration draws them), ``roc`` (every detector
+    on the first OOD set), and where the run has them ``ood_curves`` (during training) and ``model_views``."""
+    got = _run_pair(Path(directory))
+    if got is None:
+        return {}
+    _, metrics, table, pair, prefix = got
     from genood.ood import scores as score_registry
 
+    figs: Dict[str, Any] = {}
     for name in dict.fromkeys(c.split("@", 1)[0] for c in table.columns if c not in ("split", "dataset", "index")):
         spec = score_registry.REGISTRY.get(name)
-        for fig in (spec.report(directory, table, metrics, pair) if spec is not None and spec.report else []):
-            page.figure(fig)  # the figures a score's registration brings
-    page.figure(roc_figure(directory, table, metrics, f"ROC of every detector ({pair})", prefix))
+        drawn = list(spec.report(directory, table, metrics, pair) if spec is not None and spec.report else [])
+        for i, fig in enumerate(drawn):  # the figures a score's registration brings
+            figs[name if len(drawn) == 1 else f"{name}:{i}"] = fig
+    figs["roc"] = roc_figure(directory, table, metrics, f"ROC of every detector ({pair})", prefix)
     from genood.models.ood_curves import curves_figure
     curves = curves_figure(directory, f"OOD curves during training ({pair})")  # a run artifact, when training made one
     if curves is not None:
-        page.figure(curves)
+        figs["ood_curves"] = curves
     from genood.models.views import views_figure
     views = views_figure(directory, f"model views ({pair})")  # coupling layers and latents, when the family has them
     if views is not None:
-        page.figure(views)
+        figs["model_views"] = views
+    return figs
+
+
+def _run_section(directory: Path, page: Page) -> None:
+    got = _run_pair(directory)
+    if got is None:  # not an OOD job: nothing to draw
+        return
+    pair = got[3]
+    page.add(f"<details><summary>{html.escape(directory.name)} ({html.escape(pair)})</summary><div class='grid'>")
+    for fig in run_figures(directory).values():
+        page.figure(fig)
     samples = directory / "figures" / "samples.png"
     if samples.exists():
         data = base64.b64encode(samples.read_bytes()).decode()
@@ -211,7 +236,7 @@ def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]],
     sets a learned detector loses to the best model-free baseline marked '!', the selected detector's lines and
     the severity curves."""
     from genood.reports import suite
-    from genood.reports.aggregate import default_selection
+    from genood.reports.collect import default_selection
 
     sets = suite.per_set(frame)
     page.add("<h2>OOD suite</h2><p>Groups: <b>near</b> (class splits: semantic shift), <b>corruption</b> (the "
@@ -302,7 +327,7 @@ def write(frame: pd.DataFrame, run_dirs: List[Path], path: Path, title: Optional
 
 
 def main(argv=None) -> int:
-    from genood.reports.aggregate import parse_roots
+    from genood.reports.cli import parse_roots
     parsed = parse_roots("python -m genood.reports.report", __doc__, "the HTML file (default: <first root>/report.html)", argv)
     if parsed is None:
         return 2

@@ -20,15 +20,19 @@ mean and worst case over groups of OOD sets, and chooses one without looking at 
 from __future__ import annotations
 
 import math
+import textwrap
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
+from genood.reports.collect import default_selection, has_suite, seed_summary, wrapped
+from genood.runconfig import GROUP_ORDER
+
 __all__ = ["GROUP_ORDER", "OOD_JUDGED", "SHIFT", "ood_rows", "shift_summary", "set_groups", "set_group_lines", "SET_KEYS", "SelectionError", "per_set", "group_summary", "selection_tokens",
            "selection_mask", "select", "selection", "ceiling", "selection_lines", "group_table", "has_suite", "severity_rows",
-           "severity_figure"]
+           "severity_figure", "format_suite"]
 
-GROUP_ORDER = ("near", "corruption", "far", "real", "transform", "shift")
 # The groups OOD detection is judged on. ``shift`` (in_test against a meaning-keeping transform of it, see
 # genood.ood.semantics) asks the other question, whether a shift is accepted: an AUROC near 0.5 is the wish there,
 # so shift sets have their own column and never enter an OOD group, a selection or a ceiling.
@@ -44,7 +48,6 @@ class SelectionError(ValueError):
 def per_set(frame: pd.DataFrame) -> pd.DataFrame:
     """Label-free, per-point detector rows of in_test vs each OOD set (across seeds where a sweep varies them),
     with ``beats_baselines``: whether the AUROC is above every model-free baseline's on the same set."""
-    from genood.reports.aggregate import seed_summary
 
     rows = frame[~frame["detector"].str.contains("generated_vs_ood/", regex=False)]
     if rows.empty:
@@ -293,13 +296,6 @@ def group_table(sets: pd.DataFrame) -> Dict[str, pd.DataFrame]:
     return out
 
 
-def has_suite(frame: pd.DataFrame) -> bool:
-    """Whether the runs hold more than the classic pairs: a derived set, or several sets per in-distribution."""
-    if frame.empty:
-        return False
-    return bool((frame["ood_group"] != "real").any() or frame.groupby(["model", "in_dataset"])["ood_dataset"].nunique().max() > 1)
-
-
 def severity_rows(sets: pd.DataFrame) -> pd.DataFrame:
     """Rows of sets on a severity axis (``<base>:<derivation>=<strength>``) with ``axis`` and ``strength``."""
     from genood.data.derived import severity
@@ -336,3 +332,30 @@ def severity_figure(rows: pd.DataFrame, detectors: Optional[List[str]] = None):
     fig.update_xaxes(title_text="strength")
     fig.update_layout(height=300 * nrows, width=380 * cols, template="plotly_white", title="AUROC against shift strength")
     return fig
+
+
+def format_suite(frame: pd.DataFrame, select_on: Optional[List[str]] = None, width: int = 100,
+                 run_dirs: Optional[List[Path]] = None) -> str:
+    """The suite's console view (empty without a suite): per model, detectors x (in-distribution, group) as
+    ``mean/worst`` AUROC over the group's sets (the shift column apart: 0.5 is the wish there), then the detector
+    selected on ``select_on`` (default: near and corruption) with its numbers on every other set and the
+    model-free baseline beside it."""
+    if not has_suite(frame):
+        return ""
+    sets = per_set(frame)
+    parts = ["\nOOD suite: AUROC mean/worst over each group's sets (label-free per-point detectors; (mf) = model-free baseline)"]
+    groups = set_groups(frame, run_dirs or [])
+    if len(groups):
+        parts.append("\nGroups of the transformed sets (a shift keeps the meaning: the grouping classifier's accuracy "
+                     "stays within the margin of its clean accuracy; otherwise a corruption):")
+        parts.extend(textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False)
+                     for line in set_group_lines(groups))
+    for model, table in group_table(sets).items():
+        parts.append(f"\n{model}")
+        parts.extend(wrapped(table, width))
+    tokens = select_on if select_on else default_selection(frame)
+    if tokens:
+        parts.append("\nSelection (chosen on the selection sets only, reported on the others):")
+        parts.extend(textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False) for line in
+                     selection_lines(selection(sets, tokens)))
+    return "\n".join(parts)
