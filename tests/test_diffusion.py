@@ -174,6 +174,8 @@ def test_unet_pads_odd_sizes_and_log_prob_is_in_nats_of_the_stored_data():
 
 
 def test_killed_flipd_stage_resumes_without_recomputing_finished_blocks(trained_subspace_diffusion, tmp_path, monkeypatch):
+    from genood import rundir
+    rundir.allow_writes(tmp_path)  # this test's folder stands for a run directory the runner chose
     model, cfg = trained_subspace_diffusion
     cfg = runconfig.deep_merge(cfg, {"lid": {"method": "flipd", "n_per_split": 12, "batch_points": 4,
                                              "log_t0_grid": [-5.0, -1.0, 5], "log_t0": -3.0}})

@@ -225,9 +225,9 @@ def test_hvae_units_and_samples():
 
 
 def test_hvae_rejects_mismatched_layer_lists():
-    cfg = _cfg("hvae", latents=[4, 4], latent_kinds=["conv"], kernels=[3, 3], strides=[2, 1])
-    with pytest.raises(ValueError, match="latent_kinds has 1 entries but model.latents has 2"):
-        build_model((1, 8, 8), cfg["model"])
+    # refused when the configuration is resolved (genood.models.config_checks), before any model is built
+    with pytest.raises(ValueError, match="latent_kinds' has 1 entries but model.latents has 2"):
+        _cfg("hvae", latents=[4, 4], latent_kinds=["conv"], kernels=[3, 3], strides=[2, 1])
 
 
 # --- one training loop for both ----------------------------------------------------------------------

@@ -76,6 +76,8 @@ def test_flow_lid_run_on_a_manifold_writes_its_error_against_the_truth(tmp_path)
 
 
 def test_killed_likelihood_scoring_resumes_without_recomputing_finished_batches(tmp_path):
+    from genood import rundir
+    rundir.allow_writes(tmp_path)  # this test's folder stands for a run directory the runner chose
     cfg = runconfig.resolve({"model": {"family": "diffusion", "channels": [8, 8], "norm_groups": 4},
                              "tracking": {"wandb": False}})
     model = build_model((1, 6, 6), cfg["model"]).eval()
