@@ -53,6 +53,15 @@ def test_training_stopped_by_its_budget_resumes_on_a_new_machine_and_publishes_t
     assert (cut / "resume" / "tiny.pt").exists()
     ledger = json.loads((cut / "resume" / "tiny.json").read_text())
     assert ledger["sessions"][0]["to_step"] == 1 and ledger["seconds"] > 0
+    # each session says the precision it trained in (training.precision resolved on its machine, as training does)
+    import torch
+
+    from genood import runconfig
+    from genood.precision import dtype_name, resolve
+    cfg = zoo.reference_config("tiny")
+    family_auto = runconfig.family_spec(cfg["model"]["family"]).auto_precision
+    assert ledger["sessions"][0]["precision"] == dtype_name(resolve(str(cfg["training"]["precision"]),
+                                                                   torch.device("cpu"), family_auto))
     shutil.rmtree(tmp_path / "runs")  # the new machine has the committed zoo/ only
 
     logs = []
@@ -233,3 +242,14 @@ def test_shipped_reproduction_rows_resolve_and_name_reference_models():
         assert all(m in entries for m in row["models"]), row["id"]
         assert row["published"]["source"], row["id"]
         assert runconfig.model_identity(cfg) == runconfig.model_identity(zoo.reference_config(row["models"][0])), row["id"]
+
+
+def test_publish_on_a_fresh_clone_takes_the_committed_resume_point(tiny_zoo, tmp_path):
+    """A clone holds zoo/resume/ but no runs/: publishing there uses the committed resume point."""
+    folder = tiny_zoo("fresh")
+    zoo.train_reference("tiny", minutes=1e-9, log=lambda m: None)
+    shutil.rmtree(tmp_path / "runs")
+    logs = []
+    got = zoo.publish("tiny", log=logs.append)
+    assert got["steps_done"] == 1 and (folder / "tiny.safetensors").exists()
+    assert any("resuming from the committed resume point (step 1)" in m for m in logs)
