@@ -17,7 +17,9 @@ detector oriented so that higher means more in-distribution (the in-distribution
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
@@ -37,6 +39,8 @@ __all__ = ["Model", "Scores", "Run", "open_model", "load_dataset", "score", "met
            "run_ood", "open_sweep", "zoo_models"]
 
 IN_SPLITS = ("in_train", "in_val", "in_test")
+_LOG = logging.getLogger("genood.api")
+_LOG.addHandler(logging.NullHandler())  # the runner's console prints its own warnings; no second copy
 
 
 @dataclass
@@ -154,14 +158,19 @@ class Scores:
         if not self.oods or not (self.table["split"] == "in_test").any():
             raise runconfig.ConfigError("Scores.metrics needs an 'in_test' split and at least one OOD split: "
                                         "score them together, e.g. score(model, {'in_test': x, 'ood': y}, ...).")
-        found = runner.evaluate_sets(self.table, self.columns, self.info, self.config, self.oods)
+        found = dict(self._entries)
         for out in self.stages.values():
             found.update(out.metrics)
         return metrics_frame(found)
 
+    @functools.cached_property
+    def _entries(self) -> Dict[str, Dict[str, Any]]:
+        """The detectors' metrics.json entries over every OOD split, computed once (bootstraps are not free)."""
+        return runner.evaluate_sets(self.table, self.columns, self.info, self.config, self.oods) if self.oods else {}
+
     def figures(self) -> Dict[str, Any]:
         """The run's figures (plotly) for these scores, as the runner draws them (histograms, ROC, stage figures)."""
-        found = runner.evaluate_sets(self.table, self.columns, self.info, self.config, self.oods) if self.oods else {}
+        found = self._entries
         names = [c for c in self.columns if c in self.table]
         cfg = self.config if self.oods else dict(self.config, data=dict(self.config["data"], ood="-"))
         return runner.build_figures(self.table, names, found, cfg, None, self.stages, self.oods)
@@ -186,13 +195,12 @@ def metrics_frame(entries: Mapping[str, Dict[str, Any]]) -> pd.DataFrame:
 def _config(model: Model, scores: Sequence[str], config: Optional[Mapping[str, Any]], overrides: Iterable[str]):
     """The resolved run configuration: the model's training configuration, then ``config``, then the scores."""
     base = runconfig.copy_tree(model.config)
-    base.pop("preset", None)  # the model's configuration is resolved already: its preset stays applied
     base = runconfig.deep_merge(base, {"ood": {"n_generated": 0}})  # the model's own samples only when asked for
     merged = runconfig.deep_merge(base, runconfig.copy_tree(dict(config or {})))
     # ood.checkpoint as the runner has it for this model: a zoo model pairs with zoo models (background models)
     merged = runconfig.deep_merge(merged, {"ood": {"scores": list(scores), "checkpoint": model.source}})
     merged["model"] = runconfig.copy_tree(model.config["model"])  # the model is what it is, whatever config says
-    merged.pop("preset", None)
+    merged.pop("preset", None)  # the model's configuration is resolved already: its preset stays applied
     return runconfig.resolve(merged, list(overrides))
 
 
@@ -250,26 +258,11 @@ def score(model: Model, data, scores: Sequence[str] = ("log_likelihood",), confi
         cfg["data"]["ood"] = oods[0].name if len(oods) == 1 else [o.name for o in oods]
     names, columns = runner.checked_scores(cfg, images=True)
     directory = _cache_dir(model, cfg)
-    log = (lambda m: print(m)) if progress else (lambda m: None)
-    console = _Log(log)
+    console = runner._Console(_LOG, bool(progress))  # the runner's console: logged, echoed to stderr with progress
     got = runner.ScoredSplits.compute(model.module, splits, cfg, names, model.shape, directory, console,
                                       {o.key: o.group for o in oods})
     artifacts = {k: v for out in got.stages.values() for k, v in out.artifacts.items()}
     return Scores(got.table, got.info, artifacts, cfg, columns, directory, oods, got.stages)
-
-
-class _Log:
-    """The runner's console interface (a call and ``warn``) over a function."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, msg: str) -> None:
-        self.fn(msg)
-
-    def warn(self, msg: str) -> None:
-        import warnings
-        warnings.warn(msg, stacklevel=3)
 
 
 def _cache_dir(model: Model, cfg: Dict[str, Any]) -> Path:

@@ -49,11 +49,8 @@ def _open_store(runs_root: Path, store: str = None):
 
 
 def _local_sweep(store, sweep_id: str):
-    sweep = store.sweep(sweep_id)
-    if sweep is None:
-        raise KeyError(f"Sweep '{sweep_id}' is not in {store.describe()}; check the id, or --runs-root / OOD_RUNS_ROOT "
-                       f"and --store / OOD_SWEEP_STORE.")
-    return sweep
+    from genood.orchestration.sweep_runs import local_sweep
+    return local_sweep(store, sweep_id)
 
 
 def cmd_create(args) -> None:

@@ -231,6 +231,13 @@ class StepSetting:
             model.to(memory_format=torch.contiguous_format)
 
 
+def training_dtype(cfg: Dict[str, Any], device: torch.device) -> Optional[torch.dtype]:
+    """``training.precision`` resolved for ``device`` and the model's family (``auto``: the family's choice where
+    bf16 is native); None is fp32."""
+    spec = runconfig.family_spec(cfg["model"].get("family", "flow"))
+    return precision_mod.resolve(str(cfg["training"].get("precision") or "fp32"), device, spec.auto_precision)
+
+
 def step_setting(model, cfg: Dict[str, Any], device: torch.device, log: Callable[[str], None] = print) -> StepSetting:
     """Resolve ``training.precision``, ``training.channels_last`` and ``training.compile`` for ``model`` on ``device``
     (one sentence, :class:`runconfig.ConfigError`, for a precision the device cannot run); logs what was chosen."""
@@ -238,7 +245,7 @@ def step_setting(model, cfg: Dict[str, Any], device: torch.device, log: Callable
     family = cfg["model"].get("family", "flow")
     spec = runconfig.family_spec(family)
     asked = str(tcfg.get("precision") or "fp32")
-    dtype = precision_mod.resolve(asked, device, spec.auto_precision)
+    dtype = training_dtype(cfg, device)
     why = ""
     if asked == "auto":
         native = precision_mod.native_bf16(device)

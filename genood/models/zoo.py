@@ -315,14 +315,11 @@ def _adopt_resume_point(name: str, directory: Path, log: Callable[[str], None]) 
 
 
 def _session_precision(cfg: Dict[str, Any]) -> str:
-    """The precision this session trains in (``training.precision`` resolved on this machine, as training does):
-    a model resumed on another machine may change precision between sessions, and each ledger row says which."""
+    """The precision this session trains in (as training resolves it on this machine): a model resumed on another
+    machine may change precision between sessions, and each ledger row says which."""
     from genood import precision as precision_mod
-    from genood.models.training import pick_device
-    device = pick_device(str(cfg["run"].get("device") or "auto"))
-    spec = runconfig.family_spec(cfg["model"].get("family", "flow"))
-    return precision_mod.dtype_name(precision_mod.resolve(str(cfg["training"].get("precision") or "fp32"), device,
-                                                          spec.auto_precision))
+    from genood.models.training import pick_device, training_dtype
+    return precision_mod.dtype_name(training_dtype(cfg, pick_device(str(cfg["run"].get("device") or "auto"))))
 
 
 def train_reference(name: str, minutes: Optional[float] = None, threads: int = 1, overrides=(),

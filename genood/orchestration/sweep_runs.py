@@ -7,7 +7,16 @@ from typing import List, Optional, Tuple
 
 from genood.orchestration.store import LOCAL_PREFIX, open_store, store_locator
 
-__all__ = ["sweep_run_dirs"]
+__all__ = ["local_sweep", "sweep_run_dirs"]
+
+
+def local_sweep(store, sweep_id: str):
+    """The local sweep ``sweep_id`` of ``store``; a KeyError in one sentence when the store has no such sweep."""
+    sweep = store.sweep(sweep_id)
+    if sweep is None:
+        raise KeyError(f"Sweep '{sweep_id}' is not in {store.describe()}; check the id, or --runs-root / OOD_RUNS_ROOT "
+                       f"and --store / OOD_SWEEP_STORE.")
+    return sweep
 
 
 def sweep_run_dirs(runs_root: Path, sweep_id: str, store: Optional[str] = None) -> Tuple[List[Path], int, Path]:
@@ -17,9 +26,7 @@ def sweep_run_dirs(runs_root: Path, sweep_id: str, store: Optional[str] = None) 
     out = Path(runs_root) / sweep_id.replace("/", "_")
     if sweep_id.startswith(LOCAL_PREFIX):
         opened = open_store(store_locator(runs_root, store), runs_root=runs_root)
-        if opened.sweep(sweep_id) is None:
-            raise KeyError(f"Sweep '{sweep_id}' is not in {opened.describe()}; check the id, or --runs-root / "
-                           f"OOD_RUNS_ROOT and --store / OOD_SWEEP_STORE.")
+        local_sweep(opened, sweep_id)
         runs = opened.runs(sweep_id)
         return ([Path(r["run_dir"]) for r in runs if r["status"] == "finished" and r["run_dir"]],
                 sum(r["status"] != "finished" for r in runs), out)
