@@ -138,6 +138,8 @@ SHIPPED = {  # file -> (job, runs)
     "ood/suite_tiny.yaml": ("ood", 16),
     "ood/suite_flow_seeds.yaml": ("ood", 12),
     "ood/suite_seed_detectors.yaml": ("ood", 12),
+    "ood/suite_zoo_flows.yaml": ("ood", 2),
+    "ood/suite_zoo_hvae.yaml": ("ood", 1),
     "ood/coupling_flows_tiny.yaml": ("ood", 4),
     "ood/coupling_flows_suite.yaml": ("ood", 8),
     "ood/coupling_flows_paper.yaml": ("ood", 4),
