@@ -37,9 +37,9 @@ import torch
 warnings.filterwarnings("ignore")
 
 TINY = ["flow_rq_nsf_tiny", "flow_affine_tiny", "realnvp_tiny", "glow_tiny", "diffusion_vp_tiny", "hvae_tiny",
-        "pixelcnn_tiny"]
+        "pixelcnn_tiny", "vae_tiny"]
 PAPER = ["flow_rq_nsf_paper", "flow_affine_paper", "realnvp_paper", "glow_paper", "diffusion_vp_paper", "hvae_paper",
-         "pixelcnn_paper"]
+         "pixelcnn_paper", "vae_regret_paper"]
 # paper presets at a CPU-sized batch (the throughput per image is what is compared)
 PAPER_BATCH = 16
 SETTINGS = {"fp32": {"training.precision": "fp32"},

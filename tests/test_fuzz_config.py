@@ -110,7 +110,7 @@ def test_command_line_overrides_as_typed_are_one_sentence(tmp_path_factory, key,
 # Each family's tiny preset: a model that builds in well under a second (feature_flow needs a trained extractor
 # run and is built in tests/test_feature_flow.py).
 BUILD_PRESETS = {"realnvp": "realnvp_tiny", "glow": "glow_tiny", "diffusion": "diffusion_vp_tiny", "flow": "flow_rq_nsf_tiny",
-                 "tabular_flow": "flow_tabular", "hvae": "hvae_tiny", "pixelcnn": "pixelcnn_tiny"}
+                 "tabular_flow": "flow_tabular", "hvae": "hvae_tiny", "pixelcnn": "pixelcnn_tiny", "vae": "vae_tiny"}
 
 
 def test_every_accepted_model_value_builds_a_model_that_runs():

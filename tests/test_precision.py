@@ -18,7 +18,7 @@ from tests.conftest import ROOT, assert_training_resumes_to_the_same_weights
 
 CPU = torch.device("cpu")
 FAMILY_PRESETS = ["flow_rq_nsf_tiny", "flow_affine_tiny", "realnvp_tiny", "glow_tiny", "diffusion_vp_tiny",
-                  "hvae_tiny", "pixelcnn_tiny"]
+                  "hvae_tiny", "pixelcnn_tiny", "vae_tiny"]
 REDUCTIONS = {"sum", "mean", "logsumexp", "cumsum", "prod", "_log_softmax", "var", "std", "linalg_vector_norm", "norm"}
 
 

@@ -32,6 +32,16 @@ RECIPES = {
                    "model.kl_warmup_steps": 200 * 469, "training.steps": 1000 * 469, "training.batch_size": 128,
                    "training.lr": 3e-4, "training.lr_schedule": "constant", "training.warmup_steps": 0,
                    "training.grad_clip": 0.0, "training.adam_betas": [0.9, 0.999]},
+    # likelihood regret (XavierXiao/Likelihood-Regret): train_pixel.py's defaults (imageSize 32 by Resize, nz 100,
+    # ngf 32, batchSize 128, niter 200 epochs of 469 batches, lr 3e-4, beta1 0.9, beta 1, Adam weight_decay 3e-5 on
+    # both networks, no scheduler, no clipping) and compute_LR.py's (num_iter 100, lr 2e-4, weight_decay 5e-5,
+    # repeat 200 x 5 = 1,000 importance samples)
+    "vae_regret_paper": {"data.shape": [1, 32, 32], "model.family": "vae", "model.latent": 100, "model.filters": 32,
+                         "training.batch_size": 128, "training.steps": 200 * 469, "training.lr": 3e-4,
+                         "training.adam_betas": [0.9, 0.999], "training.weight_decay": 3e-5,
+                         "training.lr_schedule": "constant", "training.warmup_steps": 0, "training.grad_clip": 0.0,
+                         "likelihood_regret.steps": 100, "likelihood_regret.lr": 2e-4,
+                         "likelihood_regret.weight_decay": 5e-5, "bound.samples": 1000},
     # seed 002's README for CIFAR10: the same with rescale_pixel_value true and 600,000 steps
     "pixelcnn_rgb_paper": {"model.scales": 1, "model.filters": 32, "model.mixtures": 1, "model.input": "unit",
                            "training.steps": 600000, "training.lr_decay": 0.999995},

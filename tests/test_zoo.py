@@ -231,13 +231,18 @@ def test_a_zoo_foreground_takes_its_background_model_from_the_zoo(tiny_zoo, caps
 
 
 def test_shipped_reproduction_rows_resolve_and_name_reference_models():
-    """Every row of zoo/reproductions.yaml is a valid OOD configuration scoring a zoo model of the reference tier,
-    and carries its published number's source."""
+    """Every row of zoo/reproductions.yaml is a valid OOD configuration scoring a zoo model of the reference tier
+    (or, for a row no CPU model serves, one that trains its own: the GPU sweep's), and carries its published
+    number's source."""
     from genood.reports import reproduction
 
     entries = zoo.reference_entries()
     for row in reproduction.rows():
         cfg = runconfig.resolve(row["config"])
+        assert row["published"]["source"], row["id"]
+        if not row["models"]:
+            assert cfg["ood"]["checkpoint"] is None, row["id"]
+            continue
         assert cfg["ood"]["checkpoint"] == f"zoo:{row['models'][0]}", row["id"]
         assert all(m in entries for m in row["models"]), row["id"]
         assert row["published"]["source"], row["id"]
@@ -253,3 +258,55 @@ def test_publish_on_a_fresh_clone_takes_the_committed_resume_point(tiny_zoo, tmp
     got = zoo.publish("tiny", log=logs.append)
     assert got["steps_done"] == 1 and (folder / "tiny.safetensors").exists()
     assert any("resuming from the committed resume point (step 1)" in m for m in logs)
+
+
+def test_each_seeds_reproduction_sweep_runs_exactly_its_rows_jobs():
+    """meta_configurations/reproduce/<seed>.yaml: every run is the full-recipe job (config + gpu overrides, no
+    checkpoint) of at least one row of that seed, and every row of the seed has its run there."""
+    from genood.orchestration import metaconfig as mc
+    from genood.reports import reproduction
+
+    by_seed = {}
+    for row in reproduction.rows():
+        by_seed.setdefault(str(row["seed"]), []).append(row)
+    for seed, seed_rows in by_seed.items():
+        meta = mc.load(ROOT / "meta_configurations" / "reproduce" / f"{seed}.yaml")
+        runs = {reproduction.job_key(runconfig.resolve(r.config)) for r in mc.expand(meta)}
+        wanted = {reproduction.job_key(reproduction.gpu_job(row)) for row in seed_rows}
+        assert runs == wanted, seed
+        assert all(r.config["ood"]["checkpoint"] is None for r in mc.expand(meta)), seed
+
+
+def test_reproduction_table_of_a_sweep_finds_rows_by_configuration(tiny_zoo, tmp_path):
+    """genood-reproduce --sweep: a row's run is found among a sweep's runs by its configuration (not its name);
+    the table takes its AUROC, interval and step from that run; a row without a run says so."""
+    from genood.ood.runner import run_ood
+    from genood.reports import reproduction
+
+    folder = tiny_zoo("s")
+    ref = yaml.safe_load((folder / "reference.yaml").read_text())
+    cfg = runconfig.copy_tree(ref["models"]["tiny"]["config"])
+    cfg["ood"] = {"checkpoint": "zoo:tiny", "scores": ["log_likelihood", "bits_per_dim"], "n_in_train": 16,
+                  "n_generated": 0, "bootstrap": 50, "figures": False, "png": False, "baselines": []}
+    other = runconfig.deep_merge(runconfig.copy_tree(cfg), {"run": {"seed": 5}})
+    rows = [{"id": "here", "seed": "t", "method": "likelihood", "pair": ["set", "other"], "detector": "log_likelihood",
+             "published": {"auroc": 0.5, "source": "a made-up paper"}, "models": ["tiny"], "config": cfg,
+             "gpu": {"ood": {"bootstrap": 60}}},
+            {"id": "absent", "seed": "t", "method": "likelihood", "pair": ["set", "other"], "detector": "log_likelihood",
+             "published": {"auroc": None}, "models": [], "config": other}]
+    (folder / "reproductions.yaml").write_text(yaml.safe_dump({"rows": rows}))
+    job = reproduction.gpu_job(rows[0])
+    assert job["ood"]["checkpoint"] is None and job["ood"]["bootstrap"] == 60
+    # the sweep's run: the same job under another name and sweep, trained by the run itself
+    job = runconfig.deep_merge(job, {"run": {"name": "renamed-by-the-sweep", "sweep_id": "local-0000abcd"},
+                                     "tracking": {"wandb": False}})
+    directory = run_ood(runconfig.resolve(job), echo=False)
+    results = reproduction.sweep_results(directory.parent, log=lambda m: None)
+    here, absent = results
+    metrics = json.loads((directory / "metrics.json").read_text())["log_likelihood"]
+    assert here["ours"]["auroc"] == metrics["auroc"] and here["ours"]["auroc_ci"] == metrics["auroc_ci"]
+    assert here["status"]["models"][0]["steps_done"] == 8
+    assert absent["ours"] is None and absent["status"]["models"][0]["state"] == "not in this sweep"
+    text = (directory.parent / "REPRODUCTION.md").read_text()
+    assert f"{metrics['auroc']:.3f} [" in text and "not in this sweep" in text and "the runs of" in text
+    assert not (folder / "REPRODUCTION.md").exists()  # the zoo's own table is untouched

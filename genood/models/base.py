@@ -52,8 +52,8 @@ CAPABILITIES = {
     "bounds": "HVAEs: bounds(x) -> per-level ELBO bounds (the likelihood-ratio score llr)",
     "model_views": "model_views(x) -> [(title, (B, H, W))]: internals drawn for chosen images (coupling flows: s, t, latents)",
     "features": "HVAEs: features(x) -> (B, K) encoder embedding (the feature_flow family's input)",
-    "likelihood_regret": "HVAEs: likelihood_regret(x, steps, lr) -> the ELBO gained by fitting each point's posterior "
-                         "alone (Xiao et al.)",
+    "likelihood_regret": "VAEs: likelihood_regret(x, steps, lr, weight_decay) -> the bound gained by fitting each "
+                         "point's inference alone (Xiao et al.; hvae: the posterior, vae: a copy of the encoder)",
     "likelihood_nfe": "diffusions: network evaluations the last log_prob batch took",
     "configure": "configure(cfg): the runner hands the resolved run configuration before scoring (ODE tolerances, ...)",
     "set_training_step": "set_training_step(step): the training loop reports the step before each batch",

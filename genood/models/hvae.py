@@ -376,10 +376,10 @@ class HierarchicalVAE(nn.Module):
                                  "stochastic layers).")
         return self._iw(x, list(ks), int(samples or self.bound_cfg["samples"]), self.llr_prior)
 
-    def likelihood_regret(self, x: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+    def likelihood_regret(self, x: torch.Tensor, steps: int, lr: float, weight_decay: float = 0.0) -> torch.Tensor:
         """Likelihood regret (Xiao et al. 2020), (B,) nats >= 0: the single-sample ELBO gained by optimising each
         point's posterior parameters (every layer's mean and log-sd, started at the encoder's output) for that
-        point alone with Adam (``steps``, ``lr``), the best ELBO reached minus the encoder's. Adam's update is
+        point alone with Adam (``steps``, ``lr``, L2 ``weight_decay``), the best ELBO reached minus the encoder's. Adam's update is
         elementwise, so optimising a batch is optimising every point on its own. The posterior noise (and the
         binarization) is fixed per image, so the ELBOs compared differ only in the posterior; the model's weights
         are not touched (gradients are taken with respect to the posterior parameters only)."""
@@ -394,7 +394,7 @@ class HierarchicalVAE(nn.Module):
             return self._log_lik(params, t) - sum(kls)
         leaves = [v.detach().clone().requires_grad_(True) for pair in posts0 for v in pair]
         pairs = lambda: [(leaves[2 * i], leaves[2 * i + 1]) for i in range(len(posts0))]
-        opt = torch.optim.Adam(leaves, lr=float(lr))
+        opt = torch.optim.Adam(leaves, lr=float(lr), weight_decay=float(weight_decay))
         with torch.no_grad():
             start = elbo(posts0)
         best = start.clone()

@@ -10,9 +10,17 @@ point of the training's OOD curves (held-out bits/dim and the likelihood's AUROC
 the number exists. Results go to ``zoo/reproduction.json`` and ``zoo/REPRODUCTION.md`` (committed, so ``make
 demo`` and the README show them without recomputing), and ``--figure`` writes the AUROC-vs-steps curves.
 
+The recipes' full lengths are GPU runs: ``meta_configurations/reproduce/<seed>.yaml`` is one OOD sweep per seed
+whose runs are the rows' jobs trained to the whole recipe (each row's ``config``, then its ``gpu`` overrides, e.g.
+the seed's own number of importance samples, and ``ood.checkpoint: null`` so the run trains first). Rows that no
+CPU model serves (``models: []``, e.g. the MNIST -> FashionMNIST direction) are measured there only.
+``--sweep <runs_root>/<sweep-id>`` finds each row's run in such a sweep by its configuration (not its name) and
+writes the same table, with the sweep's numbers, to ``<sweep folder>/REPRODUCTION.md``.
+
     genood-reproduce                 measure every row that can be measured, write the table
     genood-reproduce --show          print the committed table (no computation)
     genood-reproduce --rows lr_fmnist_mnist --threads 2
+    genood-reproduce --sweep runs/local-1a2b3c4d      the table of a reproduction sweep (meta_configurations/reproduce/)
 """
 from __future__ import annotations
 
@@ -25,7 +33,8 @@ from typing import Any, Callable, Dict, List, Optional
 from genood import runconfig
 from genood.paths import shown_path
 
-__all__ = ["rows", "row_status", "measure_row", "reproduce", "markdown", "curves_figure", "main"]
+__all__ = ["rows", "row_status", "measure_row", "reproduce", "gpu_job", "job_key", "sweep_results", "markdown",
+           "curves_figure", "main"]
 
 
 def _zoo():
@@ -46,6 +55,8 @@ def rows() -> List[Dict[str, Any]]:
 def row_status(row: Dict[str, Any]) -> Dict[str, Any]:
     """Where the row's models stand: published (steps done of the recipe) or training (ledger and last curve)."""
     zoo = _zoo()
+    if not row["models"]:  # measured by the GPU sweep of its seed only
+        return {"ready": False, "models": [], "gpu_only": True}
     published, entries = set(zoo.names()), zoo.reference_entries()
     models = []
     for name in row["models"]:
@@ -123,6 +134,78 @@ def reproduce(select: Optional[List[str]] = None, threads: int = 1, measure: boo
     return results
 
 
+def gpu_job(row: Dict[str, Any]) -> Dict[str, Any]:
+    """The row's job at the recipe's full length (a GPU run): its config, its ``gpu`` overrides, and no checkpoint
+    (the run trains its model first), resolved."""
+    raw = runconfig.deep_merge(runconfig.copy_tree(row["config"]), runconfig.copy_tree(row.get("gpu") or {}))
+    raw.setdefault("ood", {})["checkpoint"] = None
+    return runconfig.resolve(raw)
+
+
+def job_key(cfg: Dict[str, Any]) -> str:
+    """What makes two OOD runs the same job, whatever they are named or where they ran: the run-name digest of the
+    configuration with the name, the checkpoint and the run's place cleared."""
+    cfg = runconfig.copy_tree(cfg)
+    cfg["run"] = dict(cfg["run"], name=None)
+    cfg["ood"] = dict(cfg["ood"], checkpoint=None)
+    return runconfig.run_name(cfg, "ood")
+
+
+def _sweep_bits(directory: Path) -> Optional[float]:
+    """Mean bits/dim of the run's in-distribution test points (scores.parquet), when it has that column."""
+    path = directory / "scores.parquet"
+    if not path.exists():
+        return None
+    import pandas as pd
+    table = pd.read_parquet(path)
+    if "bits_per_dim" not in table or "split" not in table:
+        return None
+    part = table.loc[table["split"] == "in_test", "bits_per_dim"]
+    return float(part.mean()) if len(part) else None
+
+
+def sweep_results(sweep_dir: Path, log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+    """Every row, with ours read from the run of ``sweep_dir`` (a reproduction sweep's folder) doing its job; a row
+    without such a run says so. Writes ``<sweep_dir>/reproduction.json`` and ``REPRODUCTION.md``."""
+    from genood import rundir
+    from genood.models.training import CHECKPOINT, load_checkpoint
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise runconfig.ConfigError(f"--sweep {shown_path(sweep_dir)} is not a folder; give <runs_root>/<sweep-id> of a "
+                                    f"sweep created from meta_configurations/reproduce/.")
+    runs: Dict[str, Path] = {}
+    for path in sorted(sweep_dir.glob("*/config.yaml")):
+        try:
+            runs[job_key(runconfig.resolve(runconfig.load_yaml(path)))] = path.parent
+        except (runconfig.ConfigError, KeyError, TypeError):
+            log(f"skipping {shown_path(path)}: not a configuration of this version")
+    results = []
+    for row in rows():
+        cfg = gpu_job(row)
+        directory = runs.get(job_key(cfg))
+        metrics_path = directory / "metrics.json" if directory else None
+        ours, model = None, {"name": row["models"][0] if row["models"] else "(trained in the sweep)",
+                             "state": "not in this sweep", "steps_done": 0,
+                             "steps_recipe": int(cfg["training"]["steps"]), "hours": 0.0}
+        if metrics_path is not None and metrics_path.exists():
+            entry = json.loads(metrics_path.read_text()).get(row["detector"])
+            if isinstance(entry, dict) and "auroc" in entry:
+                ours = {"auroc": entry["auroc"], "auroc_ci": entry.get("auroc_ci"),
+                        "optimistic": bool(entry.get("optimistic", False)), "run": shown_path(directory)}
+            step = load_checkpoint(directory / CHECKPOINT)["step"] if (directory / CHECKPOINT).exists() else 0
+            model.update(state="published", steps_done=int(step), bits_per_dim=_sweep_bits(directory))
+        elif directory is not None:
+            model["state"] = "running"
+        log(f"{row['id']}: " + (f"AUROC {ours['auroc']:.4f} in {shown_path(directory)}" if ours else model["state"]))
+        results.append({k: row.get(k) for k in ("id", "seed", "method", "pair", "detector", "label_free", "published",
+                                                 "bits_published")} | {"status": {"ready": ours is not None,
+                                                                                   "models": [model]}, "ours": ours})
+    rundir.allow_writes(sweep_dir)  # the folder the user named
+    rundir.write_json(sweep_dir / "reproduction.json", {"rows": results})
+    rundir.write_text(sweep_dir / "REPRODUCTION.md", markdown(results, source=f"the runs of {shown_path(sweep_dir)}"))
+    return results
+
+
 def _committed() -> List[Dict[str, Any]]:
     path = _zoo().zoo_dir() / "reproduction.json"
     return json.loads(path.read_text()).get("rows", []) if path.exists() else []
@@ -133,16 +216,18 @@ def _fmt(v: Optional[float], digits: int = 3) -> str:
 
 
 def _steps(m: Dict[str, Any], named: bool) -> str:
+    if m["state"] in ("GPU sweep only", "not in this sweep", "running"):
+        return f"{m['state']} (meta_configurations/reproduce/)" if m["state"] == "GPU sweep only" else m["state"]
     out = f"{m['steps_done'] or 0:,} / {m['steps_recipe'] or 0:,}"
     if m["state"] != "published":
         out += f" ({m['state']}, {m['hours']:.2f} of {m.get('budget_hours', 0):.1f} h)"
     return f"{m['name']}: {out}" if named else out
 
 
-def markdown(results: List[Dict[str, Any]]) -> str:
+def markdown(results: List[Dict[str, Any]], source: str = "the zoo's reference models") -> str:
     """The table as Markdown: published (source), ours with its 95% interval, the gap, steps of the recipe, bits/dim."""
     lines = ["# Reproduction of the seeds' headline numbers", "",
-             "Made by `genood-reproduce` from the zoo's reference models (zoo/reproductions.yaml declares the rows). "
+             f"Made by `genood-reproduce` from {source} (zoo/reproductions.yaml declares the rows). "
              "AUROC: in-distribution positive, every score oriented higher = more in-distribution. A row still "
              "training shows its last OOD-curve point instead of a result.", "",
              "| seed | method | pair | published (target) | ours [95% CI] | gap | steps of recipe | bits/dim ours / published |",
@@ -150,6 +235,9 @@ def markdown(results: List[Dict[str, Any]]) -> str:
     sources = []
     for r in results:
         pub, ours, st = r.get("published") or {}, r.get("ours"), r["status"]
+        if not st["models"]:  # a row only the GPU sweep measures
+            st = dict(st, models=[{"name": "-", "state": "GPU sweep only", "steps_done": 0, "steps_recipe": 0,
+                                   "hours": 0.0}])
         main = st["models"][0]
         steps = "; ".join(_steps(m, len(st["models"]) > 1) for m in st["models"])
         curve = main.get("curve") or {}
@@ -203,9 +291,14 @@ def main(argv=None) -> int:
     parser.add_argument("--show", action="store_true", help="print the committed table, compute nothing")
     parser.add_argument("--no-measure", action="store_true", help="refresh the training status only (no OOD jobs)")
     parser.add_argument("--figure", help="write the curves figure to this .html file")
+    parser.add_argument("--sweep", help="a reproduction sweep's folder (<runs_root>/<sweep-id>): its table, not the zoo's")
     args = parser.parse_args(argv)
 
     def run():
+        if args.sweep:
+            print(markdown(sweep_results(Path(args.sweep), log=lambda m: print(m, file=sys.stderr, flush=True)),
+                           source=f"the runs of {args.sweep}"))
+            return
         if args.show:
             results = _committed() or reproduce(measure=False)
         else:
