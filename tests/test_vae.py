@@ -142,3 +142,20 @@ def test_samples_are_pixel_values_of_the_data_shape():
     model = _model((1, 28, 28))
     s = model.sample(3, generator=torch.Generator().manual_seed(0))
     assert s.shape == (3, 1, 28, 28) and torch.equal(s, s.round()) and 0 <= float(s.min()) and float(s.max()) <= 255
+
+
+@torch.no_grad()
+def test_likelihood_terms_sum_to_the_single_sample_bound():
+    """Reconstruction and -KL at the bound's own first draw: the reconstruction is that draw's log p(x|z), the KL
+    term the closed form (torch.distributions), so their sum is the seed's ELBO at that draw."""
+    model = _model()
+    x = _images(3)
+    model.configure({"bound": {"samples": 1, "seed": 2, "chunk": 256}})
+    terms = model.log_prob_terms(x)
+    assert list(terms) == type(model).likelihood_term_labels({}) == ["reconstruction", "kl"]
+    eps = torch.stack([torch.randn((1, model.latent), generator=g) for g in model._generators(x, 0)])
+    log_lik, log_pz, log_qz, kl = _reference_terms(model, x, eps)
+    assert torch.allclose(terms["reconstruction"], log_lik[:, 0], atol=1e-2)
+    assert torch.allclose(terms["kl"], -kl, atol=1e-3)
+    # the one-sample bound is the same draw with the KL sampled instead
+    assert torch.allclose(model.log_prob(x), (log_lik + log_pz - log_qz)[:, 0], atol=1e-2)

@@ -310,3 +310,10 @@ def test_reproduction_table_of_a_sweep_finds_rows_by_configuration(tiny_zoo, tmp
     text = (directory.parent / "REPRODUCTION.md").read_text()
     assert f"{metrics['auroc']:.3f} [" in text and "not in this sweep" in text and "the runs of" in text
     assert not (folder / "REPRODUCTION.md").exists()  # the zoo's own table is untouched
+
+
+def test_reproduce_sweep_that_is_not_a_folder_is_one_sentence(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "genood.reports.reproduction", "--sweep", str(tmp_path / "nope")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "is not a folder" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

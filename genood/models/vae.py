@@ -202,6 +202,22 @@ class DCGANVAE(nn.Module):
     def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
         return nats_to_bits_per_dim(self.log_prob(x), self.dim)
 
+    @staticmethod
+    def likelihood_term_labels(model_cfg: Dict[str, Any]) -> List[str]:
+        """Names of the additive terms of ``log_prob_terms``."""
+        return ["reconstruction", "kl"]
+
+    def log_prob_terms(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The single-sample ELBO split into its two terms, (B,) each in nats: ``reconstruction`` log p(x | z) at one
+        posterior draw (the bound's first, seeded per image) and ``kl`` = -KL(q(z|x) || N(0, I)) (analytic). They sum
+        to the ELBO the seed trains on, at that draw (DoSE's VAE statistics); the one-sample bound of ``log_prob``
+        estimates the same ELBO with a sampled KL instead."""
+        t = self._targets(x)
+        mu, logvar = self._encode(self._canvas(t))
+        eps = torch.cat([torch.randn((1, self.latent), generator=g) for g in self._generators(x, 0)]).to(x.device)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        return {"reconstruction": _categorical_log_lik(self._logits(z), t), "kl": -_kl_standard_normal(mu, logvar)}
+
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """z ~ N(0, I), then each pixel's value drawn from its categorical: (n, C, H, W) integer values as floats."""

@@ -252,7 +252,7 @@ def markdown(results: List[Dict[str, Any]], source: str = "the zoo's reference m
             gap = "-"
         target = f" ({_fmt(pub.get('target'))})" if pub.get("target") is not None else ""
         pair = " -> ".join(r.get("pair") or [])
-        bp = (r.get("bits_published") or {}).get("value", "-")
+        bp = (r.get("bits_published") or {}).get("value") or "-"
         lines.append(f"| {r['seed']} | {r.get('method', r['detector'])} | {pair} | {_fmt(pub.get('auroc'))}{target} | "
                      f"{got} | {gap} | {steps} | {_fmt(bits, 4)} / {bp} |")
         if pub.get("source"):
