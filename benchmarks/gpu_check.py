@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ["flow_rq_nsf_paper", "flow_affine_paper", "realnvp_paper", "glow_paper", "diffusion_vp_paper",
-           "hvae_paper", "pixelcnn_paper"]
+           "hvae_paper", "pixelcnn_paper", "vae_regret_paper"]
 
 
 def train_presets(presets, steps: int, runs_root: Path) -> list:

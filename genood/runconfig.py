@@ -60,8 +60,8 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "lr": 1e-3,
         "lr_schedule": "cosine",  # cosine | constant | exponential (lr * lr_decay**step, seed 002's schedule)
         "lr_decay": 1.0,          # exponential: the per-step factor (seed 002: 0.999995)
-        "optimizer": "adam",      # adam | rmsprop (seed 003's Glow)
-        "adam_betas": [0.9, 0.999],  # Adam's (beta1, beta2) (seed 002: [0.95, 0.9995])
+        "optimizer": "adam",      # adam | adamw (seed 000's flows: decoupled weight decay) | rmsprop (seed 003's Glow)
+        "adam_betas": [0.9, 0.999],  # Adam's and AdamW's (beta1, beta2) (seed 002: [0.95, 0.9995])
         "warmup_steps": 50,
         "weight_decay": 0.0,
         "mutation_rate": 0.0,     # Ren et al.'s background models: replace each pixel with another value at this rate
@@ -107,7 +107,7 @@ CORE_DEFAULTS: Dict[str, Any] = {
 
 CORE_CHOICES = {
     "training.lr_schedule": ("cosine", "constant", "exponential"),
-    "training.optimizer": ("adam", "rmsprop"),
+    "training.optimizer": ("adam", "adamw", "rmsprop"),
     "training.precision": ("fp32", "bf16", "fp16", "auto"),
     "ood.precision": ("fp32", "bf16"),
     "data.eval_dequantization": ("uniform", "midpoint"),

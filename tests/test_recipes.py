@@ -32,6 +32,24 @@ RECIPES = {
                    "model.kl_warmup_steps": 200 * 469, "training.steps": 1000 * 469, "training.batch_size": 128,
                    "training.lr": 3e-4, "training.lr_schedule": "constant", "training.warmup_steps": 0,
                    "training.grad_clip": 0.0, "training.adam_betas": [0.9, 0.999]},
+    # seed 000 (layer6ai-labs/dgm_ood_detection): meta_configurations/training/flows/grayscale_flows.yaml (AdamW lr 1e-3,
+    # ExponentialLR gamma 0.99 per epoch, max_grad_norm 1.0, batch 128, max_epochs 400; ConvResidualNet 64 x 2,
+    # num_bins 2, tails linear, tail_bound 1.0, 3 x 2 couplings per level, ActNorm and OneByOneConvolution)
+    "flow_rq_nsf_paper": {"model.coupling": "rq_nsf", "model.steps_per_level": 6, "model.hidden_channels": 64,
+                          "model.num_blocks": 2, "model.num_bins": 2, "model.tail_bound": 1.0, "model.actnorm": True,
+                          "model.one_by_one_conv": True, "training.optimizer": "adamw", "training.weight_decay": 0.01,
+                          "training.lr": 1e-3, "training.lr_schedule": "exponential", "training.grad_clip": 1.0,
+                          "training.batch_size": 128, "training.steps": 400 * 469, "training.warmup_steps": 0},
+    # ... and meta_configurations/training/diffusions/grayscale_diffusions.yaml (resize_image [32, 32], Adam lr 5e-5,
+    # max_grad_norm 1.0, batch 128, max_epochs 50; VPSDE_Diffusion beta_min 0.1, beta_max 20; UNet2DModel blocks
+    # 128-128-256-256-512-512, layers_per_block 2, attention in the fifth down block and its mirror, defaults else)
+    "diffusion_vp_paper": {"data.shape": [1, 32, 32], "model.sde": "vp", "model.beta_min": 0.1, "model.beta_max": 20.0,
+                           "model.channels": [128, 128, 256, 256, 512, 512],
+                           "model.attention": [False, False, False, False, True, False], "model.mid_attention": True,
+                           "model.layers_per_block": 2, "model.norm_groups": 32, "model.dropout": 0.0,
+                           "training.optimizer": "adam", "training.lr": 5e-5, "training.lr_schedule": "constant",
+                           "training.warmup_steps": 0, "training.grad_clip": 1.0, "training.batch_size": 128,
+                           "training.steps": 50 * 469},
     # likelihood regret (XavierXiao/Likelihood-Regret): train_pixel.py's defaults (imageSize 32 by Resize, nz 100,
     # ngf 32, batchSize 128, niter 200 epochs of 469 batches, lr 3e-4, beta1 0.9, beta 1, Adam weight_decay 3e-5 on
     # both networks, no scheduler, no clipping) and compute_LR.py's (num_iter 100, lr 2e-4, weight_decay 5e-5,
@@ -41,11 +59,34 @@ RECIPES = {
                          "training.adam_betas": [0.9, 0.999], "training.weight_decay": 3e-5,
                          "training.lr_schedule": "constant", "training.warmup_steps": 0, "training.grad_clip": 0.0,
                          "likelihood_regret.steps": 100, "likelihood_regret.lr": 2e-4,
-                         "likelihood_regret.weight_decay": 5e-5, "bound.samples": 1000},
+                         "likelihood_regret.weight_decay": 5e-5},
     # seed 002's README for CIFAR10: the same with rescale_pixel_value true and 600,000 steps
     "pixelcnn_rgb_paper": {"model.scales": 1, "model.filters": 32, "model.mixtures": 1, "model.input": "unit",
                            "training.steps": 600000, "training.lr_decay": 0.999995},
 }
+
+
+def test_likelihood_regrets_protocol_scores_with_the_seeds_importance_samples():
+    """compute_LR.py's NLL is an importance-weighted bound with 200 x 5 samples: the seed's scoring configurations
+    set it (the preset leaves it at 1 so that its training's OOD curves stay cheap)."""
+    from genood.orchestration import metaconfig as mc
+    from tests.conftest import ROOT
+    cfg = runconfig.load(ROOT / "configurations" / "vae_regret_fmnist_vs_mnist_paper.yaml")
+    assert cfg["bound"]["samples"] == 1000 and cfg["ood"]["n_in_test"] == cfg["ood"]["n_ood"] == 500
+    runs = mc.expand(mc.load(ROOT / "meta_configurations" / "reproduce" / "xiao2020.yaml"))
+    assert all(r.config["bound"]["samples"] == 1000 for r in runs)
+
+
+def test_seed_000s_per_epoch_decay_is_spread_over_its_steps():
+    cfg = runconfig.resolve({"preset": "flow_rq_nsf_paper"})
+    assert cfg["training"]["lr_decay"] ** 469 == pytest.approx(0.99, abs=1e-9)
+
+
+def test_adamw_is_torchs_with_decoupled_decay():
+    from genood.models.training import make_optimizer
+    cfg = runconfig.resolve({"preset": "flow_rq_nsf_paper"})["training"]
+    opt, _ = make_optimizer(torch.nn.Linear(2, 2), cfg)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.01 and opt.defaults["lr"] == 1e-3
 
 
 def _get(cfg, dotted):

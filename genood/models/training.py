@@ -90,10 +90,11 @@ def _lr_lambda(cfg: Dict[str, Any]) -> Callable[[int], float]:
 
 
 def make_optimizer(model: torch.nn.Module, tcfg: Dict[str, Any]):
-    """The configured optimizer (Adam with ``adam_betas``, or RMSprop) and its learning-rate schedule."""
+    """The configured optimizer (Adam or AdamW with ``adam_betas``, or RMSprop) and its learning-rate schedule.
+    ``weight_decay`` is Adam's and RMSprop's L2 term, AdamW's decoupled decay."""
     name = tcfg.get("optimizer", "adam")
-    own = {"betas": tuple(float(b) for b in tcfg.get("adam_betas", (0.9, 0.999)))} if name == "adam" else {}
-    make = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[name]
+    own = {"betas": tuple(float(b) for b in tcfg.get("adam_betas", (0.9, 0.999)))} if name in ("adam", "adamw") else {}
+    make = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}[name]
     optimizer = make(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]), **own)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg))
 
