@@ -37,7 +37,9 @@ RECIPES = {
     # num_bins 2, tails linear, tail_bound 1.0, 3 x 2 couplings per level, ActNorm and OneByOneConvolution)
     "flow_rq_nsf_paper": {"model.coupling": "rq_nsf", "model.steps_per_level": 6, "model.hidden_channels": 64,
                           "model.num_blocks": 2, "model.num_bins": 2, "model.tail_bound": 1.0, "model.actnorm": True,
-                          "model.one_by_one_conv": True, "training.optimizer": "adamw", "training.weight_decay": 0.01,
+                          "model.one_by_one_conv": True, "model.dropout": 0.2, "model.final_squeeze": 7,
+                          "model.final_steps": 4, "model.final_hidden_channels": 1024,
+                          "training.optimizer": "adamw", "training.weight_decay": 0.01,
                           "training.lr": 1e-3, "training.lr_schedule": "exponential", "training.grad_clip": 1.0,
                           "training.batch_size": 128, "training.steps": 400 * 469, "training.warmup_steps": 0},
     # ... and meta_configurations/training/diffusions/grayscale_diffusions.yaml (resize_image [32, 32], Adam lr 5e-5,

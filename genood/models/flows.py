@@ -2,9 +2,12 @@
 
 Architecture (RealNVP/Glow-style multiscale, per level): squeeze 2x2 -> ``steps_per_level``
 x [ActNorm] -> [invertible 1x1 conv] -> coupling (channel mask alternating per step, a
-convolutional residual net predicting the coupling parameters) -> factor out half the
-channels (all but the last level). In front sits :class:`DataToLogit`, mapping stored data
-in [0,256) to logit space with its exact Jacobian, so ``log_prob`` is in nats of the data.
+convolutional residual net predicting the coupling parameters, dropout ``dropout`` while training) -> factor
+out half the channels (all but the last level). With ``final_squeeze`` = k > 0 a last level follows (seed 000's
+third level): squeeze k x k (the 4x7x7 map left of a 28x28 image becomes 196x1x1 with k = 7), then
+``final_steps`` x [ActNorm] -> coupling with ``final_hidden_channels``-channel conditioners. In front sits
+:class:`DataToLogit`, mapping stored data in [0,256) to logit space with its exact Jacobian, so ``log_prob`` is
+in nats of the data.
 """
 from __future__ import annotations
 
@@ -57,10 +60,12 @@ def _conditioned(coupling: Transform) -> Transform:
     return coupling
 
 
-def _coupling(kind: str, mask: torch.Tensor, channels: int, cfg: Dict[str, Any], img_hw: Tuple[int, int]) -> Transform:
+def _coupling(kind: str, mask: torch.Tensor, channels: int, cfg: Dict[str, Any], img_hw: Tuple[int, int],
+              hidden: Optional[int] = None) -> Transform:
     def net(in_c: int, out_c: int) -> nn.Module:
-        return ConvResidualNet(in_channels=in_c, out_channels=out_c, hidden_channels=int(cfg["hidden_channels"]),
-                               num_blocks=int(cfg["num_blocks"]), use_batch_norm=False)
+        return ConvResidualNet(in_channels=in_c, out_channels=out_c,
+                               hidden_channels=int(hidden or cfg["hidden_channels"]), num_blocks=int(cfg["num_blocks"]),
+                               dropout_probability=float(cfg.get("dropout", 0.0)), use_batch_norm=False)
 
     if kind == "rq_nsf":
         return _conditioned(PiecewiseRationalQuadraticCouplingTransform(
@@ -71,11 +76,16 @@ def _coupling(kind: str, mask: torch.Tensor, channels: int, cfg: Dict[str, Any],
     raise ValueError(f"Unknown coupling '{kind}': use one of {', '.join(COUPLINGS)}.")
 
 
+def level_count(cfg: Dict[str, Any]) -> int:
+    """Levels of the multiscale flow: ``levels`` 2x2 levels, plus the final k x k one when ``final_squeeze`` > 0."""
+    return int(cfg["levels"]) + (1 if int(cfg.get("final_squeeze") or 0) > 0 else 0)
+
+
 def build_transform(shape: Tuple[int, int, int], cfg: Dict[str, Any]) -> Transform:
     """The full data -> latent nflows transform for images of ``shape`` (C,H,W)."""
     c, h, w = shape
     levels = int(cfg["levels"])
-    multiscale = MultiscaleCompositeTransform(num_transforms=levels)
+    multiscale = MultiscaleCompositeTransform(num_transforms=level_count(cfg))
     level_shape: Optional[Tuple[int, int, int]] = (c, h, w)
     for level in range(levels):
         lc, lh, lw = level_shape
@@ -95,6 +105,23 @@ def build_transform(shape: Tuple[int, int, int], cfg: Dict[str, Any]) -> Transfo
         if cfg.get("actnorm", True):
             steps.append(ActNorm(lc))
         level_shape = multiscale.add_transform(CompositeTransform(steps), (lc, lh, lw))
+    k = int(cfg.get("final_squeeze") or 0)
+    if k > 0:
+        lc, lh, lw = level_shape
+        if lh % k or lw % k:
+            raise ValueError(f"model.final_squeeze={k} must divide the {lh}x{lw} map the last of model.levels={levels} "
+                             f"leaves.")
+        lc, lh, lw = lc * k * k, lh // k, lw // k
+        steps = [SqueezeTransform(factor=k)]
+        for step in range(int(cfg["final_steps"])):
+            if cfg.get("actnorm", True):
+                steps.append(ActNorm(lc))
+            mask = torch.zeros(lc)
+            mask[(step % 2)::2] = 1
+            steps.append(_coupling(cfg["coupling"], mask, lc, cfg, (lh, lw), hidden=int(cfg["final_hidden_channels"])))
+        if cfg.get("actnorm", True):
+            steps.append(ActNorm(lc))
+        multiscale.add_transform(CompositeTransform(steps), (lc, lh, lw))
     return CompositeTransform([DataToLogit(float(cfg["logit_alpha"])), multiscale])
 
 
@@ -136,8 +163,8 @@ class ImageFlow(_FlowObjective, nn.Module):
     @staticmethod
     def likelihood_term_labels(model_cfg: Dict[str, Any]) -> List[str]:
         """Names of the additive terms of ``log_prob_terms`` for a flow built from ``model_cfg``."""
-        levels = int(model_cfg["levels"])
-        return ["preprocess"] + [f"level{i}_{kind}" for i in range(levels) for kind in ("logdet", "latent")]
+        return ["preprocess"] + [f"level{i}_{kind}" for i in range(level_count(model_cfg))
+                                 for kind in ("logdet", "latent")]
 
     def log_prob_terms(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """log p(x) split into its additive terms (B,) each, in nats, summing to ``log_prob(x)``:
