@@ -182,7 +182,7 @@ def test_reproduction_table_measures_published_rows_and_shows_training_ones(tiny
                   "bootstrap": 50, "figures": False, "png": False, "baselines": []}
     rows = [{"id": "tiny_ll", "seed": "t", "method": "likelihood", "pair": ["set", "other"], "detector": "log_likelihood",
              "label_free": True, "published": {"auroc": 0.5, "target": 0.48, "source": "a made-up paper, Table 9"},
-             "models": ["tiny"], "config": cfg},
+             "models": ["tiny"], "config": cfg, "headline": True},
             {"id": "tiny_b_ll", "seed": "t", "method": "likelihood", "pair": ["set", "other"], "detector": "log_likelihood",
              "published": {"auroc": None}, "models": ["tiny_b"], "config": cfg}]
     (folder / "reproductions.yaml").write_text(yaml.safe_dump({"rows": rows}))
@@ -198,6 +198,10 @@ def test_reproduction_table_measures_published_rows_and_shows_training_ones(tiny
     assert "1 / 8 (training" in text
     shown = reproduction._committed()
     assert [r["id"] for r in shown] == ["tiny_ll", "tiny_b_ll"]
+    # the headline row's number is now in its model's manifest, and the weights still verify
+    headline = zoo.manifest("tiny")["headline"]
+    assert headline["row"] == "tiny_ll" and headline["auroc"] == measured["ours"]["auroc"]
+    assert zoo.verify("tiny", bits=False)["sha256"] == "ok"
 
 
 def test_a_zoo_foreground_takes_its_background_model_from_the_zoo(tiny_zoo, capsys):

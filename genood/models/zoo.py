@@ -402,6 +402,15 @@ def publish(name: str, log: Callable[[str], None] = print, headline: Optional[Di
     return info
 
 
+def set_headline(name: str, headline: Dict[str, Any]) -> None:
+    """Record the headline AUROC the reproduction measured for published model ``name`` in its manifest (the
+    weights and their sha256 are untouched)."""
+    from genood import rundir
+    info = manifest(name)
+    info["headline"] = dict(headline)
+    rundir.write_json(zoo_dir() / f"{name}.json", info)
+
+
 def _curves_rows(directory: Path) -> List[Dict[str, Any]]:
     from genood.models.ood_curves import CURVES_FILE
     path = Path(directory) / CURVES_FILE

@@ -2,7 +2,8 @@
 
 ``zoo/reproductions.yaml`` declares the rows: the seed, the method, the pair, the published AUROC with its
 source (and the bar the reproduction issue sets), the published bits/dim, the zoo models the row needs and the
-OOD job that measures ours (an ordinary run configuration with ``ood.checkpoint: zoo:<name>``). For a row whose
+OOD job that measures ours (an ordinary run configuration with ``ood.checkpoint: zoo:<name>``); a row marked
+``headline: true`` is its models' headline number, written into their manifests. For a row whose
 models are published, ``genood-reproduce`` runs that job (resumable, cached like every OOD run) and reads the
 detector's AUROC and its bootstrap interval from metrics.json; for a row whose models are still training it shows
 where the training stands: the step reached of the recipe's steps, the hours spent of the budget, and the last
@@ -125,8 +126,14 @@ def reproduce(select: Optional[List[str]] = None, threads: int = 1, measure: boo
                 results.append(old[row["id"]])
             continue
         status = row_status(row)
-        ours = measure_row(row, threads, log) if (measure and status["ready"]) else (old.get(row["id"], {}).get("ours")
-                                                                                     if status["ready"] else None)
+        measured = measure and status["ready"]
+        ours = measure_row(row, threads, log) if measured else (old.get(row["id"], {}).get("ours")
+                                                                if status["ready"] else None)
+        if ours and row.get("headline"):  # the model's headline number (measured now or committed): its manifest
+            for name in row["models"]:
+                zoo.set_headline(name, {"row": row["id"], "detector": row["detector"], "pair": row.get("pair"),
+                                        "auroc": ours["auroc"], "auroc_ci": ours.get("auroc_ci"),
+                                        "published": (row.get("published") or {}).get("auroc")})
         results.append({k: row.get(k) for k in ("id", "seed", "method", "pair", "detector", "label_free", "published",
                                                  "bits_published")} | {"status": status, "ours": ours})
     rundir.write_json(zoo.zoo_dir() / "reproduction.json", {"rows": results})
