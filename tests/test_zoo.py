@@ -321,3 +321,19 @@ def test_reproduce_sweep_that_is_not_a_folder_is_one_sentence(tmp_path):
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "is not a folder" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_publishing_mid_budget_keeps_the_resume_point_and_training_goes_on(tiny_zoo):
+    """A model published while budget is left (a session's snapshot) keeps zoo/resume/<name>.pt, so the next
+    session resumes from it; publishing once the training is over removes it."""
+    folder = tiny_zoo("mid")
+    zoo.train_reference("tiny", minutes=1e-9, log=lambda m: None)
+    logs = []
+    first = zoo.publish("tiny", log=logs.append)
+    assert first["steps_done"] == 1 and (folder / "resume" / "tiny.pt").exists()
+    assert any("resume point stays" in m for m in logs)
+    logs = []
+    _, over = zoo.train_reference("tiny", log=logs.append)
+    assert over
+    last = zoo.publish("tiny", log=lambda m: None)
+    assert last["steps_done"] == 8 and not list((folder / "resume").glob("tiny.*"))

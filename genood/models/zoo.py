@@ -394,9 +394,14 @@ def publish(name: str, log: Callable[[str], None] = print, headline: Optional[Di
     if total > MAX_TOTAL_BYTES:
         log(f"warning: the zoo's weights take {total / 2**20:.1f} MB, over its {MAX_TOTAL_BYTES / 2**20:.0f} MB")
     rundir.write_json(zoo_dir() / f"{name}.json", info)
+    budget_s = float(_entry(name).get("budget_hours", 3.0)) * 3600.0
+    over = bool(state["finished"]) or ledger.seconds >= budget_s - 1.0
     for leftover in (zoo_dir() / "resume").glob(f"{name}.*"):
-        if state["finished"] or leftover.suffix != ".json":
+        if state["finished"] or (over and leftover.suffix != ".json"):
             leftover.unlink()
+    if not over:
+        log(f"zoo {name}: {ledger.seconds / 3600:.2f} of its {budget_s / 3600:.1f} h budget spent, so its resume point "
+            f"stays in zoo/resume/ and `genood-zoo train {name}` goes on from it")
     log(f"zoo {name}: published {shown_path(path)} ({info['bytes'] / 2**20:.1f} MB, step "
         f"{info['steps_done']} of {info['steps_recipe']}, {info['heldout_bits_per_dim']:.4f} bits/dim)")
     return info
