@@ -200,6 +200,9 @@ def walltime(presets, minutes: float, log) -> dict:
             probe = Stepper(preset, SETTINGS[name], chw)
             probe.run(2)
             per_step = probe.run(10) / 10
+            # a longer probe (5% of the budget, at least 10 s): a short one mistakes a busy moment for the speed
+            n = max(10, int(max(10.0, 0.05 * minutes * 60) / per_step))
+            per_step = probe.run(n) / n
             steps = max(50, int(minutes * 60 / per_step * 0.9))  # ~10% for the rest of fit (holdout, checks)
             loss, res = _fit(preset, SETTINGS[name], 0, steps, images, val)
             row[name] = {"steps": steps, "seconds": res.seconds, "held_out": loss}
