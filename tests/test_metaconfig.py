@@ -138,7 +138,7 @@ SHIPPED = {  # file -> (job, runs)
     "ood/suite_tiny.yaml": ("ood", 16),
     "ood/suite_flow_seeds.yaml": ("ood", 12),
     "ood/suite_seed_detectors.yaml": ("ood", 12),
-    "ood/suite_zoo_flows.yaml": ("ood", 2),
+    "ood/suite_zoo_flows.yaml": ("ood", 4),
     "ood/suite_zoo_hvae.yaml": ("ood", 1),
     "ood/suite_zoo_vae.yaml": ("ood", 1),
     "reproduce/000.yaml": ("ood", 2),
