@@ -8,7 +8,7 @@ batch, dequantization, autocast as ``training.precision`` says, the objective, b
   a compiled objective. Each setting is timed against fp32 in adjacent (fp32, setting) windows; the ratio is the
   median over the pairs, so a slow moment of the machine hits both sides of a pair. Compile time is reported.
 * ``quality``: at equal steps (1,000 of the tiny preset, 3 seeds, the preset's schedule), the held-out loss of the
-  family (flows and PixelCNN++: bits/dim; HVAE: negative ELBO in bits/dim; diffusion: the denoising loss) of bf16
+  family (flows and PixelCNN++: bits/dim; HVAE and VAE: negative ELBO in bits/dim; diffusion: the denoising loss) of bf16
   training minus fp32 training, measured in fp32 on 1,000 in_val images. Target: within 0.02.
 * ``walltime``: the held-out loss after the same wall time (``--minutes`` per run) in fp32 and in bf16: the step
   count of each is what its measured throughput fits in that time, with the preset's schedule over those steps.
@@ -147,7 +147,10 @@ def held_out_loss(model, val: torch.Tensor, n: int = 1000, batch: int = 250) -> 
         for i in range(0, min(n, val.shape[0]), batch):
             x = dequantize_uniform(val[i:i + batch].float(), gen)
             vals.append(model.training_loss(x).double())
-    return float(torch.cat(vals).mean())
+    loss = float(torch.cat(vals).mean())
+    if str(getattr(model, "loss_name", "")).endswith("_nats"):  # a loss in nats per image: per dimension, in bits
+        loss /= float(np.prod(val.shape[1:])) * np.log(2.0)
+    return loss
 
 
 def _fit(preset: str, setting: dict, seed: int, steps: int, train_images, val):
