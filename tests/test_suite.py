@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -268,3 +270,21 @@ def test_variants_of_one_model_stay_separate_rows_and_seeds_do_not(tmp_path):
     assert labels["dddd"] == f"{base} mid_channels=8,negative_ood=None"
     alone, _ = collect_runs(dirs[:2])  # one configuration (two seeds): the plain label
     assert set(alone["model"]) == {base}
+    # one checkpoint per in-distribution (the zoo's recipe trained on each dataset) is one model; two checkpoints
+    # on the same in-distribution are two
+    zoo_runs = []
+    for name, ind, ckpt in (("z1", "fmnist", "zoo:a_fmnist"), ("z2", "mnist", "zoo:a_mnist"),
+                            ("z3", "fmnist", "zoo:a_fmnist")):
+        d = run(name)
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        cfg["data"]["in_distribution"], cfg["ood"]["checkpoint"] = ind, ckpt
+        (d / "config.yaml").write_text(runconfig.dump(cfg))
+        zoo_runs.append(d)
+    pooled, _ = collect_runs(zoo_runs)
+    assert set(pooled["model"]) == {base}
+    d = run("z4")
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    cfg["ood"]["checkpoint"] = "zoo:b_fmnist"
+    (d / "config.yaml").write_text(runconfig.dump(cfg))
+    split, _ = collect_runs(zoo_runs + [d])
+    assert len(set(split["model"])) == 3  # then every checkpoint is a row of its own

@@ -76,12 +76,25 @@ def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
     return {prefix[:-1]: json.dumps(tree, sort_keys=True, default=str) if isinstance(tree, list) else tree}
 
 
+def _one_model_per_dataset(flats: Dict[Path, Dict[str, Any]], members: List[Path]) -> bool:
+    """True when the runs' checkpoints differ only with their in-distribution (each dataset scored by one trained
+    model, e.g. the zoo's recipe trained on fmnist and on mnist): then the checkpoint is the dataset's model, not
+    a variant of it."""
+    seen: Dict[str, str] = {}
+    for d in members:
+        ind = json.dumps(flats[d].get("data.in_distribution"), default=str)
+        ckpt = json.dumps(flats[d].get("ood.checkpoint"), default=str)
+        if seen.setdefault(ind, ckpt) != ckpt:
+            return False
+    return True
+
+
 def variant_labels(configs: Dict[Path, dict]) -> Dict[Path, str]:
     """Each run's model label (family, its naming keys, preset), extended by ``key=value`` for every configuration
     key on which runs sharing that label differ (the seed and the evaluation data aside), so that a sweep's
     variants of one model (negative training on or off, a coupling's mask or width) stay separate rows instead
     of being read as seeds of one configuration. Keys missing from some runs' configs (written by an older
-    version) are not variants."""
+    version) are not variants, nor is a checkpoint that only follows the in-distribution (one model a dataset)."""
     base = {d: _describe(cfg)[0] for d, cfg in configs.items()}
     out = dict(base)
     for label in set(base.values()):
@@ -91,7 +104,8 @@ def variant_labels(configs: Dict[Path, dict]) -> Dict[Path, str]:
         flats = {d: _flat(configs[d]) for d in members}
         shared = set.intersection(*(set(f) for f in flats.values()))
         varying = sorted(k for k in shared if not k.startswith(_NOT_A_VARIANT)
-                         and len({json.dumps(flats[d][k], default=str) for d in members}) > 1)
+                         and len({json.dumps(flats[d][k], default=str) for d in members}) > 1
+                         and not (k == "ood.checkpoint" and _one_model_per_dataset(flats, members)))
         for d in members:
             if varying:
                 out[d] = label + " " + ",".join(f"{k.split('.')[-1]}={flats[d][k]}" for k in varying)
