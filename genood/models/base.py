@@ -6,12 +6,13 @@ Units: ``log_prob`` is in nats of the dequantized stored data ``x in [0,256)^D``
 from __future__ import annotations
 
 import math
-from typing import Protocol, Tuple, runtime_checkable
+import zlib
+from typing import List, Protocol, Tuple, runtime_checkable
 
 import torch
 
 __all__ = ["DensityModel", "BitsPerDimObjective", "REQUIRED", "CAPABILITIES", "undeclared", "check_family", "capabilities",
-           "autograd_log_prob_grad", "nats_to_bits_per_dim"]
+           "autograd_log_prob_grad", "nats_to_bits_per_dim", "content_generators"]
 
 
 @runtime_checkable
@@ -101,3 +102,10 @@ class BitsPerDimObjective:
 
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         return self.bits_per_dim(x)
+
+
+def content_generators(x: torch.Tensor, seed: int, salt: int) -> List[torch.Generator]:
+    """One CPU generator per row of ``x``, seeded by that row's content, ``seed`` and ``salt``: randomness a score
+    draws for a point (posterior noise, binarization) that does not depend on the batch the point came in."""
+    return [torch.Generator().manual_seed(zlib.crc32(row.detach().float().cpu().numpy().tobytes()) * 1000
+                                          + int(seed) * 7 + salt) for row in x]

@@ -28,7 +28,6 @@ decaying to 0 over ``free_bits_steps``).
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -36,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genood.models import dlml
-from genood.models.base import nats_to_bits_per_dim
+from genood.models.base import content_generators, nats_to_bits_per_dim
 from genood.precision import exact
 
 LOG_2PI = math.log(2 * math.pi)
@@ -328,9 +327,7 @@ class HierarchicalVAE(nn.Module):
         return self.free_bits * min(1.0, max(0.0, 1.0 - (step - self.free_bits_constant_steps) / self.free_bits_steps))
 
     def _generators(self, x: torch.Tensor, salt: int) -> List[torch.Generator]:
-        seed = int(self.bound_cfg.get("seed", 0))
-        return [torch.Generator().manual_seed(zlib.crc32(row.detach().float().cpu().numpy().tobytes()) * 1000 + seed * 7 + salt)
-                for row in x]
+        return content_generators(x, int(self.bound_cfg.get("seed", 0)), salt)
 
     def _seeded_targets(self, x: torch.Tensor, gens: List[torch.Generator]) -> torch.Tensor:
         """What the likelihood scores, binarized (bernoulli) with each image's own generator."""

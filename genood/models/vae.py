@@ -24,14 +24,13 @@ a copy of the encoder's weights is fitted to each image alone and the bound gain
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from genood.models.base import nats_to_bits_per_dim
+from genood.models.base import content_generators, nats_to_bits_per_dim
 from genood.precision import exact, network
 
 __all__ = ["DCGANVAE", "build_vae", "canvas_side"]
@@ -166,9 +165,7 @@ class DCGANVAE(nn.Module):
         return _categorical_log_lik(self._logits(z), t) - _kl_standard_normal(mu, logvar)
 
     def _generators(self, x: torch.Tensor, salt: int) -> List[torch.Generator]:
-        seed = int(self.bound_cfg.get("seed", 0))
-        return [torch.Generator().manual_seed(zlib.crc32(row.detach().float().cpu().numpy().tobytes()) * 1000
-                                              + seed * 7 + salt) for row in x]
+        return content_generators(x, int(self.bound_cfg.get("seed", 0)), salt)
 
     def _iw(self, t: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, gens: List[torch.Generator],
             samples: int) -> torch.Tensor:
@@ -244,12 +241,13 @@ class DCGANVAE(nn.Module):
         names = [n for n, _ in self.encoder.named_parameters()]
         buffers = dict(self.encoder.named_buffers())
         after = torch.empty_like(before)
+        gens_fit = self._generators(x, 9)
         for j in range(x.shape[0]):
             tj = t[j:j + 1]
             inp = self._canvas(tj)
             weights = [p.detach().clone().requires_grad_(True) for p in self.encoder.parameters()]
             opt = torch.optim.Adam(weights, lr=float(lr), betas=(0.9, 0.999), weight_decay=float(weight_decay))
-            gen = self._generators(x[j:j + 1], 9)[0]
+            gen = gens_fit[j]
             with torch.enable_grad():
                 for _ in range(int(steps)):
                     params = {**dict(zip(names, weights)), **buffers}

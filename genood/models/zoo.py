@@ -412,6 +412,8 @@ def set_headline(name: str, headline: Dict[str, Any]) -> None:
     weights and their sha256 are untouched)."""
     from genood import rundir
     info = manifest(name)
+    if info.get("headline") == dict(headline):
+        return  # a table refreshed without new numbers rewrites no manifest
     info["headline"] = dict(headline)
     rundir.write_json(zoo_dir() / f"{name}.json", info)
 
