@@ -126,6 +126,13 @@ def test_selection_sees_only_the_selection_sets_and_picks_the_best_worst_case():
     far, real = ceil.xs("far", level="ood_group").iloc[0], ceil.xs("real", level="ood_group").iloc[0]
     assert far["mean"] == pytest.approx(1.0) and real["mean"] == pytest.approx(0.99) and real["worst_set"] == "b"
     assert any(line.startswith("  ceiling (optimistic") and "mean 0.990" in line for line in suite.selection_lines({"m": picked}))
+    # and over the selection sets: per set the best of d1/d2 (hflip 0.99, blur=1 0.82, blur=2 0.99), which bounds
+    # the chosen detector's mean and worst there
+    sel = picked["selection_ceiling"].set_index(["in_dataset", "ood_group"]).xs("transform", level="ood_group").iloc[0]
+    assert sel["worst"] == pytest.approx(0.82) and sel["worst_set"] == "a:blur=1" and sel["n_sets"] == 3
+    assert sel["mean"] == pytest.approx((0.99 + 0.82 + 0.99) / 3) and bool(sel["optimistic"])
+    assert sel["mean"] >= picked["mean"] and sel["worst"] >= picked["worst"]
+    assert any(line.startswith("  selection sets' ceiling") for line in suite.selection_lines({"m": picked}))
     # selecting on a named set works too; a token naming nothing is one sentence
     assert suite.selection(sets, ["a:hflip"])["m"]["detector"] == "d2"
     with pytest.raises(suite.SelectionError, match="names no group or OOD set") as err:
