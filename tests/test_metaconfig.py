@@ -141,6 +141,7 @@ SHIPPED = {  # file -> (job, runs)
     "ood/suite_zoo_flows.yaml": ("ood", 4),
     "ood/suite_zoo_hvae.yaml": ("ood", 1),
     "ood/suite_zoo_vae.yaml": ("ood", 1),
+    "ood/suite_zoo_pixelcnn.yaml": ("ood", 1),
     "reproduce/000.yaml": ("ood", 2),
     "reproduce/002.yaml": ("ood", 3),
     "reproduce/004.yaml": ("ood", 3),
