@@ -217,9 +217,10 @@ def selection(sets: pd.DataFrame, tokens: List[str], chooser=select) -> Dict[str
 
 
 def ceiling(sets: pd.DataFrame) -> pd.DataFrame:
-    """Per (in-distribution, group): the mean and the worst over the group's sets of the best learned
-    detector's AUROC on each set, the detector chosen per set with that set's OOD labels: an optimistic upper
-    bound on what any single learned detector of these runs reaches (``optimistic`` is True on every row)."""
+    """Per (in-distribution, group) of ``sets`` (the held-out sets, or the selection sets): the mean and the worst
+    over the group's sets of the best learned detector's AUROC on each set, the detector chosen per set with that
+    set's OOD labels: an optimistic upper bound on what any single learned detector of these runs reaches
+    (``optimistic`` is True on every row)."""
     learned = ood_rows(sets)
     learned = learned[~learned["model_free"].astype(bool)]
     if learned.empty:
@@ -256,17 +257,16 @@ def selection_lines(picked: Dict[str, Dict[str, Any]]) -> List[str]:
                     cells.append(f"{name}: mean {r['mean']:.3f} [{r['mean_lo']:.3f}, {r['mean_hi']:.3f}], "
                                  f"worst {r['worst']:.3f} [{r['worst_lo']:.3f}, {r['worst_hi']:.3f}] ({r['worst_set']})")
             lines.append(f"  held out, in {ind}, {grp} ({int(gg['n_sets'].iloc[0])} sets): " + "; ".join(cells))
-        sel_ceil = p.get("selection_ceiling")
-        if sel_ceil is not None and len(sel_ceil):
-            lines.append("  selection sets' ceiling (optimistic: each selection set's best learned detector, chosen with "
-                         "its OOD labels; no single detector's mean or worst there can exceed it): "
-                         + "; ".join(f"in {r.in_dataset}, {r.ood_group}: mean {r.mean:.3f}, worst {r.worst:.3f} ({r.worst_set})"
-                                     for r in sel_ceil.itertuples(index=False)))
-        ceil = p.get("ceiling")
-        if ceil is not None and len(ceil):
-            lines.append("  ceiling (optimistic: each held-out set's best learned detector, chosen with its OOD labels): "
-                         + "; ".join(f"in {r.in_dataset}, {r.ood_group}: mean {r.mean:.3f}, worst {r.worst:.3f} ({r.worst_set})"
-                                     for r in ceil.itertuples(index=False)))
+        for key, head in (("selection_ceiling", "selection sets' ceiling (optimistic: each selection set's best learned "
+                                                 "detector, chosen with its OOD labels; no single detector's mean or worst "
+                                                 "there can exceed it)"),
+                          ("ceiling", "ceiling (optimistic: each held-out set's best learned detector, chosen with its "
+                                      "OOD labels)")):
+            ceil = p.get(key)
+            if ceil is not None and len(ceil):
+                lines.append(f"  {head}: " + "; ".join(
+                    f"in {r.in_dataset}, {r.ood_group}: mean {r.mean:.3f}, worst {r.worst:.3f} ({r.worst_set})"
+                    for r in ceil.itertuples(index=False)))
         shift = p.get("shift")
         if shift is not None and len(shift):
             lines.append("  shift (in_test against meaning-keeping transforms of it; AUROC 0.5 = accepted, gap = mean "
