@@ -31,12 +31,14 @@ from genood.paths import NAME_CHARS, PROJECT_ROOT, name_problem, shown_name, sho
 
 __all__ = ["ZooError", "ZOO_PREFIX", "zoo_dir", "check_name", "reference_entries", "reference_config",
            "manifest", "names", "is_zoo_ref", "find_published", "find_or_train", "open_zoo_model", "zoo_config", "publish", "verify",
-           "heldout_bits_per_dim", "Ledger", "train_reference", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES"]
+           "heldout_bits_per_dim", "heldout_record", "VERIFY_IMAGES", "VERIFY_BATCH",
+           "Ledger", "train_reference", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES"]
 
 ZOO_PREFIX = "zoo:"
 MAX_FILE_BYTES = 12 * 1024 * 1024   # a weights file in the tree
 MAX_TOTAL_BYTES = 80 * 1024 * 1024  # all of them together
 VERIFY_IMAGES = 500
+VERIFY_BATCH = 100  # the held-out measurement's batch: a prefix of batches is the same computation
 MAX_NAME = 64
 
 
@@ -185,8 +187,10 @@ def find_or_train(cfg: Dict[str, Any], runs_root: Path, log: Callable[[str], Non
     return find_run_or_train(cfg, runs_root, log, **kwargs)
 
 
-def heldout_bits_per_dim(model, cfg: Dict[str, Any], n: int = VERIFY_IMAGES) -> float:
-    """Mean bits/dim of the first ``n`` in-distribution test images (seeded evaluation dequantization)."""
+def _heldout_batches(model, cfg: Dict[str, Any], n: int) -> List[Tuple[float, int]]:
+    """(mean bits/dim, images) of each batch of ``VERIFY_BATCH`` among the first ``n`` in-distribution test images
+    (seeded evaluation dequantization). Batches are fixed so a prefix of them is the same computation as in the
+    full measurement (an adaptive ODE solver's steps depend on the whole batch)."""
     import numpy as np
     import torch
 
@@ -201,8 +205,25 @@ def heldout_bits_per_dim(model, cfg: Dict[str, Any], n: int = VERIFY_IMAGES) -> 
                                       cfg["data"]["eval_dequantization"])
     device = next(model.parameters()).device
     with torch.no_grad():
-        bits = torch.cat([model.bits_per_dim(x[i:i + 100].to(device)).cpu() for i in range(0, len(x), 100)])
-    return float(bits.double().mean())
+        return [(float(model.bits_per_dim(x[i:i + VERIFY_BATCH].to(device)).cpu().double().mean()),
+                 len(x[i:i + VERIFY_BATCH])) for i in range(0, len(x), VERIFY_BATCH)]
+
+
+def heldout_bits_per_dim(model, cfg: Dict[str, Any], n: int = VERIFY_IMAGES) -> float:
+    """Mean bits/dim of the first ``n`` in-distribution test images (seeded evaluation dequantization)."""
+    batches = _heldout_batches(model, cfg, n)
+    return float(sum(b * k for b, k in batches) / sum(k for _, k in batches))
+
+
+def heldout_record(model, cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The manifest's held-out fields: the mean bits/dim on the first ``VERIFY_IMAGES`` test images, each batch's
+    mean (so a quick check can verify a prefix of batches exactly), how many images, and the seconds it took."""
+    start = time.monotonic()
+    batches = _heldout_batches(model, cfg, VERIFY_IMAGES)
+    images = sum(k for _, k in batches)
+    return {"heldout_bits_per_dim": round(sum(b * k for b, k in batches) / images, 6), "heldout_images": images,
+            "heldout_batches": [round(b, 6) for b, _ in batches],
+            "heldout_seconds": round(time.monotonic() - start, 1)}
 
 
 def _machine(threads: int) -> Dict[str, Any]:
@@ -386,8 +407,7 @@ def publish(name: str, log: Callable[[str], None] = print, headline: Optional[Di
             "steps_recipe": int(cfg["training"]["steps"]), "precision": state.get("precision", "fp32"),
             "wall_seconds": ledger.seconds, "sessions": ledger.data.get("sessions", []),
             "commits": sorted({s.get("commit") for s in ledger.data.get("sessions", []) if s.get("commit")}),
-            "heldout_bits_per_dim": round(heldout_bits_per_dim(model, state["config"]), 6),
-            "heldout_images": VERIFY_IMAGES, "headline": headline or (manifest(name).get("headline") if
+            **heldout_record(model, state["config"]), "headline": headline or (manifest(name).get("headline") if
                                                                       (zoo_dir() / f"{name}.json").exists() else None),
             "curves": _curves_rows(directory), "sha256": sha256(path), "bytes": path.stat().st_size}
     total = sum(p.stat().st_size for p in zoo_dir().glob("*.safetensors"))
@@ -427,16 +447,30 @@ def _curves_rows(directory: Path) -> List[Dict[str, Any]]:
     return json.loads(pd.read_parquet(path).to_json(orient="records"))
 
 
-def verify(name: str, bits: bool = True) -> Dict[str, Any]:
+def verify(name: str, bits: bool = True, images: Optional[int] = None) -> Dict[str, Any]:
     """Check zoo model ``name``: its sha256, that it loads, and (``bits``) its bits/dim on the manifest's test
-    images within 0.01 of the manifest. Returns what was measured; a ZooError when a check fails."""
+    images within 0.01 of the manifest. ``images``: check only the first that many (a multiple of the batch,
+    ``VERIFY_BATCH``) against the manifest's per-batch means. Returns what was measured; a ZooError when a check
+    fails."""
     model, _ = open_zoo_model(ZOO_PREFIX + name)
     info = manifest(name)
     out = {"name": name, "sha256": "ok", "loads": "ok"}
     if bits:
-        got = heldout_bits_per_dim(model, info["config"], int(info.get("heldout_images", VERIFY_IMAGES)))
-        out["bits_per_dim"], out["manifest_bits_per_dim"] = got, info["heldout_bits_per_dim"]
-        if abs(got - info["heldout_bits_per_dim"]) > 0.01:
-            raise ZooError(f"Zoo model {name!r} gives {got:.4f} bits/dim on its test images, not the manifest's "
-                           f"{info['heldout_bits_per_dim']:.4f}; its weights or the data changed: restore them with git.")
+        total = int(info.get("heldout_images", VERIFY_IMAGES))
+        n = total if images is None else int(images)
+        if n != total:
+            if not (0 < n < total and n % VERIFY_BATCH == 0):
+                raise ZooError(f"--images must be a multiple of {VERIFY_BATCH} from {VERIFY_BATCH} to {total} for "
+                               f"zoo model {name!r}, got {images}.")
+            if not info.get("heldout_batches"):
+                raise ZooError(f"The manifest of zoo model {name!r} has no per-batch bits/dim, so only all {total} "
+                               f"images can be verified; run `genood-zoo verify {name}` without --images.")
+            want = float(sum(info["heldout_batches"][:n // VERIFY_BATCH]) / (n // VERIFY_BATCH))
+        else:
+            want = float(info["heldout_bits_per_dim"])
+        got = heldout_bits_per_dim(model, info["config"], n)
+        out.update(bits_per_dim=got, manifest_bits_per_dim=want, images=n)
+        if abs(got - want) > 0.01:
+            raise ZooError(f"Zoo model {name!r} gives {got:.4f} bits/dim on its first {n} test images, not the "
+                           f"manifest's {want:.4f}; its weights or the data changed: restore them with git.")
     return out
