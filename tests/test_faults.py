@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pytest
@@ -460,3 +461,50 @@ def test_integrity_flags_each_kind_of_cut_short_file_and_nothing_whole(tmp_path)
         assert file_problem(path) is None
     (run / "config.yaml").write_text("a: [1, 2")  # yaml cut short
     assert [p.name for p, _ in damaged_files(run)] == ["config.yaml"]
+
+
+def _processes_running(marker: str) -> List[int]:
+    """Pids of live processes whose command line holds ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if marker in cmd and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_chromium_that_does_not_answer_in_time_costs_a_warning_and_leaves_no_process(tmp_path, monkeypatch):
+    """PNG export runs in a child session with a deadline: in time, the PNGs are real images of the asked size;
+    past it (here a deadline no Chromium can meet), the child and its browser are killed, the run keeps its HTML
+    figures and gets one warning, and no export process is left behind."""
+    import struct
+
+    import plotly.graph_objects as go
+
+    from genood import rundir
+    from genood.ood import figures, png_export
+
+    rundir.allow_writes(tmp_path)  # this test's folders stand for a run's figures/ folder
+    figs = {"a": go.Figure(go.Scatter(x=[1, 2, 3], y=[3, 1, 2])).update_layout(width=420, height=300),
+            "b": go.Figure(go.Bar(x=["x", "y"], y=[1, 2]))}
+    warnings: List[str] = []
+    written = figures.write_figures(figs, tmp_path / "ok", png=True, warn=warnings.append)
+    assert not warnings and {p.name for p in written} == {"a.html", "b.html", "a.png", "b.png"}
+    for name, size in (("a", (420, 300)), ("b", (900, 520))):
+        head = (tmp_path / "ok" / f"{name}.png").read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == size
+
+    before = set(_processes_running("chrom"))
+    monkeypatch.setattr(png_export, "BASE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(png_export, "PER_FIGURE_TIMEOUT_S", 0.0)
+    written = figures.write_figures(figs, tmp_path / "late", png=True, warn=warnings.append)
+    assert {p.name for p in written} == {"a.html", "b.html"} and len(warnings) == 1
+    assert "PngTimeout" in warnings[0] and "within 0 s" in warnings[0]
+    assert sorted(p.name for p in (tmp_path / "late").iterdir() if p.suffix == ".png") == []
+    assert not _processes_running("genood.ood.png_export")
+    assert set(_processes_running("chrom")) <= before  # the killed session took its Chromium with it

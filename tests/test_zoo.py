@@ -231,6 +231,15 @@ def test_reproduction_table_measures_published_rows_and_shows_training_ones(tiny
     headline = zoo.manifest("tiny")["headline"]
     assert headline["row"] == "tiny_ll" and headline["auroc"] == measured["ours"]["auroc"]
     assert zoo.verify("tiny", bits=False)["sha256"] == "ok"
+    # a row declared after the table was made, while another row is measured: it joins the table, unmeasured,
+    # with where its models stand, and the measured rows keep their numbers
+    rows.append(dict(rows[0], id="tiny_late", headline=False))
+    (folder / "reproductions.yaml").write_text(yaml.safe_dump({"rows": rows}))
+    again = reproduction.reproduce(select=["tiny_b_ll"], log=lambda m: None)
+    assert [r["id"] for r in again] == ["tiny_ll", "tiny_b_ll", "tiny_late"]
+    assert again[0]["ours"] == measured["ours"] and again[2]["ours"] is None and again[2]["status"]["ready"]
+    table = [ln for ln in (folder / "REPRODUCTION.md").read_text().splitlines() if ln.startswith("| t |")]
+    assert len(table) == 3 and "not measured yet" in table[2] and "8 / 8" in table[2]
 
 
 def test_a_zoo_foreground_takes_its_background_model_from_the_zoo(tiny_zoo, capsys):

@@ -208,8 +208,10 @@ def suite_heatmap(metrics: Dict[str, Dict], sets: List[tuple], title: str = ""):
 
 
 def write_figures(figs: Dict[str, object], directory: Path, png: bool, warn: Callable[[str], None]) -> List[Path]:
-    """Write each figure as ``<name>.html`` (and ``.png`` when possible), atomically. Returns the paths."""
-    import plotly.io as pio
+    """Write each figure as ``<name>.html`` (and ``.png`` when possible), atomically. Returns the paths. The PNGs
+    are rendered in a child process with a deadline (:mod:`genood.ood.png_export`): a Chromium that hangs costs a
+    warning, never the run."""
+    from genood.ood import png_export
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
@@ -222,14 +224,14 @@ def write_figures(figs: Dict[str, object], directory: Path, png: bool, warn: Cal
         tmp = [p.with_name(f".{p.stem}.tmp.png") for p in paths]
         try:
             sizes = [(f.layout.width or 900, f.layout.height or 520) for f in figs.values()]  # kaleido ignores layout size
-            pio.write_images(list(figs.values()), [str(t) for t in tmp], width=[w for w, _ in sizes],
-                             height=[h for _, h in sizes])
+            png_export.export(list(figs.values()), tmp, sizes)
             for t, p in zip(tmp, paths):
                 t.replace(p)
             written.extend(paths)
-        except Exception as exc:  # no Chromium, or kaleido failed
+        except Exception as exc:  # no Chromium, kaleido failed, or Chromium hung past the deadline
             for t in tmp:
                 t.unlink(missing_ok=True)
             first = str(exc).splitlines()[0] if str(exc) else ""
-            warn(f"PNG export skipped ({type(exc).__name__}: {first}); run `make setup` to install Chromium for kaleido.")
+            warn(f"PNG export skipped ({type(exc).__name__}: {first}); the HTML figures are written; run `make setup` "
+                 f"to install Chromium for kaleido.")
     return written

@@ -121,12 +121,12 @@ def reproduce(select: Optional[List[str]] = None, threads: int = 1, measure: boo
     old = {r["id"]: r for r in _committed()}
     results = []
     for row in rows():
-        if select and row["id"] not in select:
-            if row["id"] in old:
-                results.append(old[row["id"]])
+        chosen = not select or row["id"] in select
+        if not chosen and row["id"] in old:
+            results.append(old[row["id"]])
             continue
-        status = row_status(row)
-        measured = measure and status["ready"]
+        status = row_status(row)  # a row new to the table shows where its models stand even when not chosen
+        measured = measure and chosen and status["ready"]
         ours = measure_row(row, threads, log) if measured else (old.get(row["id"], {}).get("ours")
                                                                 if status["ready"] else None)
         if ours and row.get("headline"):  # the model's headline number (measured now or committed): its manifest
@@ -254,8 +254,12 @@ def markdown(results: List[Dict[str, Any]], source: str = "the zoo's reference m
             got = f"{ours['auroc']:.3f} [{_fmt(ci[0])}, {_fmt(ci[1])}]" + (" (optimistic)" if ours.get("optimistic") else "")
             gap = _fmt(ours["auroc"] - pub["auroc"]) if pub.get("auroc") is not None else "-"
         else:
-            got = (f"training: likelihood AUROC {_fmt(curve.get('likelihood_auroc'))} at step {curve['step']:,}"
-                   if curve else "not measured yet")
+            last = (f"likelihood AUROC {_fmt(curve.get('likelihood_auroc'))} at step {curve['step']:,}"
+                    if curve else "")
+            if st.get("ready"):  # published but not measured yet: the curve is its training's, said so
+                got = "not measured yet" + (f" (its training's last curve: {last})" if last else "")
+            else:
+                got = f"training: {last}" if last else "not measured yet"
             gap = "-"
         target = f" ({_fmt(pub.get('target'))})" if pub.get("target") is not None else ""
         pair = " -> ".join(r.get("pair") or [])
