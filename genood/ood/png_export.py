@@ -3,7 +3,8 @@
 kaleido drives a headless Chromium; now and then (seen under CPU contention) it never answers and the call waits
 forever, which would hold a finished run hostage to its pictures. :func:`export` writes each figure's JSON to a
 temporary folder, renders them in ``python -m genood.ood.png_export <spec>`` started in a session of its own, and
-on a deadline kills that session (the child and its Chromium) and tries once more. The child reads only the JSON
+on a deadline kills that child's process tree (it and its Chromium, which runs in a session of its own) and tries
+once more. The child reads only the JSON
 files this process wrote (plotly's figure schema: data, never code).
 """
 from __future__ import annotations
@@ -22,20 +23,56 @@ PER_FIGURE_TIMEOUT_S = 20.0  # ... and this much more a figure (a figure takes a
 ATTEMPTS = 2
 
 
+last_child = None  # the pid (and session id) of the last export child: the root of what a timeout kills
+
+
 class PngTimeout(RuntimeError):
     """Chromium did not finish the PNGs in time (the child and its browser were killed)."""
+
+
+def process_tree(pid: int) -> List[int]:
+    """``pid`` and every live descendant of it (read from /proc; Linux). Chromium's launcher starts the browser in a
+    session of its own, so the child's session alone does not hold it."""
+    children: Dict[int, List[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _kill_tree(pid: int) -> None:
+    """Kill the export child's process tree (its browser included) and its session."""
+    tree = process_tree(pid) if Path("/proc").is_dir() else [pid]
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _attempt(spec_path: Path, deadline: float) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "genood.ood.png_export", str(spec_path)], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    global last_child
+    last_child = proc.pid
     try:
         _, err = proc.communicate(timeout=deadline)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the child's session: it and the Chromium it started
-        except ProcessLookupError:
-            pass
+        _kill_tree(proc.pid)  # the child, the Chromium it started (in a session of the browser's own) and the rest
         proc.communicate()
         raise PngTimeout(f"Chromium did not render the PNGs within {deadline:.0f} s") from None
     if proc.returncode != 0:
