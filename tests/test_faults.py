@@ -465,16 +465,8 @@ def test_integrity_flags_each_kind_of_cut_short_file_and_nothing_whole(tmp_path)
 
 def _session_members(sid: int) -> List[int]:
     """Pids of live (not zombie) processes of session ``sid``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
-                pids.append(int(entry.name))
-    return pids
+    from genood.ood.png_export import live_processes
+    return [pid for pid, fields in live_processes() if int(fields[3]) == sid]  # fields: state, ppid, pgrp, session
 
 
 def test_a_chromium_that_does_not_answer_in_time_costs_a_warning_and_leaves_no_process(tmp_path, monkeypatch):
@@ -532,11 +524,11 @@ def test_a_chromium_that_does_not_answer_in_time_costs_a_warning_and_leaves_no_p
         time.sleep(0.2)
     assert isinstance(box.get("exc"), png_export.PngTimeout)
     assert any(b"chrom" in cmd for cmd in seen.values()), seen
+    live = {pid for pid, _ in png_export.live_processes()}
     alive = []
     for pid, cmd in seen.items():
         try:
-            fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-            if fields[0] != "Z" and (Path("/proc") / str(pid) / "cmdline").read_bytes() == cmd:
+            if pid in live and (Path("/proc") / str(pid) / "cmdline").read_bytes() == cmd:  # not a reused pid
                 alive.append(pid)
         except OSError:
             pass

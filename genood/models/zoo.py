@@ -209,10 +209,14 @@ def _heldout_batches(model, cfg: Dict[str, Any], n: int) -> List[Tuple[float, in
                  len(x[i:i + VERIFY_BATCH])) for i in range(0, len(x), VERIFY_BATCH)]
 
 
+def _image_mean(batches: List[Tuple[float, int]]) -> float:
+    """The mean over images of (batch mean, images) pairs."""
+    return float(sum(b * k for b, k in batches) / sum(k for _, k in batches))
+
+
 def heldout_bits_per_dim(model, cfg: Dict[str, Any], n: int = VERIFY_IMAGES) -> float:
     """Mean bits/dim of the first ``n`` in-distribution test images (seeded evaluation dequantization)."""
-    batches = _heldout_batches(model, cfg, n)
-    return float(sum(b * k for b, k in batches) / sum(k for _, k in batches))
+    return _image_mean(_heldout_batches(model, cfg, n))
 
 
 def heldout_record(model, cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -220,8 +224,7 @@ def heldout_record(model, cfg: Dict[str, Any]) -> Dict[str, Any]:
     mean (so a quick check can verify a prefix of batches exactly), how many images, and the seconds it took."""
     start = time.monotonic()
     batches = _heldout_batches(model, cfg, VERIFY_IMAGES)
-    images = sum(k for _, k in batches)
-    return {"heldout_bits_per_dim": round(sum(b * k for b, k in batches) / images, 6), "heldout_images": images,
+    return {"heldout_bits_per_dim": round(_image_mean(batches), 6), "heldout_images": sum(k for _, k in batches),
             "heldout_batches": [round(b, 6) for b, _ in batches],
             "heldout_seconds": round(time.monotonic() - start, 1)}
 

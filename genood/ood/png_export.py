@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 BASE_TIMEOUT_S = 120.0       # an attempt's deadline: Chromium's start ...
 PER_FIGURE_TIMEOUT_S = 20.0  # ... and this much more a figure (a figure takes about a second here)
@@ -30,10 +30,9 @@ class PngTimeout(RuntimeError):
     """Chromium did not finish the PNGs in time (the child and its browser were killed)."""
 
 
-def process_tree(pid: int) -> List[int]:
-    """``pid`` and every live descendant of it (read from /proc; Linux). Chromium's launcher starts the browser in a
-    session of its own, so the child's session alone does not hold it."""
-    children: Dict[int, List[int]] = {}
+def live_processes() -> Iterator[Tuple[int, List[str]]]:
+    """(pid, the fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ...) of every live,
+    not zombie, process (Linux)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -41,7 +40,15 @@ def process_tree(pid: int) -> List[int]:
             except OSError:
                 continue
             if fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
+                yield int(entry.name), fields
+
+
+def process_tree(pid: int) -> List[int]:
+    """``pid`` and every live descendant of it (read from /proc; Linux). Chromium's launcher starts the browser in a
+    session of its own, so the child's session alone does not hold it."""
+    children: Dict[int, List[int]] = {}
+    for child, fields in live_processes():
+        children.setdefault(int(fields[1]), []).append(child)
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
