@@ -498,10 +498,19 @@ def test_a_chromium_that_does_not_answer_in_time_costs_a_warning_and_leaves_no_p
     assert sorted(p.name for p in (tmp_path / "late").iterdir() if p.suffix == ".png") == []
     assert png_export.last_child and not _session_members(png_export.last_child)  # nothing of it lives on
 
-    # a deadline that comes while Chromium renders (400,000 points take it about 45 s): the browser was among the
-    # child's descendants, and after the deadline none of them is left
+
+def test_a_deadline_while_chromium_renders_leaves_none_of_the_exports_descendants_alive(tmp_path):
+    """A deadline that comes while Chromium renders (400,000 points take it about 45 s): the browser was among the
+    child's descendants (its launcher gives it a session of its own), and after the deadline none of them is left."""
     import threading
 
+    import plotly.graph_objects as go
+
+    from genood import rundir
+    from genood.ood import png_export
+
+    rundir.allow_writes(tmp_path)
+    (tmp_path / "late").mkdir()
     x = np.random.default_rng(0).normal(size=400_000)
     big = go.Figure(go.Scatter(x=x, y=x[::-1], mode="markers"))
     seen, box = {}, {}
