@@ -219,7 +219,7 @@ def _committed() -> List[Dict[str, Any]]:
 
 
 def _fmt(v: Optional[float], digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+    return "-" if v is None else f"{round(v, digits) + 0.0:.{digits}f}"  # + 0.0: a gap that rounds to 0 is not "-0.000"
 
 
 def _steps(m: Dict[str, Any], named: bool) -> str:
