@@ -208,9 +208,32 @@ def test_fisher_and_min_p_combinations_match_their_definitions():
     rng = np.random.default_rng(4)
     ref = rng.normal(size=(50, 2))
     q = rng.normal(size=(7, 2))
-    p = (1 + (ref[None, :, :] <= q[:, None, :]).sum(axis=1)) / 51.0
+    q[0] = ref.min(axis=0) - [0.5, 2.0]  # past in_val's minimum: the exponential tail
+    srt = np.sort(ref, axis=0)
+    scale = (srt[8] - srt[:8]).mean(axis=0)  # the mean excess of the ceil(sqrt(50)) lowest over the 9th
+    p = (1 + (ref[None, :, :] <= q[:, None, :]).sum(axis=1)) / 51.0 * np.exp(-np.maximum(srt[0] - q, 0) / scale)
     assert np.allclose(combined_mod.fit_pvalues(ref)(q), 2 * np.log(p).sum(axis=1))
     assert np.allclose(combined_mod.fit_min_p(ref)(q), np.log(p.min(axis=1)))
+
+
+def test_p_values_past_in_vals_extremes_keep_ranking_instead_of_tying_at_the_floor():
+    """An in-distribution point just past in_val's minimum and OOD points far past it: the empirical p-value ties
+    them all at 1 / (n + 1) (AUROC stuck near 1 - (share of in_test past the minimum) / 2); the tail orders them. A
+    column with no spread in its tail keeps the floor (nothing to extrapolate), and -inf stays the lowest."""
+    from genood.ood.metrics import auroc
+    rng = np.random.default_rng(1)
+    val, pos = rng.normal(size=(400, 1)), rng.normal(size=(1000, 1))
+    neg = rng.normal(size=(500, 1)) - 12.0  # every OOD point past in_val's minimum
+    past = (pos[:, 0] < val.min()).mean()
+    assert 0 < past < 0.05
+    score = combined_mod.fit_min_p(val)
+    assert auroc(score(pos), score(neg)) == 1.0
+    inside = (pos[:, 0] >= val.min())
+    assert np.allclose(score(pos[inside]), np.log((1 + (val[:, 0][None, :] <= pos[inside]).sum(axis=1)) / 401.0))
+    flat = np.r_[np.zeros((30, 1)), rng.normal(size=(370, 1)) + 5.0]  # 30 ties at the bottom: no tail scale
+    low = combined_mod.fit_log_pvalues(flat)(np.array([[-1.0], [-9.0], [-np.inf]]))
+    assert np.allclose(low[:2, 0], np.log(1 / 401.0)) and low[2, 0] == np.log(1 / 401.0)
+    assert np.isneginf(combined_mod.fit_log_pvalues(val)(np.array([[-np.inf]]))[0, 0])
 
 
 def test_min_p_catches_ood_in_either_tail_of_one_sided_scores():
