@@ -129,3 +129,18 @@ def test_lid_stage_writes_curves_dual_metrics_and_figures(tmp_path):
     assert log.count("generated: sampling 6 images from the model") == 1
     assert "generated: reusing 6 samples saved in" in log
     assert json.loads((directory / "metrics.json").read_text()) == metrics
+
+
+def test_a_split_smaller_than_asked_is_scored_whole_and_the_log_says_so(tiny_cfg):
+    """ood.n_in_val above what data.val_fraction leaves: every in_val point is scored, and run.log names the
+    numbers (a user asking for 1,000 LID points a split must see that MNIST's in_val holds 400)."""
+    import re
+
+    cfg = dict(tiny_cfg, ood=dict(tiny_cfg["ood"], n_in_val=10**6, n_generated=0, scores=["log_likelihood"]))
+    directory = run_ood(cfg, echo=False)
+    log = (directory / "run.log").read_text()
+    said = re.search(r"in_val: ood\.n_in_val asks for 1,000,000 points; (\S+) holds ([\d,]+) in data\.val_fraction", log)
+    assert said, log
+    table = pd.read_parquet(directory / "scores.parquet")
+    assert (table.split == "in_val").sum() == int(said.group(2).replace(",", ""))
+    assert "in_test: ood.n_in_test" not in log  # 16 asked, fewer than the split holds: nothing to say

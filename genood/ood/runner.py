@@ -248,12 +248,23 @@ def _load_ood_sets(cfg: Dict[str, Any]) -> List[OodSet]:
     return out
 
 
-def _build_splits(cfg, train_set, test_set, oods: List[OodSet], train_images, shape, seed: int) -> List[SplitData]:
-    """The scored splits: seeded subsamples of in_train, in_val, in_test, and of every OOD set."""
+def _build_splits(cfg, train_set, test_set, oods: List[OodSet], train_images, shape, seed: int,
+                  log=lambda m: None) -> List[SplitData]:
+    """The scored splits: seeded subsamples of in_train, in_val, in_test, and of every OOD set (a split smaller
+    than its ``ood.n_*`` is scored whole, and ``log`` says so)."""
     from genood.data.splits import holdout
 
     ocfg = cfg["ood"]
     trained_on, held_out = holdout(len(train_set), float(cfg["data"]["val_fraction"]), runconfig.holdout_seed(cfg))
+    where = {"in_train": (trained_on.size, train_set.name, "the training part"),
+             "in_val": (held_out.size, train_set.name, f"data.val_fraction {cfg['data']['val_fraction']} of its training split"),
+             "in_test": (len(test_set), test_set.name, "its test split")}
+    where.update({f"ood {o.name}": (len(o.images), o.name, "its test split") for o in oods})
+    for split, (size, dataset, part) in where.items():
+        asked = ocfg["n_ood" if split.startswith("ood") else f"n_{split}"]
+        if asked is not None and int(asked) > size:
+            log(f"{split}: ood.n_{'ood' if split.startswith('ood') else split} asks for {int(asked):,} points; "
+                f"{dataset} holds {size:,} in {part}, so all {size:,} are scored")
     i_tr = trained_on[_subsample(trained_on.size, ocfg["n_in_train"], seed, 1)]
     i_va = held_out[_subsample(held_out.size, ocfg["n_in_val"], seed, 4)]
     i_te = _subsample(len(test_set), ocfg["n_in_test"], seed, 2)
@@ -464,7 +475,8 @@ def _score_run(cfg: Dict[str, Any], inputs: _Inputs, name: str, directory: Path,
     tracker = Tracker(cfg, directory, name, job_type="ood", warn=console.warn)
     try:
         model = _resolve_model(cfg, directory, inputs.train_images, console, tracker, callbacks)
-        splits = _build_splits(cfg, inputs.train_set, inputs.test_set, oods, inputs.train_images, inputs.shape, seed)
+        splits = _build_splits(cfg, inputs.train_set, inputs.test_set, oods, inputs.train_images, inputs.shape, seed,
+                               console)
         scored = ScoredSplits.compute(model, splits, cfg, names, inputs.shape, directory, console,
                                       {o.key: o.group for o in oods})
         table, info, stages = scored.table, scored.info, scored.stages
