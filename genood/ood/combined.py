@@ -134,8 +134,8 @@ def fit_log_pvalues(x_val: np.ndarray, two_sided=None) -> Callable[[np.ndarray],
 def _past(d: np.ndarray, b: np.ndarray) -> np.ndarray:
     """An exponential tail's -log survival ratio for a distance ``d`` past in_val's extreme (0 inside the range, and
     where the column has no tail scale)."""
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isfinite(b) & (d > 0), np.maximum(d, 0.0) / np.where(np.isfinite(b), b, 1.0), 0.0)
+    with np.errstate(invalid="ignore"):  # d / b is nan where both are infinite; the mask leaves those out
+        return np.where(np.isfinite(b) & (d > 0), d / b, 0.0)
 
 
 def tail_scales(ref: np.ndarray):

@@ -256,15 +256,15 @@ def _build_splits(cfg, train_set, test_set, oods: List[OodSet], train_images, sh
 
     ocfg = cfg["ood"]
     trained_on, held_out = holdout(len(train_set), float(cfg["data"]["val_fraction"]), runconfig.holdout_seed(cfg))
-    where = {"in_train": (trained_on.size, train_set.name, "the training part"),
-             "in_val": (held_out.size, train_set.name, f"data.val_fraction {cfg['data']['val_fraction']} of its training split"),
-             "in_test": (len(test_set), test_set.name, "its test split")}
-    where.update({f"ood {o.name}": (len(o.images), o.name, "its test split") for o in oods})
-    for split, (size, dataset, part) in where.items():
-        asked = ocfg["n_ood" if split.startswith("ood") else f"n_{split}"]
-        if asked is not None and int(asked) > size:
-            log(f"{split}: ood.n_{'ood' if split.startswith('ood') else split} asks for {int(asked):,} points; "
-                f"{dataset} holds {size:,} in {part}, so all {size:,} are scored")
+    val_part = f"data.val_fraction {cfg['data']['val_fraction']} of its training split"
+    sizes = [("in_train", "n_in_train", trained_on.size, train_set.name, "the training part"),
+             ("in_val", "n_in_val", held_out.size, train_set.name, val_part),
+             ("in_test", "n_in_test", len(test_set), test_set.name, "its test split")]
+    sizes += [(f"ood {o.name}", "n_ood", len(o.images), o.name, "its test split") for o in oods]
+    for split, key, size, dataset, part in sizes:
+        if ocfg[key] is not None and int(ocfg[key]) > size:
+            log(f"{split}: ood.{key} asks for {int(ocfg[key]):,} points; {dataset} holds {size:,} in {part}, "
+                f"so all {size:,} are scored")
     i_tr = trained_on[_subsample(trained_on.size, ocfg["n_in_train"], seed, 1)]
     i_va = held_out[_subsample(held_out.size, ocfg["n_in_val"], seed, 4)]
     i_te = _subsample(len(test_set), ocfg["n_in_test"], seed, 2)
