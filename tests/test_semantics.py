@@ -41,9 +41,10 @@ def test_a_label_keeping_and_a_label_destroying_transform_land_in_their_groups()
     assert semantics.measured_group(clean - semantics.MARGIN - 0.01, clean) == "corruption"
 
 
-def test_measure_end_to_end_on_a_user_dataset_groups_and_caches(tmp_path):
+def test_measure_end_to_end_on_a_user_dataset_groups_and_caches(tmp_path, monkeypatch):
     """Through the data registry (an npz with labels and its derived sets): the measured groups, a class split
     left near and another dataset left real without measuring; the second call reuses the cache."""
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data_root"))  # the cache too stays under tmp_path
     images, labels = _bars(1500, 2)
     path = tmp_path / "bars.npz"
     np.savez(path, images=images, labels=labels)

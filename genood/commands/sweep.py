@@ -203,9 +203,38 @@ def cmd_aggregate(args) -> None:
         print(f"({missing + unreadable} run(s) not finished; aggregated the {len(dirs) - unreadable} that are)")
     for p in write_outputs(frame, dirs, out, heatmap=True, select_on=select_on):
         print(f"wrote {p}")
+    if args.separability:
+        _write_headroom(frame, select_on, selection_tokens(args.separability), args.separability_steps, out)
     if getattr(args, "wandb", False) or (any(not s.startswith("local-") for s in args.sweep_ids) and not frame.empty):
         from genood.reports.aggregate import log_to_wandb
         print(f"logged the aggregate table to W&B run {log_to_wandb(frame, '+'.join(args.sweep_ids), out)}")
+
+
+def _write_headroom(frame, select_on, tokens, steps, out) -> None:
+    """``--separability``: the selected detectors beside a supervised discriminator on the sets ``tokens`` name
+    (measured or read from the cache under the data root), printed and written to ``separability.csv``."""
+    from genood import rundir, runconfig
+    from genood.ood import separability
+    from genood.reports import headroom, suite
+    if not suite.has_suite(frame):
+        raise SystemExit("error: --separability needs runs with OOD sets (an OOD suite); these runs have none.")
+    sets = suite.per_set(frame)
+    picked = suite.selection(sets, select_on or suite.default_selection(frame))
+    defaults = runconfig.CORE_DEFAULTS
+
+    def measure(in_dataset, names):
+        return separability.measure(in_dataset, names, defaults["data"]["val_fraction"], defaults["run"]["seed"],
+                                    steps, log=print, progress=sys.stderr.isatty())
+    try:
+        table = headroom.headroom(sets, picked, tokens, measure)
+    except suite.SelectionError as exc:
+        raise SystemExit("error: " + str(exc).replace("--select-on", "--separability", 1))
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: --separability: {str(exc).strip(chr(39))}")
+    print("\n".join(headroom.headroom_lines(table)))
+    path = out / "separability.csv"
+    rundir.atomic_write(path, lambda p: table.to_csv(p, index=False))
+    print(f"wrote {path}")
 
 
 def cmd_launch(args) -> None:
@@ -274,6 +303,13 @@ def _report_parsers(sub) -> None:
         if name == "aggregate":
             p.add_argument("--wandb", action="store_true",
                            help="also log the table as a wandb.Table (always for W&B sweeps; offline without a login)")
+            p.add_argument("--separability", action="append", metavar="GROUPS_OR_SETS",
+                           help="beside the selected detector, a supervised discriminator's AUROC on these OOD groups or "
+                                "sets (optimistic, ~1 minute a set on one core, cached under the data root): "
+                                "separability.csv")
+            from genood.ood.separability import STEPS
+            p.add_argument("--separability-steps", type=int, default=STEPS, metavar="N",
+                           help=f"the discriminator's training steps (default {STEPS})")
         else:
             p.add_argument("--wandb", action="store_true", help="build and save a W&B Report instead of report.html "
                            "(needs a login; W&B sweeps name their entity/project, local ones take --entity/--project)")

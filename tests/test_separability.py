@@ -1,0 +1,111 @@
+"""A supervised discriminator per OOD set (genood.ood.separability) and the headroom view beside the selected
+detector (genood.reports.headroom, ``sweep.py aggregate --separability``)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genood.data.derived.shifts import invert, rot90
+from genood.ood import separability
+from genood.reports import headroom, suite
+from tests.test_semantics import _bars
+
+
+@pytest.fixture(autouse=True)
+def own_data_root(tmp_path, monkeypatch):
+    """Every dataset here is an npz under tmp_path: the caches go there too, not into the project's data root."""
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data_root"))
+
+
+def test_a_transform_that_keeps_the_distribution_is_inseparable_and_one_that_moves_it_is_not():
+    """Bars at uniform places with balanced orientations: a quarter turn maps the distribution onto itself (the
+    grouping classifier calls it a corruption, yet no detector could see it), inverting the grey levels does not.
+    The expected AUROCs (0.5 and 1) follow from the construction, not from the discriminator."""
+    train, y_train = _bars(3000, 0)
+    test, y_test = _bars(1000, 1)
+    turned = separability.train_discriminator(train, rot90(train, y_train, 1, None)[0], steps=300, paired=True)
+    value, (lo, hi) = separability.discriminator_auroc(turned, test, rot90(test, y_test, 1, None)[0], b=200)
+    assert 0.42 < value < 0.58 and lo < value < hi
+    flipped = separability.train_discriminator(train, invert(train, y_train, None, None)[0], steps=300, paired=True)
+    value, (lo, _) = separability.discriminator_auroc(flipped, test, invert(test, y_test, None, None)[0], b=200)
+    assert value > 0.99 and lo > 0.98
+
+
+def test_measure_through_the_registry_pairs_derived_sets_and_caches(tmp_path, monkeypatch):
+    images, labels = _bars(1500, 2)
+    np.savez(tmp_path / "bars.npz", images=images, labels=labels)
+    np.savez(tmp_path / "other.npz", images=255 - _bars(800, 3)[0])
+    name = f"npz:{tmp_path / 'bars.npz'}"
+    sets = [f"{name}:invert", f"npz:{tmp_path / 'other.npz'}"]
+    first = separability.measure(name, sets, 0.1, 0, steps=150)
+    assert [m.paired for m in first] == [True, False]
+    assert [m.name for m in first] == sets and all(m.auroc > 0.95 for m in first)
+    assert first[0].n_in == first[0].n_ood == 300  # every fifth image of the pool is test
+    cached = list((separability.semantics._cache_dir().parent / "separability").glob("*/auroc.json"))
+    assert any(set(json.loads(p.read_text())) == set(sets) for p in cached)
+
+    def refuse(*a, **k):
+        raise AssertionError("trained again although the cache holds the set")
+    monkeypatch.setattr(separability, "train_discriminator", refuse)
+    assert [m.row() for m in separability.measure(name, sets, 0.1, 0, steps=150)] == [m.row() for m in first]
+
+
+def test_bad_inputs_are_one_sentence(tmp_path, capsys):
+    images, labels = _bars(300, 4)
+    np.savez(tmp_path / "bars.npz", images=images, labels=labels)
+    np.savez(tmp_path / "big.npz", images=np.zeros((300, 12, 12, 1), np.uint8))
+    name = f"npz:{tmp_path / 'bars.npz'}"
+    assert separability.main([name, f"npz:{tmp_path / 'big.npz'}", "--steps", "5"]) == 2
+    assert "has images of shape (12, 12, 1)" in capsys.readouterr().err
+    assert separability.main([name, f"{name}:nosuch"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "nosuch" in err[-1]
+    assert separability.main([name, f"{name}:invert", "--steps", "0"]) == 2
+    assert "positive number of training steps" in capsys.readouterr().err
+
+
+def test_headroom_pairs_the_selected_detector_with_the_discriminator_on_the_named_sets_only():
+    from tests.test_semantics import _frame
+    sets = _frame()
+    picked = suite.selection(sets, ["near", "corruption"])
+    asked = []
+
+    def measure(in_dataset, names):
+        asked.append((in_dataset, list(names)))
+        return [separability.Separability(n, 0.9 if n == "corr1" else 1.0, (0.85, 0.95), 10, 10, True, 5, 0.1)
+                for n in names]
+    table = headroom.headroom(sets, picked, ["corruption", "real"], measure)
+    assert asked == [("d", ["corr1", "real1"])]  # shift and unnamed sets are never measured
+    assert list(table["ood_dataset"]) == ["corr1", "real1"] and set(table["detector"]) == {"good"}
+    assert table["gap"].tolist() == pytest.approx([0.95 - 0.9, 0.97 - 1.0])
+    assert table["optimistic"].all()
+    lines = headroom.headroom_lines(table)
+    assert any("largest gap corr1 0.950 vs 0.900" in line for line in lines)
+    with pytest.raises(suite.SelectionError):
+        headroom.headroom(sets, picked, ["shift"], measure)
+
+
+def test_aggregate_separability_end_to_end(tiny_cfg, tmp_path, capsys):
+    """A real run on a user dataset with two OOD sets, then the aggregate's --separability step on its folder."""
+    from genood import runconfig
+    from genood.commands.sweep import _write_headroom
+    from genood.ood import runner
+    from genood.reports.aggregate import collect_runs
+    images, labels = _bars(1000, 5)
+    np.savez(tmp_path / "bars.npz", images=images, labels=labels)
+    name = f"npz:{tmp_path / 'bars.npz'}"
+    cfg = runconfig.resolve(dict(tiny_cfg, data=dict(tiny_cfg["data"], in_distribution=name,
+                                                     ood={"corruption": [f"{name}:invert"], "far": [f"{name}:uniform"]}),
+                                 ood=dict(tiny_cfg["ood"], scores=["log_likelihood"], bootstrap=0, n_generated=0,
+                                          baselines=["intensity_mean"])))
+    directory = runner.run_ood(cfg, echo=False)
+    frame, _ = collect_runs([directory])
+    out = tmp_path / "runs"  # the runs root: where aggregates are written
+    _write_headroom(frame, ["corruption"], ["corruption", "far"], 100, out)
+    table = pd.read_csv(out / "separability.csv")
+    assert sorted(table["ood_dataset"]) == sorted([f"{name}:invert", f"{name}:uniform"])
+    assert (table["separability_auroc"] > 0.95).all() and table["optimistic"].all()
+    assert "headroom" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--separability 'nowhere' names no group"):
+        _write_headroom(frame, ["corruption"], ["nowhere"], 100, out)
