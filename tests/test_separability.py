@@ -109,3 +109,34 @@ def test_aggregate_separability_end_to_end(tiny_cfg, tmp_path, capsys):
     assert "headroom" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--separability 'nowhere' names no group"):
         _write_headroom(frame, ["corruption"], ["nowhere"], 100, out)
+
+
+class _Linear:
+    """log p(x) = <w, x>: a fixed, asymmetric 'density' whose value on any image is known in closed form."""
+
+    def __init__(self, shape):
+        import torch
+        self.w = torch.arange(float(np.prod(shape))).reshape(shape) / 100.0
+
+    def log_prob(self, x):
+        return (x * self.w).flatten(1).sum(1)
+
+
+def test_orientation_is_the_likelihood_difference_to_each_transform_computed_by_numpy():
+    import torch
+
+    from genood.ood.scores import ScoreUnavailable, get
+    x = torch.from_numpy(np.random.default_rng(0).uniform(0, 256, size=(5, 1, 6, 6)))
+    model = _Linear((1, 6, 6))
+    cfg = {"orientation": {"transforms": ["hflip", "vflip", "rot90", "rot180"]}}
+    out = get("orientation").fn(model, x, {"cfg": cfg}).numpy()
+    a, w = x.numpy(), model.w.numpy()
+    want = [(a * w).sum((1, 2, 3)) - (t * w).sum((1, 2, 3)) for t in
+            (a[..., ::-1], a[..., ::-1, :], np.rot90(a, 1, (2, 3)), np.rot90(a, 2, (2, 3)))]
+    np.testing.assert_allclose(out, np.stack(want, 1), rtol=1e-10)
+    assert get("orientation").column_names(cfg) == [f"orientation@{t}" for t in ("hflip", "vflip", "rot90", "rot180")]
+    with pytest.raises(ScoreUnavailable, match=r"unknown transform\(s\) \['mirror'\]"):
+        get("orientation").column_names({"orientation": {"transforms": ["mirror"]}})
+    wide = torch.zeros(2, 1, 4, 6)
+    with pytest.raises(ScoreUnavailable, match="needs square images"):
+        get("orientation").fn(_Linear((1, 4, 6)), wide, {"cfg": cfg})
