@@ -253,6 +253,12 @@ def test_combined_sets_must_name_scores_that_are_computed(tiny_cfg):
     cfg = dict(tiny_cfg, combined=dict(tiny_cfg["combined"], sets=[["log_likelihood", "complexity"]]))
     with pytest.raises(runconfig.ConfigError, match="complexity is not among ood.scores"):
         run_ood(cfg, echo=False)
+    nested = dict(tiny_cfg, combined=dict(tiny_cfg["combined"], sets=[[["log_likelihood", "complexity"], "log_likelihood"]]))
+    with pytest.raises(runconfig.ConfigError, match="a member may be a list of them.*complexity is not among"):
+        run_ood(nested, echo=False)
+    deeper = dict(tiny_cfg, combined=dict(tiny_cfg["combined"], sets=[[[["log_likelihood"]]]]))
+    with pytest.raises(runconfig.ConfigError, match=r"\['log_likelihood'\] is not among"):
+        run_ood(deeper, echo=False)
 
 
 # --- bootstrap intervals ----------------------------------------------------------------------------

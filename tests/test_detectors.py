@@ -63,3 +63,37 @@ def test_honest_variant_uses_training_data_only():
 def test_fpr95_of_envelope():
     a_in = np.arange(20, dtype=float)
     assert detectors.dual_threshold_fpr95(a_in, np.ones(20), np.array([-1.0, 100.0]), np.ones(2)) == 0.5
+
+
+def test_a_nested_density_member_is_the_in_val_density_and_keeps_the_other_scores_tail():
+    """``[[a, b], c]``: a Gaussian density over (a, b) fitted on in_val (checked against scipy with one component),
+    cross-fitted on in_val itself, then combined with c's p-value. OOD rows break the (a, b) correlation (each
+    marginal unchanged, so marginal p-values cannot see it) and shift c down: the nested combination sees both."""
+    import pandas as pd
+    from scipy.stats import multivariate_normal
+
+    from genood.ood import combined
+    from genood.ood.detectors import TaskView
+    rng = np.random.default_rng(0)
+    cov = np.array([[1.0, 0.95], [0.95, 1.0]])
+    names = ["log_likelihood", "orientation@hflip", "orientation@vflip"]
+
+    def draw(n, ood=False):
+        ab = rng.standard_normal((n, 2)) if ood else rng.multivariate_normal([0, 0], cov, n)
+        return pd.DataFrame(np.column_stack([ab, rng.normal(-1.0 if ood else 0.0, 1.0, n)]), columns=names)
+    val, pos, neg = draw(2000), draw(1000), draw(1000, ood=True)
+    view = TaskView(pos, neg, val[:2], val, names, {}, {"ood": {"bootstrap": 0}, "run": {"seed": 0},
+                    "combined": {"sets": [[names[:2], names[2]], names], "max_components": 1}})
+    ref, s_pos, _ = combined._inner_density((val, pos, neg), names[:2], {"max_components": 1}, 0)
+    x = val[names[:2]].to_numpy()
+    mu, sd = x.mean(0), x.std(0)
+    z = (x - mu) / sd
+    gauss = multivariate_normal(z.mean(0), np.cov(z.T, bias=True) + 1e-4 * np.eye(2))
+    np.testing.assert_allclose(s_pos, gauss.logpdf((pos[names[:2]].to_numpy() - mu) / sd), atol=1e-6)
+    assert ref.mean() < gauss.logpdf(z).mean()  # in_val scored by densities that did not see it: held-out values
+    out = combined.combined(view)
+    nested = "density(log_likelihood+orientation@hflip)+orientation@vflip"
+    assert {f"{k}:{nested}" for k in ("density", "fisher", "minp")} <= set(out)
+    flat = "log_likelihood+orientation@hflip+orientation@vflip"
+    assert out[f"fisher:{nested}"]["auroc"] > out[f"fisher:{flat}"]["auroc"] + 0.1
+    assert out[f"fisher:{nested}"]["scores"] == names

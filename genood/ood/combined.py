@@ -21,6 +21,14 @@ after its members):
 * ``minp:<a>+<b>+...``: Tippett's combination of the same p-values: the detector is log min_i p_i, so one
   score far in its tail is enough (where Fisher dilutes it with the others).
 
+A member of a set may itself be a list of scores, ``[[a, b], c]``: it enters the set as one statistic, the
+log-density of a density fitted to its scores on in_val (as ``density:a+b``), named ``density(a+b)``, with its
+lower tail the unusual one. So ``fisher:density(a+b)+c`` lets a DoSE density and a score with a meaningful tail
+(``orientation``) each count where they are strong; a density over all of them at once can drown one score's
+tail in the others' spread. The statistic's in_val reference values are cross-fitted (two halves of in_val,
+each scored by a density fitted on the other half) so in_val is not scored by a density that saw it; test and
+OOD points are scored by the density fitted on all of in_val.
+
 Nothing here sees test or OOD rows when fitting: :func:`fit_density` and :func:`fit_pvalues` get the
 in_val matrix only (tests check this). Rows missing any score of a set (e.g. points without an LID)
 are left out of that set's entries.
@@ -168,6 +176,54 @@ def set_label(names: List[str]) -> str:
     return "+".join(names)
 
 
+def _member_label(member) -> str:
+    return f"density({set_label([str(m) for m in member])})" if isinstance(member, list) else str(member)
+
+
+def _columns(member, names: List[str]) -> List[str]:
+    """The table columns a plain member stands for (a vector score: all its components <name>@<label>)."""
+    return [str(member)] if str(member) in names else [v for v in names if v.startswith(f"{member}@")]
+
+
+def _inner_density(frames, names: List[str], ccfg: Dict[str, Any], seed: int):
+    """A nested member's statistic on (in_val, positive, negative): the log-density of a density over ``names``
+    fitted on in_val; in_val's own values cross-fitted over two halves, the others from the full fit."""
+    method, k = str(ccfg.get("density", "gmm")), int(ccfg.get("max_components", 8))
+    x_val, x_pos, x_neg = (oriented_matrix(f, names) for f in frames)
+    full = fit_density(x_val, method, k, seed)["log_density"]
+    ref = np.empty(len(x_val))
+    halves = np.array_split(np.random.default_rng([int(seed), 0xC0F1]).permutation(len(x_val)), 2)
+    for i in range(2):
+        ref[halves[1 - i]] = fit_density(x_val[halves[i]], method, k, seed)["log_density"](x_val[halves[1 - i]])
+    return ref, full(x_pos), full(x_neg)
+
+
+def _set_matrices(view: TaskView, members, ccfg: Dict[str, Any], seed: int):
+    """(in_val, positive, negative) oriented matrices of one set, its columns' two-sidedness and the scores used;
+    None when the set cannot be formed here (a member not computed, too few complete rows)."""
+    parts = []
+    for m in members:
+        found = [_columns(n, view.names) for n in (m if isinstance(m, list) else [m])]
+        if not all(found):
+            return None
+        parts.append((m, [c for cols in found for c in cols]))
+    used = list(dict.fromkeys(c for _, cols in parts for c in cols))
+    frames = tuple(_complete(f, used) for f in (view.in_val, view.positive, view.negative))
+    if len(frames[0]) < 4 or not len(frames[1]) or not len(frames[2]):
+        return None
+    blocks, both = [[], [], []], []
+    for m, cols in parts:
+        if isinstance(m, list):
+            values = _inner_density(frames, cols, ccfg, seed)
+            both.append(False)
+        else:
+            values = tuple(oriented_matrix(f, cols) for f in frames)
+            both += [score_registry.two_sided(c) for c in cols]
+        for block, v in zip(blocks, values):
+            block.append(np.asarray(v, dtype=float).reshape(len(v), -1))
+    return [np.hstack(b) for b in blocks], both, used
+
+
 @register_detector("combined", optimistic=False,
                    description="label-free combinations of scores fitted on in_val: a density (GMM or KDE) over the "
                                "oriented scores, and Fisher's combination of per-score p-values")
@@ -176,30 +232,24 @@ def combined(view: TaskView) -> Dict[str, Dict[str, Any]]:
     seed = int(view.cfg.get("run", {}).get("seed", 0))
     out = {}
     for members in ccfg.get("sets", []) or []:
-        # a vector score (e.g. score_norms) stands for all its components <name>@<label>
-        names = [c for n in members for c in ([str(n)] if str(n) in view.names
-                                              else [v for v in view.names if v.startswith(f"{n}@")])]
-        if not names or len(names) < len(members) or not set(names) <= set(view.names):
+        formed = _set_matrices(view, list(members), ccfg, seed)
+        if formed is None:
             continue
-        val = _complete(view.in_val, names)
-        pos, neg = _complete(view.positive, names), _complete(view.negative, names)
-        if len(val) < 4 or not len(pos) or not len(neg):
-            continue
-        x_val = oriented_matrix(val, names)
-        x_pos, x_neg = oriented_matrix(pos, names), oriented_matrix(neg, names)
-        label = set_label([str(m) for m in members])
+        (x_val, x_pos, x_neg), both, names = formed
+        label = set_label([_member_label(m) for m in members])
+        n_fit = len(x_val)
         fitted = fit_density(x_val, str(ccfg.get("density", "gmm")), int(ccfg.get("max_components", 8)), seed)
         density = fitted.pop("log_density")
         out[f"density:{label}"] = dict(scored(view, density(x_pos), density(x_neg)), scores=names, fitted_on="in_val",
-                                       n_fit=int(len(val)), density=str(ccfg.get("density", "gmm")), **fitted)
-        both = [score_registry.two_sided(n) for n in names]
-        tails = {"two_sided": [n for n, b in zip(names, both) if b]} if any(both) else {}
+                                       n_fit=n_fit, density=str(ccfg.get("density", "gmm")), **fitted)
+        columns = [c for m in members for c in ([_member_label(m)] if isinstance(m, list) else _columns(m, view.names))]
+        tails = {"two_sided": [c for c, b in zip(columns, both) if b]} if any(both) else {}
         if ccfg.get("fisher", True):
             fisher = fit_pvalues(x_val, both)
             out[f"fisher:{label}"] = dict(scored(view, fisher(x_pos), fisher(x_neg)), scores=names, fitted_on="in_val",
-                                          n_fit=int(len(val)), **tails)
+                                          n_fit=n_fit, **tails)
         if ccfg.get("min_p", True):
             min_p = fit_min_p(x_val, both)
             out[f"minp:{label}"] = dict(scored(view, min_p(x_pos), min_p(x_neg)), scores=names, fitted_on="in_val",
-                                        n_fit=int(len(val)), **tails)
+                                        n_fit=n_fit, **tails)
     return out

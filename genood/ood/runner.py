@@ -220,13 +220,14 @@ def _metric_info(model, stages) -> Dict[str, Dict[str, Any]]:
 
 def _check_combined_sets(cfg: Dict[str, Any], names: List[str], columns: List[str]) -> None:
     for members in cfg.get("combined", {}).get("sets", []) or []:
-        missing = [str(m) for m in (members if isinstance(members, list) else [members])
-                   if str(m) not in names and str(m) not in columns]  # a score, a whole vector score, or one component
-        if not isinstance(members, list) or missing:
+        flat = [m for member in (members if isinstance(members, list) else [members])
+                for m in (member if isinstance(member, list) and member else [member])]  # [[a, b], c]: a nested density
+        missing = [str(m) for m in flat if isinstance(m, (list, dict)) or (str(m) not in names and str(m) not in columns)]
+        if not isinstance(members, list) or not members or missing:  # a score, a whole vector score, or one component
             raise runconfig.ConfigError(
                 f"combined.sets entry {members!r} must be a list of scores from ood.scores or components of vector "
-                f"scores; {', '.join(missing) or 'it'} is not among ood.scores ({', '.join(names)}) or their columns: "
-                "add it there or drop it from the set.")
+                f"scores (a member may be a list of them: their density as one statistic); {', '.join(missing) or 'it'} "
+                f"is not among ood.scores ({', '.join(names)}) or their columns: add it there or drop it from the set.")
 
 
 def _load_ood_sets(cfg: Dict[str, Any]) -> List[OodSet]:
