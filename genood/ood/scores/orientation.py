@@ -11,7 +11,8 @@ densities on in_val as for every score. Costs one more ``log_prob`` per transfor
 
 The idea is the test-time-transformation consistency of self-supervised detectors (e.g. Hendrycks et al.
 2019's rotation prediction) read through a likelihood instead of a trained head. Stochastic bounds (an
-HVAE's ELBO) make each column a difference of two draws: the noise adds to the score's spread.
+HVAE's ELBO, its noise seeded by each image's content) make each column a difference of two independent draws:
+their noise adds to the score's spread (more ``bound.samples`` shrink it).
 """
 from __future__ import annotations
 
