@@ -28,7 +28,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["MARGIN", "STEPS", "RECIPE", "Measured", "measured_group", "measure", "classifier_accuracy", "train_classifier"]
+__all__ = ["MARGIN", "STEPS", "RECIPE", "Measured", "measured_group", "measure", "classifier_accuracy", "train_classifier",
+           "sets_cli"]
 
 MARGIN = 0.10          # a shift keeps the classifier's accuracy within 10 points of its clean accuracy
 STEPS = 600            # classifier training steps (batches of 128); ~30 s on one CPU thread for 28x28 images
@@ -234,28 +235,37 @@ def table_markdown(in_dataset: str, rows: List[Measured]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m genood.ood.semantics <dataset> [set ...]``: measure the groups of transformed sets (default:
-    the suite's 18 transforms of the dataset) and print them as a table."""
+def sets_cli(prog: str, doc: str, argv: Optional[List[str]], run: Callable[[Any, List[str]], str],
+             extra: Callable[[Any], None] = lambda parser: None) -> int:
+    """The command line shared by the per-set measurements (``semantics``, ``separability``): a dataset, its OOD
+    sets (default: the suite's transforms of it) and the holdout; ``run(args, names)`` returns the text to print.
+    Bad input is one sentence on stderr and exit status 2."""
     import argparse
     import sys
 
     from genood import runconfig
-    parser = argparse.ArgumentParser(prog="python -m genood.ood.semantics", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
     parser.add_argument("dataset", help="the in-distribution (fmnist, mnist, npz:<name>, ...)")
     parser.add_argument("sets", nargs="*", help="OOD sets, e.g. fmnist:hflip (default: the suite's transforms)")
     parser.add_argument("--val-fraction", type=float, default=runconfig.CORE_DEFAULTS["data"]["val_fraction"])
     parser.add_argument("--holdout-seed", type=int, default=runconfig.CORE_DEFAULTS["run"]["seed"],
                         help="the in_val holdout's seed (default: run.seed's default, as a run without holdout_seed)")
+    extra(parser)
     args = parser.parse_args(argv)
-    names = args.sets or [f"{args.dataset}:{t}" for t in STANDARD_TRANSFORMS]
     try:
-        rows = measure(args.dataset, names, args.val_fraction, args.holdout_seed, log=print)
+        text = run(args, args.sets or [f"{args.dataset}:{t}" for t in STANDARD_TRANSFORMS])
     except (ValueError, KeyError, FileNotFoundError, runconfig.ConfigError) as exc:
         print(f"error: {str(exc).strip(chr(39))}", file=sys.stderr)
         return 2
-    print(table_markdown(args.dataset, rows))
+    print(text)
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m genood.ood.semantics <dataset> [set ...]``: measure the groups of transformed sets (default:
+    the suite's 18 transforms of the dataset) and print them as a table."""
+    return sets_cli("python -m genood.ood.semantics", main.__doc__, argv, lambda args, names: table_markdown(
+        args.dataset, measure(args.dataset, names, args.val_fraction, args.holdout_seed, log=print)))
 
 
 if __name__ == "__main__":

@@ -174,26 +174,14 @@ def table_markdown(in_dataset: str, rows: List[Separability], detector: Optional
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m genood.ood.separability <dataset> [set ...]``: a supervised discriminator's AUROC for each set
     against the dataset (default: the suite's 18 transforms of it), printed as a table."""
-    import argparse
     import sys
 
-    from genood import runconfig
-    parser = argparse.ArgumentParser(prog="python -m genood.ood.separability", description=main.__doc__)
-    parser.add_argument("dataset", help="the in-distribution (fmnist, mnist, npz:<name>, ...)")
-    parser.add_argument("sets", nargs="*", help="OOD sets, e.g. fmnist:hflip mnist (default: the suite's transforms)")
-    parser.add_argument("--steps", type=int, default=STEPS, help=f"discriminator training steps (default {STEPS})")
-    parser.add_argument("--val-fraction", type=float, default=runconfig.CORE_DEFAULTS["data"]["val_fraction"])
-    parser.add_argument("--holdout-seed", type=int, default=runconfig.CORE_DEFAULTS["run"]["seed"])
-    args = parser.parse_args(argv)
-    names = args.sets or [f"{args.dataset}:{t}" for t in semantics.STANDARD_TRANSFORMS]
-    try:
+    def run(args, names: List[str]) -> str:
         rows = measure(args.dataset, names, args.val_fraction, args.holdout_seed, args.steps,
                        log=lambda s: print(s, file=sys.stderr, flush=True), progress=sys.stderr.isatty())
-    except (ValueError, KeyError, FileNotFoundError, runconfig.ConfigError) as exc:
-        print(f"error: {str(exc).strip(chr(39))}", file=sys.stderr)
-        return 2
-    print(table_markdown(args.dataset, rows))
-    return 0
+        return table_markdown(args.dataset, rows)
+    return semantics.sets_cli("python -m genood.ood.separability", main.__doc__, argv, run, lambda parser: parser.add_argument(
+        "--steps", type=int, default=STEPS, help=f"discriminator training steps (default {STEPS})"))
 
 
 if __name__ == "__main__":
