@@ -199,8 +199,8 @@ def _inner_density(frames, names: List[str], ccfg: Dict[str, Any], seed: int):
 
 
 def _set_matrices(view: TaskView, members, ccfg: Dict[str, Any], seed: int):
-    """(in_val, positive, negative) oriented matrices of one set, its columns' two-sidedness and the scores used;
-    None when the set cannot be formed here (a member not computed, too few complete rows)."""
+    """(in_val, positive, negative) oriented matrices of one set, its columns' labels and two-sidedness, and the
+    scores used; None when the set cannot be formed here (a member not computed, too few complete rows)."""
     parts = []
     for m in members:
         found = [_columns(n, view.names) for n in (m if isinstance(m, list) else [m])]
@@ -211,17 +211,19 @@ def _set_matrices(view: TaskView, members, ccfg: Dict[str, Any], seed: int):
     frames = tuple(_complete(f, used) for f in (view.in_val, view.positive, view.negative))
     if len(frames[0]) < 4 or not len(frames[1]) or not len(frames[2]):
         return None
-    blocks, both = [[], [], []], []
+    blocks, labels, both = [[], [], []], [], []
     for m, cols in parts:
         if isinstance(m, list):
             values = _inner_density(frames, cols, ccfg, seed)
+            labels.append(_member_label(m))
             both.append(False)
         else:
             values = tuple(oriented_matrix(f, cols) for f in frames)
+            labels += cols
             both += [score_registry.two_sided(c) for c in cols]
         for block, v in zip(blocks, values):
             block.append(np.asarray(v, dtype=float).reshape(len(v), -1))
-    return [np.hstack(b) for b in blocks], both, used
+    return [np.hstack(b) for b in blocks], labels, both, used
 
 
 @register_detector("combined", optimistic=False,
@@ -235,14 +237,13 @@ def combined(view: TaskView) -> Dict[str, Dict[str, Any]]:
         formed = _set_matrices(view, list(members), ccfg, seed)
         if formed is None:
             continue
-        (x_val, x_pos, x_neg), both, names = formed
+        (x_val, x_pos, x_neg), columns, both, names = formed
         label = set_label([_member_label(m) for m in members])
         n_fit = len(x_val)
         fitted = fit_density(x_val, str(ccfg.get("density", "gmm")), int(ccfg.get("max_components", 8)), seed)
         density = fitted.pop("log_density")
         out[f"density:{label}"] = dict(scored(view, density(x_pos), density(x_neg)), scores=names, fitted_on="in_val",
                                        n_fit=n_fit, density=str(ccfg.get("density", "gmm")), **fitted)
-        columns = [c for m in members for c in ([_member_label(m)] if isinstance(m, list) else _columns(m, view.names))]
         tails = {"two_sided": [c for c, b in zip(columns, both) if b]} if any(both) else {}
         if ccfg.get("fisher", True):
             fisher = fit_pvalues(x_val, both)

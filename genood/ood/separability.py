@@ -58,6 +58,13 @@ class Separability:
                 "separability_hi": self.auroc_ci[1], "n_in": self.n_in, "n_ood": self.n_ood, "paired": self.paired,
                 "steps": self.steps, "seconds": self.seconds, "optimistic": True}
 
+    @classmethod
+    def from_row(cls, r: Dict[str, Any]) -> "Separability":
+        """The measurement back from its cached :meth:`row`."""
+        return cls(str(r["ood_dataset"]), float(r["separability_auroc"]),
+                   (float(r["separability_lo"]), float(r["separability_hi"])), int(r["n_in"]), int(r["n_ood"]),
+                   bool(r["paired"]), int(r["steps"]), float(r["seconds"]))
+
 
 def train_discriminator(in_images: np.ndarray, ood_images: np.ndarray, steps: int = STEPS, seed: int = 0,
                         paired: bool = False, progress: Optional[str] = None):
@@ -148,26 +155,18 @@ def measure(in_dataset: str, names: List[str], val_fraction: float, holdout_seed
             log(f"separability: {in_dataset} vs {name} ({i + 1}/{len(names)}, {int(steps)} steps)")
             table[name] = _one(in_dataset, name, train, test, fit, int(steps), progress).row()
             rundir.write_json(path, table)
-        r = table[name]
-        out.append(Separability(name, float(r["separability_auroc"]), (float(r["separability_lo"]),
-                                float(r["separability_hi"])), int(r["n_in"]), int(r["n_ood"]), bool(r["paired"]),
-                                int(r["steps"]), float(r["seconds"])))
+        out.append(Separability.from_row(table[name]))
     return out
 
 
-def table_markdown(in_dataset: str, rows: List[Separability], detector: Optional[Dict[str, float]] = None) -> str:
-    """``rows`` as a markdown table; ``detector`` ({set: AUROC}) adds a column beside it and the gap."""
-    head = f"{in_dataset}: a supervised discriminator's test AUROC per set (optimistic: trained with both labels)"
-    lines = [head, "", "| set | discriminator AUROC [95% CI] | paired |" + (" detector | gap |" if detector else ""),
-             "|---|---|---|" + ("---|---|" if detector else "")]
-    for r in rows:
-        line = f"| {r.name} | {r.auroc:.3f} [{r.auroc_ci[0]:.3f}, {r.auroc_ci[1]:.3f}] | {'yes' if r.paired else 'no'} |"
-        if detector:
-            d = detector.get(r.name)
-            line += " - | - |" if d is None else f" {d:.3f} | {d - r.auroc:+.3f} |"
-        lines.append(line)
+def table_markdown(in_dataset: str, rows: List[Separability]) -> str:
+    """``rows`` as a markdown table with their mean."""
+    lines = [f"{in_dataset}: a supervised discriminator's test AUROC per set (optimistic: trained with both labels)",
+             "", "| set | discriminator AUROC [95% CI] | paired |", "|---|---|---|"]
+    lines += [f"| {r.name} | {r.auroc:.3f} [{r.auroc_ci[0]:.3f}, {r.auroc_ci[1]:.3f}] | {'yes' if r.paired else 'no'} |"
+              for r in rows]
     if rows:
-        lines.append(f"| mean | {np.mean([r.auroc for r in rows]):.3f} | |" + (" | |" if detector else ""))
+        lines.append(f"| mean | {np.mean([r.auroc for r in rows]):.3f} | |")
     return "\n".join(lines)
 
 
