@@ -82,16 +82,20 @@ def test_headroom_pairs_the_selected_detector_with_the_discriminator_on_the_name
     assert table["optimistic"].all()
     lines = headroom.headroom_lines(table)
     assert any("largest gap corr1 0.950 vs 0.900" in line for line in lines)
+    (key, cells), = headroom.headroom_cells(table).items()  # the report's table: the largest gap first
+    assert key == (table["model"].iloc[0], "d") and list(cells.index) == ["real1", "corr1"]
+    assert cells.loc["real1", "gap"] == "-0.030" and cells.loc["corr1", "gap"] == "+0.050" and cells.loc["corr1", "discriminator (opt)"] == "0.900 [0.850, 0.950]"
     with pytest.raises(suite.SelectionError):
         headroom.headroom(sets, picked, ["shift"], measure)
 
 
-def test_aggregate_separability_end_to_end(tiny_cfg, tmp_path, capsys):
-    """A real run on a user dataset with two OOD sets, then the aggregate's --separability step on its folder."""
+def test_aggregate_separability_end_to_end(tiny_cfg, tmp_path):
+    """A real run on a user dataset with two OOD sets, then the aggregate's --separability step on its folder:
+    the CSV and the report's headroom section."""
     from genood import runconfig
-    from genood.commands.sweep import _write_headroom
+    from genood.commands.sweep import _headroom_table
     from genood.ood import runner
-    from genood.reports.aggregate import collect_runs
+    from genood.reports.aggregate import collect_runs, write_outputs
     images, labels = _bars(1000, 5)
     np.savez(tmp_path / "bars.npz", images=images, labels=labels)
     name = f"npz:{tmp_path / 'bars.npz'}"
@@ -102,13 +106,18 @@ def test_aggregate_separability_end_to_end(tiny_cfg, tmp_path, capsys):
     directory = runner.run_ood(cfg, echo=False)
     frame, _ = collect_runs([directory])
     out = tmp_path / "runs"  # the runs root: where aggregates are written
-    _write_headroom(frame, ["corruption"], ["corruption", "far"], 100, out)
+    write_outputs(frame, [directory], out, select_on=["corruption"],
+                  headroom=_headroom_table(frame, ["corruption"], ["corruption", "far"], 100))
     table = pd.read_csv(out / "separability.csv")
     assert sorted(table["ood_dataset"]) == sorted([f"{name}:invert", f"{name}:uniform"])
     assert (table["separability_auroc"] > 0.95).all() and table["optimistic"].all()
-    assert "headroom" in capsys.readouterr().out
+    page = (out / "report.html").read_text()
+    assert "Headroom: the selected detector beside a supervised discriminator" in page
+    assert all(f"{v:.3f}" in page for v in table["separability_auroc"])
+    assert "separability.csv" not in {p.name for p in write_outputs(frame, [directory], tmp_path / "plain")}
+    assert "Headroom" not in (tmp_path / "plain" / "report.html").read_text()
     with pytest.raises(SystemExit, match="--separability 'nowhere' names no group"):
-        _write_headroom(frame, ["corruption"], ["nowhere"], 100, out)
+        _headroom_table(frame, ["corruption"], ["nowhere"], 100)
 
 
 class _Linear:

@@ -190,6 +190,7 @@ def cmd_report(args) -> None:
 
 def cmd_aggregate(args) -> None:
     from genood.reports.aggregate import collect_runs, format_pivot, format_suite, lid_error_section, write_outputs
+    from genood.reports.headroom import headroom_lines
     from genood.reports.suite import SelectionError, selection_tokens
     dirs, missing, out = _sweep_run_dirs(args)
     frame, unreadable = collect_runs(dirs)
@@ -201,19 +202,21 @@ def cmd_aggregate(args) -> None:
     print(format_pivot(frame) + lid_error_section(dirs) + suite_text)
     if missing or unreadable:
         print(f"({missing + unreadable} run(s) not finished; aggregated the {len(dirs) - unreadable} that are)")
-    for p in write_outputs(frame, dirs, out, heatmap=True, select_on=select_on):
-        print(f"wrote {p}")
+    table = None
     if args.separability:
-        _write_headroom(frame, select_on, selection_tokens(args.separability), args.separability_steps, out)
+        table = _headroom_table(frame, select_on, selection_tokens(args.separability), args.separability_steps)
+        print("\n".join(headroom_lines(table)))
+    for p in write_outputs(frame, dirs, out, heatmap=True, select_on=select_on, headroom=table):
+        print(f"wrote {p}")
     if getattr(args, "wandb", False) or (any(not s.startswith("local-") for s in args.sweep_ids) and not frame.empty):
         from genood.reports.aggregate import log_to_wandb
         print(f"logged the aggregate table to W&B run {log_to_wandb(frame, '+'.join(args.sweep_ids), out)}")
 
 
-def _write_headroom(frame, select_on, tokens, steps, out) -> None:
+def _headroom_table(frame, select_on, tokens, steps):
     """``--separability``: the selected detectors beside a supervised discriminator on the sets ``tokens`` name
-    (measured or read from the cache under the data root), printed and written to ``separability.csv``."""
-    from genood import rundir, runconfig
+    (measured or read from the cache under the data root); :func:`genood.reports.headroom.headroom`'s table."""
+    from genood import runconfig
     from genood.ood import separability
     from genood.reports import headroom, suite
     if not suite.has_suite(frame):
@@ -231,10 +234,7 @@ def _write_headroom(frame, select_on, tokens, steps, out) -> None:
         raise SystemExit("error: " + str(exc).replace("--select-on", "--separability", 1))
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise SystemExit(f"error: --separability: {str(exc).strip(chr(39))}")
-    print("\n".join(headroom.headroom_lines(table)))
-    path = out / "separability.csv"
-    rundir.atomic_write(path, lambda p: table.to_csv(p, index=False))
-    print(f"wrote {path}")
+    return table
 
 
 def cmd_launch(args) -> None:

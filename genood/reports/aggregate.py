@@ -33,10 +33,11 @@ __all__ = ["METRICS", "COLUMNS", "EXTRA_COLUMNS", "LID_COLUMNS", "run_dirs_under
 
 
 def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap: bool = False,
-                  select_on: Optional[List[str]] = None) -> List[Path]:
+                  select_on: Optional[List[str]] = None, headroom: Optional[pd.DataFrame] = None) -> List[Path]:
     """Write aggregate.csv, aggregate.md and report.html into ``out`` (atomically), with an OOD suite also
-    suite.csv (per set) and suite_groups.csv (per group); optionally the AUROC heatmap. ``out`` is the caller's
-    choice and becomes a write root."""
+    suite.csv (per set) and suite_groups.csv (per group), with ``headroom`` (a :mod:`genood.reports.headroom`
+    table) also separability.csv and the report's headroom section; optionally the AUROC heatmap. ``out`` is the
+    caller's choice and becomes a write root."""
     rundir.allow_writes(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "aggregate.csv", out / "aggregate.md", out / "report.html"]
@@ -57,7 +58,10 @@ def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap:
         if len(groups):
             paths.append(out / "set_groups.csv")
             rundir.atomic_write(paths[-1], lambda p: groups.to_csv(p, index=False))
-    report.write(frame, run_dirs, paths[2], select_on=select_on)  # one self-contained page (plotly.js and images embedded)
+    if headroom is not None:
+        paths.append(out / "separability.csv")
+        rundir.atomic_write(paths[-1], lambda p: headroom.to_csv(p, index=False))
+    report.write(frame, run_dirs, paths[2], select_on=select_on, headroom=headroom)  # one self-contained page (plotly.js and images embedded)
     if not lid_errors.empty:
         paths.append(out / "lid_error.csv")
         rundir.atomic_write(paths[-1], lambda p: lid_errors.to_csv(p, index=False))

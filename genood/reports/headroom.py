@@ -14,7 +14,7 @@ import pandas as pd
 
 from genood.reports import suite
 
-__all__ = ["headroom", "headroom_lines"]
+__all__ = ["headroom", "headroom_lines", "headroom_figure", "headroom_cells"]
 
 COLUMNS = ["model", "in_dataset", "ood_dataset", "ood_group", "detector", "detector_auroc", "separability_auroc",
            "separability_lo", "separability_hi", "paired", "gap", "optimistic"]
@@ -56,7 +56,47 @@ def headroom_lines(table: pd.DataFrame) -> List[str]:
              "separability.csv has every set):"]
     for (model, ind, grp), g in table.groupby(["model", "in_dataset", "ood_group"], sort=False):
         w = g.loc[g["gap"].idxmin()]
-        lines.append(f"  {model}, in {ind}, {grp} ({len(g)} sets): {g['detector'].iloc[0]} mean "
+        lines.append(f"  {model}, in {ind}, {grp} ({len(g)} set{'' if len(g) == 1 else 's'}): {g['detector'].iloc[0]} mean "
                      f"{g['detector_auroc'].mean():.3f}, discriminator mean {g['separability_auroc'].mean():.3f}; "
                      f"largest gap {w['ood_dataset']} {w['detector_auroc']:.3f} vs {w['separability_auroc']:.3f}")
     return lines
+
+
+def headroom_cells(table: pd.DataFrame) -> Dict[tuple, pd.DataFrame]:
+    """Per (model, in-distribution): one row a set with the detector's AUROC, the discriminator's with its
+    interval and the gap, formatted for a report table (the largest gap first)."""
+    out = {}
+    for key, g in table.groupby(["model", "in_dataset"], sort=True):
+        g = g.sort_values("gap")
+        out[key] = pd.DataFrame({
+            "group": g["ood_group"].to_numpy(),
+            "detector": g["detector_auroc"].map(lambda v: f"{v:.3f}").to_numpy(),
+            "discriminator (opt)": [f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, lo, hi in
+                                    zip(g["separability_auroc"], g["separability_lo"], g["separability_hi"])],
+            "gap": g["gap"].map(lambda v: f"{round(v, 3) + 0.0:+.3f}" if round(v, 3) else "0.000").to_numpy(),
+            "paired": g["paired"].map(lambda v: "yes" if v else "no").to_numpy()}, index=g["ood_dataset"].to_numpy())
+    return out
+
+
+def headroom_figure(table: pd.DataFrame):
+    """The selected detector's AUROC against the discriminator's, one point a set, one panel per (model,
+    in-distribution); the diagonal is 'the score finds all the data allow', the distance below it is headroom."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = list(table.groupby(["model", "in_dataset"], sort=True))
+    palette = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]
+    colour = {grp: palette[k % len(palette)] for k, grp in enumerate(sorted(table["ood_group"].unique()))}
+    cols = min(3, max(1, len(panels)))
+    fig = make_subplots(rows=-(-len(panels) // cols), cols=cols, subplot_titles=[f"{m}, in {i}" for (m, i), _ in panels])
+    for k, ((model, ind), g) in enumerate(panels):
+        at = dict(row=k // cols + 1, col=k % cols + 1)
+        fig.add_trace(go.Scatter(x=[0.5, 1], y=[0.5, 1], mode="lines", line=dict(color="#aaa", dash="dot"),
+                                 showlegend=False, hoverinfo="skip"), **at)
+        for grp, h in g.groupby("ood_group", sort=True):
+            fig.add_trace(go.Scatter(x=h["separability_auroc"], y=h["detector_auroc"], mode="markers", name=grp,
+                                     marker=dict(color=colour[grp], size=8), legendgroup=grp, showlegend=k == 0, text=h["ood_dataset"],
+                                     hovertemplate="%{text}: discriminator %{x:.3f}, detector %{y:.3f}"), **at)
+    fig.update_xaxes(title_text="discriminator AUROC (optimistic)")
+    fig.update_yaxes(title_text="selected detector AUROC")
+    return fig

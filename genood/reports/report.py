@@ -231,10 +231,28 @@ def _table_html(table: pd.DataFrame, first: str = "detector") -> str:
     return head + body + "</table>"
 
 
-def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]], run_dirs=()) -> None:
+def _headroom_html(table: pd.DataFrame, page: Page) -> None:
+    """``--separability``'s measurement: the selected detector beside a supervised discriminator, per set."""
+    from genood.reports.headroom import headroom_cells, headroom_figure
+
+    page.add("<h3>Headroom: the selected detector beside a supervised discriminator</h3><p>A small CNN trained "
+             "with both labels (the in-distribution's and the set's training splits) tells each set from the "
+             "in-distribution; its AUROC on the test splits is optimistic (it saw the OOD labels) and bounds from "
+             "below what the data allow. A set far below the diagonal is one the model or the score misses, not one "
+             "the data hide. Sorted by gap, largest first.</p>")
+    for (model, ind), cells in headroom_cells(table).items():
+        page.add(f"<p><b>{html.escape(str(model))}, in {html.escape(str(ind))}</b>: "
+                 f"{html.escape(str(table.loc[table['model'] == model, 'detector'].iloc[0]))}</p>"
+                 + _table_html(cells, first="OOD set"))
+    n = table.groupby(["model", "in_dataset"]).ngroups
+    page.figure(headroom_figure(table), width=1100, height=340 * max(1, -(-n // 3)))
+
+
+def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]], run_dirs=(),
+                headroom: Optional[pd.DataFrame] = None) -> None:
     """The OOD suite: per model the group summary (mean/worst per group), the detectors x sets table with the
     sets a learned detector loses to the best model-free baseline marked '!', the selected detector's lines and
-    the severity curves."""
+    the severity curves; with ``headroom`` (``--separability``) the detector beside a supervised discriminator."""
     from genood.reports import suite
     from genood.reports.collect import default_selection
 
@@ -272,6 +290,8 @@ def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]],
     if tokens:
         page.add("<h3>Selected detector</h3><p>" + "<br>".join(html.escape(line) for line in
                  suite.selection_lines(suite.selection(sets, tokens))) + "</p>")
+    if headroom is not None and len(headroom):
+        _headroom_html(headroom, page)
     sev = suite.severity_rows(sets)
     if len(sev):
         picked = suite.selection(sets, tokens) if tokens else {}
@@ -281,8 +301,9 @@ def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]],
 
 
 def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-based OOD detection",
-          select_on: Optional[List[str]] = None) -> str:
-    """The report's HTML text for the aggregate ``frame`` of the runs in ``run_dirs``."""
+          select_on: Optional[List[str]] = None, headroom: Optional[pd.DataFrame] = None) -> str:
+    """The report's HTML text for the aggregate ``frame`` of the runs in ``run_dirs`` (``headroom``: a
+    :func:`genood.reports.headroom.headroom` table, shown in the suite's section)."""
     page = Page()
     page.add(f"<h1>{html.escape(title)}</h1><p>In-distribution test points are the positive class; every score "
              "is oriented so that higher means more in-distribution, and an AUROC below 0.5 is reported as is "
@@ -297,7 +318,7 @@ def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-ba
         suite_runs = has_suite(frame)
         _pivot_html(frame[frame["ood_group"] == "real"] if suite_runs and (frame["ood_group"] == "real").any() else frame, page)
         if suite_runs:
-            _suite_html(frame, page, select_on, run_dirs)
+            _suite_html(frame, page, select_on, run_dirs, headroom)
         elif frame["ood_dataset"].nunique() <= 8:
             page.add("<h2>AUROC heatmap</h2>")
             _heatmap(frame, page)
@@ -317,11 +338,11 @@ def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-ba
 
 
 def write(frame: pd.DataFrame, run_dirs: List[Path], path: Path, title: Optional[str] = None,
-          select_on: Optional[List[str]] = None) -> Path:
+          select_on: Optional[List[str]] = None, headroom: Optional[pd.DataFrame] = None) -> Path:
     """Write the report atomically to ``path`` (a file the caller names: its folder becomes a write root) and
     return it."""
     rundir.allow_writes(Path(path).parent)
-    text = build(frame, run_dirs, title or "Likelihood-based OOD detection", select_on)
+    text = build(frame, run_dirs, title or "Likelihood-based OOD detection", select_on, headroom)
     rundir.write_text(Path(path), text)
     return Path(path)
 
