@@ -137,7 +137,8 @@ def test_corrupted_or_unknown_zoo_model_is_one_sentence_and_runs_nothing(tiny_zo
 def test_command_line_refuses_bad_zoo_input_with_exit_2(tmp_path):
     """Through the real console entry point: an unknown model and a hostile name each end in one sentence, exit 2."""
     for args in (["show", "no_such_model"], ["verify", "../../etc"], ["train", "no_such_model"],
-                 ["train", "pixelcnn_fmnist", "--minutes", "-3"], ["verify", "flow_tiny_fmnist", "--images", "150"]):
+                 ["train", "pixelcnn_fmnist", "--minutes", "-3"], ["verify", "flow_tiny_fmnist", "--images", "150"],
+                 ["adopt", "flow_tiny_fmnist", str(tmp_path)], ["adopt", "../x", str(tmp_path)]):
         out = subprocess.run([sys.executable, "-m", "genood.commands.zoo", *args], cwd=ROOT, capture_output=True, text=True)
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
@@ -375,3 +376,52 @@ def test_publishing_mid_budget_keeps_the_resume_point_and_training_goes_on(tiny_
     assert over
     last = zoo.publish("tiny", log=lambda m: None)
     assert last["steps_done"] == 8 and not list((folder / "resume").glob("tiny.*"))
+
+
+def _trained_elsewhere(tmp_path, overrides=()):
+    """The tiny entry's recipe trained as an ordinary run of a sweep of its own (not through the zoo)."""
+    from genood.models.runs import run_training
+    user = runconfig.copy_tree(zoo._entry("tiny")["config"])
+    user.setdefault("run", {})["sweep_id"] = "elsewhere"
+    user.setdefault("tracking", {})["wandb"] = False
+    return run_training(runconfig.resolve(user, list(overrides)), echo=False)
+
+
+def test_adopting_a_finished_run_of_the_recipe_publishes_the_weights_zoo_training_gives(tiny_zoo, tmp_path):
+    """A run trained in a sweep with exactly the entry's recipe becomes the entry: the published weights equal
+    those of `genood-zoo train`, and the manifest's session says where they came from and what they took."""
+    tiny_zoo("trained")
+    zoo.train_reference("tiny", log=lambda m: None)
+    want = zoo.publish("tiny", log=lambda m: None)
+    folder = tiny_zoo("adopted")
+    run = _trained_elsewhere(tmp_path)
+    logs = []
+    zoo.adopt("tiny", run, log=logs.append)
+    assert any("adopted the finished run" in m for m in logs)
+    got = zoo.publish("tiny", log=lambda m: None)
+    assert got["sha256"] == want["sha256"] and got["steps_done"] == 8 and got["config_hash"] == want["config_hash"]
+    (session,) = got["sessions"]
+    assert session["adopted_from"].endswith(run.name) and session["to_step"] == 8 and session["seconds"] > 0
+    assert session["commit"] == json.loads((run / "provenance.json").read_text())["git_commit"]
+    assert got["wall_seconds"] == session["seconds"] and got["data_checksums"]
+    assert not list((folder / "resume").glob("tiny.*"))
+    with pytest.raises(zoo.ZooError, match="already published"):
+        zoo.adopt("tiny", run, log=lambda m: None)
+
+
+def test_adopting_a_run_of_another_recipe_or_an_unfinished_one_is_one_sentence(tiny_zoo, tmp_path):
+    from genood.models.training import CHECKPOINT
+    folder = tiny_zoo("refused")
+    other = _trained_elsewhere(tmp_path, ["training.lr=0.0005"])
+    with pytest.raises(zoo.ZooError, match=r"did not train reference model 'tiny'.s recipe \(training.lr is 0.0005 there"):
+        zoo.adopt("tiny", other, log=lambda m: None)
+    with pytest.raises(zoo.ZooError, match="has no checkpoint.pt"):
+        zoo.adopt("tiny", tmp_path, log=lambda m: None)
+    run = _trained_elsewhere(tmp_path)
+    import torch
+    state = torch.load(run / CHECKPOINT, weights_only=True)
+    state["finished"], state["step"] = False, 4
+    torch.save(state, run / CHECKPOINT)
+    with pytest.raises(zoo.ZooError, match="stopped at step 4 of 8; finish it"):
+        zoo.adopt("tiny", run, log=lambda m: None)
+    assert not list(folder.glob("resume/*")) and not list(folder.glob("*.json"))  # nothing written by a refusal

@@ -9,6 +9,9 @@
                                          train a reference model as far as this session (and its budget) allows;
                                          resumes from zoo/resume/, writes the resume point there at every checkpoint
     genood-zoo publish <name>            final weights -> zoo/<name>.safetensors + zoo/<name>.json
+    genood-zoo adopt <name> <run-dir> [--publish]
+                                         a finished run of the entry's exact recipe trained elsewhere (a sweep's
+                                         run directory) becomes its training, with a ledger row saying so
 
 Score with one: ``python main_ood.py --config <yaml> ood.checkpoint=zoo:<name>``.
 """
@@ -69,6 +72,10 @@ def main(argv=None) -> int:
     t.add_argument("--publish", action="store_true", help="publish the weights when the training is over")
     t.add_argument("overrides", nargs="*", help="dotted.key=value (speed-only keys: the recipe is the entry's)")
     sub.add_parser("publish").add_argument("name")
+    a = sub.add_parser("adopt")
+    a.add_argument("name")
+    a.add_argument("run_dir", help="the finished run's directory (runs/<sweep>/<run>/)")
+    a.add_argument("--publish", action="store_true", help="publish the weights at once")
     args = parser.parse_args(argv)
 
     def run():
@@ -91,6 +98,11 @@ def main(argv=None) -> int:
                 zoo.publish(args.name)
         elif args.command == "publish":
             zoo.publish(args.name)
+        elif args.command == "adopt":
+            from pathlib import Path
+            print(zoo.adopt(args.name, Path(args.run_dir), log=lambda m: print(m, file=sys.stderr, flush=True)))
+            if args.publish:
+                zoo.publish(args.name)
     return entrypoint.guarded(run)
 
 

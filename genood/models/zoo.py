@@ -30,7 +30,7 @@ from genood import runconfig
 from genood.paths import NAME_CHARS, PROJECT_ROOT, name_problem, shown_name, shown_path
 
 __all__ = ["ZooError", "ZOO_PREFIX", "zoo_dir", "check_name", "reference_entries", "reference_config",
-           "manifest", "names", "is_zoo_ref", "find_published", "find_or_train", "open_zoo_model", "zoo_config", "publish", "verify",
+           "manifest", "names", "is_zoo_ref", "find_published", "find_or_train", "open_zoo_model", "zoo_config", "publish", "verify", "adopt",
            "heldout_bits_per_dim", "heldout_record", "VERIFY_IMAGES", "VERIFY_BATCH",
            "Ledger", "train_reference", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES"]
 
@@ -373,6 +373,72 @@ def train_reference(name: str, minutes: Optional[float] = None, threads: int = 1
     budget.save(int(state["step"]))
     over = bool(state["finished"]) or Ledger(name).seconds >= budget_s - 1.0
     return directory, over
+
+
+def _identity_difference(got: Dict[str, Any], want: Dict[str, Any], prefix: str = "") -> Optional[str]:
+    """The first dotted key whose value differs between two model identities, with both values; None if equal."""
+    for key in sorted(set(got) | set(want)):
+        a, b = got.get(key), want.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _identity_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key} is {a!r} there and {b!r} in the recipe"
+    return None
+
+
+def _logged_training_seconds(directory: Path) -> Optional[float]:
+    """The training wall time a run's log states (the sum of its 'trained steps a->b of n in Ts' lines: one a
+    session), or None when it states none."""
+    import re
+    log_path = Path(directory) / "run.log"
+    if not log_path.is_file():
+        return None
+    found = re.findall(r"trained steps \d+->\d+ of \d+ in ([0-9.]+)s", log_path.read_text(errors="replace"))
+    return round(sum(float(t) for t in found), 1) if found else None
+
+
+def adopt(name: str, run_directory: Path, log: Callable[[str], None] = print) -> Path:
+    """Make a finished training run made elsewhere (a sweep's run directory) the training of reference model
+    ``name``, when it learned exactly the entry's recipe (the same model identity: model, training, data and
+    seed): its checkpoint (read with ``weights_only``) and provenance go to the entry's run directory and a
+    ledger row says where it came from, which commit trained it and the wall time its log states; ``publish``
+    then makes the zoo entry. Returns the entry's run directory."""
+    from genood import rundir
+    from genood.models.training import CHECKPOINT, load_checkpoint
+
+    src = Path(run_directory)
+    if not (src / CHECKPOINT).is_file():
+        raise ZooError(f"{shown_path(src)} has no {CHECKPOINT}: give the directory of a finished training run "
+                       f"(runs/<sweep>/<run>/).")
+    if (zoo_dir() / f"{name}.json").exists() or Ledger(name).step is not None:
+        raise ZooError(f"Reference model {name!r} is already published or training here (zoo/{name}.json or "
+                       f"zoo/resume/{name}.json); remove those files to replace it by an adopted run.")
+    state = load_checkpoint(src / CHECKPOINT)
+    cfg = reference_config(name)
+    differs = _identity_difference(runconfig.model_identity(state["config"]), runconfig.model_identity(cfg))
+    if differs:
+        raise ZooError(f"The run in {shown_path(src)} did not train reference model {name!r}'s recipe ({differs}); "
+                       f"adopt a run of that recipe or change the entry in zoo/reference.yaml.")
+    if not state.get("finished"):
+        raise ZooError(f"The run in {shown_path(src)} stopped at step {state['step']} of "
+                       f"{cfg['training']['steps']}; finish it (run it again) before adopting it.")
+    directory = rundir.run_dir(cfg, runconfig.run_name(cfg, "train"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for file in (CHECKPOINT, "provenance.json"):
+        if (src / file).is_file():
+            rundir.atomic_write(directory / file, lambda p, f=file: shutil.copyfile(src / f, p))
+    provenance = json.loads((src / "provenance.json").read_text()) if (src / "provenance.json").is_file() else {}
+    seconds = _logged_training_seconds(src)
+    session = {"id": uuid.uuid4().hex[:12], "adopted_from": shown_path(src), "commit": provenance.get("git_commit"),
+               "git_dirty": provenance.get("git_dirty"), "machine": None, "precision": state.get("precision"),
+               "from_step": 0, "to_step": int(state["step"]), "seconds": seconds}
+    Ledger(name).record(session, seconds or 0.0)
+    log(f"zoo {name}: adopted the finished run {shown_path(src)} (step {state['step']}, "
+        f"{'unstated' if seconds is None else f'{seconds:.0f} s'} of training); `genood-zoo publish {name}` makes "
+        f"the zoo entry")
+    return directory
 
 
 def publish(name: str, log: Callable[[str], None] = print, headline: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
