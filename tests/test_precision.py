@@ -287,6 +287,34 @@ def test_threads_share_the_cores_among_live_agents(tmp_path, monkeypatch):
     assert threads.live_agents() == 0
 
 
+def test_a_run_that_only_scores_a_checkpoint_takes_its_share_of_the_cores_too(tiny_cfg, tmp_path, monkeypatch):
+    """An OOD job given ood.checkpoint trains nothing; it still sets torch's threads to its share among the
+    agents of the host (two agents each at torch's default of one thread a core ran four threads on two cores)."""
+    import torch
+
+    from genood import threads
+    from genood.ood import runner
+    monkeypatch.setenv(threads.AGENTS_DIR_ENV, str(tmp_path / "agents"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # torch's default on a two-core machine
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        first = runner.run_ood(tiny_cfg, echo=False)  # no agent on the host: torch's default, nothing said
+        assert "cpu threads" not in (first / "run.log").read_text() and torch.get_num_threads() == 2
+        (tmp_path / "agents").mkdir()
+        (tmp_path / "agents" / f"{sleeper.pid}.pid").write_text(str(sleeper.pid))  # one agent beside this process
+        cfg = runconfig.deep_merge(tiny_cfg, {"ood": {"checkpoint": str(first / "checkpoint.pt")},
+                                              "run": {"name": "scores-only"}})
+        second = runner.run_ood(cfg, echo=False)
+        assert torch.get_num_threads() == 1
+        assert "cpu threads: 1 (2 cores shared by the agents on this host)" in (second / "run.log").read_text()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        torch.set_num_threads(before)
+
+
 def test_compiled_objective_trains(tmp_path):
     """training.compile compiles the objective; the loss of its first step equals the eager one and the log
     reports the compile time."""

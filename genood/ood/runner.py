@@ -140,6 +140,8 @@ def open_checkpoint(value: str, device="cpu"):
 
 
 def _resolve_model(cfg, directory: Path, train_images: np.ndarray, console: _Console, tracker, callbacks=None):
+    from genood.threads import apply_threads
+    apply_threads(cfg, console)  # a run that only scores shares the cores with the other agents too
     ckpt = cfg["ood"]["checkpoint"]
     device = pick_device(cfg["run"]["device"])
     if ckpt:
