@@ -417,6 +417,8 @@ def test_adopting_a_run_of_another_recipe_or_an_unfinished_one_is_one_sentence(t
         zoo.adopt("tiny", other, log=lambda m: None)
     with pytest.raises(zoo.ZooError, match="has no checkpoint.pt"):
         zoo.adopt("tiny", tmp_path, log=lambda m: None)
+    with pytest.raises(zoo.ZooError, match="no reference model 'nosuch'"):
+        zoo.adopt("nosuch", other, log=lambda m: None)
     run = _trained_elsewhere(tmp_path)
     import torch
     state = torch.load(run / CHECKPOINT, weights_only=True)

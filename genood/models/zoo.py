@@ -408,6 +408,7 @@ def adopt(name: str, run_directory: Path, log: Callable[[str], None] = print) ->
     from genood import rundir
     from genood.models.training import CHECKPOINT, load_checkpoint
 
+    _entry(name)  # a name zoo/reference.yaml holds, before anything is read
     src = Path(run_directory)
     if not (src / CHECKPOINT).is_file():
         raise ZooError(f"{shown_path(src)} has no {CHECKPOINT}: give the directory of a finished training run "
