@@ -374,6 +374,16 @@ def _family_of(*trees: Dict[str, Any]) -> str:
     return family
 
 
+def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    """A nested mapping as ``{"a.b.c": leaf}``; a list leaf as its JSON text (comparable, hashable)."""
+    if isinstance(tree, dict):
+        out: Dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(tree, sort_keys=True, default=str) if isinstance(tree, list) else tree}
+
+
 def copy_tree(obj: Any) -> Any:
     """A copy of a YAML/JSON-like tree (dicts, lists, scalars); much faster than copy.deepcopy."""
     if isinstance(obj, dict):

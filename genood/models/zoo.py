@@ -375,17 +375,11 @@ def train_reference(name: str, minutes: Optional[float] = None, threads: int = 1
     return directory, over
 
 
-def _identity_difference(got: Dict[str, Any], want: Dict[str, Any], prefix: str = "") -> Optional[str]:
+def _identity_difference(got: Dict[str, Any], want: Dict[str, Any]) -> Optional[str]:
     """The first dotted key whose value differs between two model identities, with both values; None if equal."""
-    for key in sorted(set(got) | set(want)):
-        a, b = got.get(key), want.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _identity_difference(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{key} is {a!r} there and {b!r} in the recipe"
-    return None
+    a, b = runconfig.flatten(got), runconfig.flatten(want)
+    key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
+    return None if key is None else f"{key} is {a.get(key)!r} there and {b.get(key)!r} in the recipe"
 
 
 def _logged_training_seconds(directory: Path) -> Optional[float]:

@@ -67,15 +67,6 @@ def config_group(cfg: dict) -> str:
 _NOT_A_VARIANT = ("run.", "data.in_distribution", "data.ood")
 
 
-def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(tree, dict):
-        out: Dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: json.dumps(tree, sort_keys=True, default=str) if isinstance(tree, list) else tree}
-
-
 def _one_model_per_dataset(flats: Dict[Path, Dict[str, Any]], members: List[Path]) -> bool:
     """True when the runs' checkpoints differ only with their in-distribution (each dataset scored by one trained
     model, e.g. the zoo's recipe trained on fmnist and on mnist): then the checkpoint is the dataset's model, not
@@ -101,7 +92,7 @@ def variant_labels(configs: Dict[Path, dict]) -> Dict[Path, str]:
         members = [d for d in configs if base[d] == label]
         if len(members) < 2:
             continue
-        flats = {d: _flat(configs[d]) for d in members}
+        flats = {d: runconfig.flatten(configs[d]) for d in members}
         shared = set.intersection(*(set(f) for f in flats.values()))
         varying = sorted(k for k in shared if not k.startswith(_NOT_A_VARIANT)
                          and len({json.dumps(flats[d][k], default=str) for d in members}) > 1
