@@ -83,7 +83,7 @@ CORE_DEFAULTS: Dict[str, Any] = {
         "scores": ["log_likelihood", "bits_per_dim"],
         "batch_size": 256,
         "precision": "fp32",      # per-batch scores' network precision: fp32 (exact, the default) | bf16 (measured in RESULTS.md)
-        "n_in_train": 1000,       # subsample of the training split, scored for reference
+        "n_in_train": 1000,       # subsample of the training split, scored for reference; null = all of it
         "n_in_val": 1000,         # subsample of in_val (data.val_fraction of the training split); null = all of it
         "n_in_test": None,        # null = the whole test split
         "n_ood": None,
@@ -249,6 +249,7 @@ CHECKS: Dict[str, Callable[[str, Any], None]] = {"grid": _check_log_tau_grid, "o
                                                  "betas": _check_betas, "name": _check_name}
 FREE_TYPED = {"data.ood"}  # keys whose check alone says what they may hold
 NULL_MEANS_DEFAULT = {"run.sweep_id"}  # keys whose null is read as their default (a run outside any sweep: single)
+NULL_MEANS_ALL = {"ood.n_in_train", "ood.n_in_val"}  # subsample sizes with a default whose null scores every point
 
 
 @dataclass(frozen=True)
@@ -472,7 +473,7 @@ def _validate(cfg: Any, schema: Dict[str, Any], prefix: str, family: Optional[Fa
         if isinstance(default, dict):
             _validate(value, default, path + ".", family)
             continue
-        if path not in FREE_TYPED and not _type_ok(default, value) and not (value is None and path in NULL_MEANS_DEFAULT):
+        if path not in FREE_TYPED and not _type_ok(default, value) and not (value is None and path in NULL_MEANS_DEFAULT | NULL_MEANS_ALL):
             raise ConfigError(f"Config key '{path}' must be {_type_phrase(default)}, got {value!r}.")
         declared = TYPES.get(path)
         if declared and value is not None and not TYPE_TESTS[declared][1](value):

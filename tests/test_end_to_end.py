@@ -144,3 +144,9 @@ def test_a_split_smaller_than_asked_is_scored_whole_and_the_log_says_so(tiny_cfg
     table = pd.read_parquet(directory / "scores.parquet")
     assert (table.split == "in_val").sum() == int(said.group(2).replace(",", ""))
     assert "in_test: ood.n_in_test" not in log  # 16 asked, fewer than the split holds: nothing to say
+    # null (documented as "all of it") asks for every in_val point: the same rows, and nothing to say
+    cfg = runconfig.resolve(dict(cfg, ood=dict(cfg["ood"], n_in_val=None)))
+    directory = run_ood(cfg, echo=False)
+    table_all = pd.read_parquet(directory / "scores.parquet")
+    assert sorted(table_all[table_all.split == "in_val"]["index"]) == sorted(table[table.split == "in_val"]["index"])
+    assert "ood.n_in_val asks for" not in (directory / "run.log").read_text()
