@@ -149,7 +149,7 @@ SHIPPED = {  # file -> (job, runs)
     "ood/suite_hvae_tiny_orientation.yaml": ("ood", 4),
     "ood/suite_zoo_flows_orientation.yaml": ("ood", 4),
     "ood/suite_zoo_hvae_tiny_orientation.yaml": ("ood", 4),
-    "ood/suite_zoo_hvae_tiny_orientation_allval.yaml": ("ood", 4),
+    "ood/suite_zoo_hvae_tiny_orientation_allval.yaml": ("ood", 2),
     "ood/suite_zoo_hvae_small_orientation.yaml": ("ood", 2),
     "ood/suite_zoo_vae_orientation.yaml": ("ood", 1),
     "ood/suite_zoo_pixelcnn_orientation.yaml": ("ood", 1),
