@@ -250,6 +250,7 @@ CHECKS: Dict[str, Callable[[str, Any], None]] = {"grid": _check_log_tau_grid, "o
 FREE_TYPED = {"data.ood"}  # keys whose check alone says what they may hold
 NULL_MEANS_DEFAULT = {"run.sweep_id"}  # keys whose null is read as their default (a run outside any sweep: single)
 NULL_MEANS_ALL = {"ood.n_in_train", "ood.n_in_val"}  # subsample sizes with a default whose null scores every point
+NULL_ACCEPTED = frozenset(NULL_MEANS_DEFAULT | NULL_MEANS_ALL)  # keys with a non-null default that may still be null
 
 
 @dataclass(frozen=True)
@@ -473,7 +474,7 @@ def _validate(cfg: Any, schema: Dict[str, Any], prefix: str, family: Optional[Fa
         if isinstance(default, dict):
             _validate(value, default, path + ".", family)
             continue
-        if path not in FREE_TYPED and not _type_ok(default, value) and not (value is None and path in NULL_MEANS_DEFAULT | NULL_MEANS_ALL):
+        if path not in FREE_TYPED and not _type_ok(default, value) and not (value is None and path in NULL_ACCEPTED):
             raise ConfigError(f"Config key '{path}' must be {_type_phrase(default)}, got {value!r}.")
         declared = TYPES.get(path)
         if declared and value is not None and not TYPE_TESTS[declared][1](value):
