@@ -296,3 +296,34 @@ def test_variants_of_one_model_stay_separate_rows_and_seeds_do_not(tmp_path):
     (d / "config.yaml").write_text(runconfig.dump(cfg))
     split, _ = collect_runs(zoo_runs + [d])
     assert len(set(split["model"])) == 3  # then every checkpoint is a row of its own
+
+
+def test_selection_is_made_again_on_each_training_seed():
+    # in-distribution a trained with seeds 0 and 1 (seed 0: SUITE_ROWS, d1 has the best worst case; seed 1: d2 has),
+    # in-distribution c with seed 0 only: c's rows join both seeds' selections
+    seed1 = {("a:hflip", "d1"): 0.70, ("a:blur=1", "d1"): 0.85, ("a:blur=2", "d1"): 0.90, ("a:hflip", "d2"): 0.95,
+             ("a:blur=1", "d2"): 0.90, ("a:blur=2", "d2"): 0.93, ("a:uniform", "d1"): 0.96, ("a:uniform", "d2"): 0.98,
+             ("b", "d1"): 0.65, ("b", "d2"): 0.97}
+    rows = list(SUITE_ROWS)
+    rows += [dict(r, seed=1, auroc=seed1.get((r["ood_dataset"], r["detector"]), r["auroc"])) for r in SUITE_ROWS]
+    rows += [{"in_dataset": "c", "ood_dataset": "c:hflip", "ood_group": "transform", "detector": d, "auroc": 0.88,
+              "model_free": False} for d in ("d1", "d2")]
+    given = []
+
+    def spy(chosen):
+        given.append(chosen)
+        return suite.select(chosen)
+    table = suite.seed_selections(_frame(rows), ["transform"], chooser=spy)
+    assert len(given) == 2 and all("c:hflip" in set(g["ood_dataset"]) for g in given)
+    assert set(given[1][(given[1]["ood_dataset"] == "a:hflip") & (given[1]["detector"] == "d1")]["auroc"]) == {0.70}
+    picks = table.groupby("seed")["detector"].first().to_dict()
+    assert picks == {0: "d1", 1: "d2"}
+    one = table[(table["seed"] == 1) & (table["ood_group"] == "real")].iloc[0]
+    assert one["mean"] == pytest.approx(0.97) and one["selection_worst"] == pytest.approx(0.88)
+    zero = table[(table["seed"] == 0) & (table["ood_group"] == "far")].iloc[0]
+    assert zero["worst"] == pytest.approx(0.95) and zero["worst_set"] == "a:uniform"
+    # one seed only: nothing to repeat; the console view names the per-seed block only when seeds repeat
+    assert suite.seed_selections(_frame(SUITE_ROWS), ["transform"]).empty
+    text = " ".join(suite.format_suite(_frame(rows), ["transform"]).split())
+    assert "Selection per training seed" in text and "m, seed 1: d2 (selection worst 0.880" in text
+    assert "Selection per training seed" not in suite.format_suite(_frame(SUITE_ROWS), ["transform"])

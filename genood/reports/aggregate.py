@@ -35,7 +35,8 @@ __all__ = ["METRICS", "COLUMNS", "EXTRA_COLUMNS", "LID_COLUMNS", "run_dirs_under
 def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap: bool = False,
                   select_on: Optional[List[str]] = None, headroom: Optional[pd.DataFrame] = None) -> List[Path]:
     """Write aggregate.csv, aggregate.md and report.html into ``out`` (atomically), with an OOD suite also
-    suite.csv (per set) and suite_groups.csv (per group), with ``headroom`` (a :mod:`genood.reports.headroom`
+    suite.csv (per set) and suite_groups.csv (per group) (over several training seeds also suite_seeds.csv: the
+    selection made on each seed's runs), with ``headroom`` (a :mod:`genood.reports.headroom`
     table) also separability.csv and the report's headroom section; optionally the AUROC heatmap. ``out`` is the
     caller's choice and becomes a write root."""
     rundir.allow_writes(out)
@@ -58,6 +59,10 @@ def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap:
         if len(groups):
             paths.append(out / "set_groups.csv")
             rundir.atomic_write(paths[-1], lambda p: groups.to_csv(p, index=False))
+        per_seed = suite.seed_selections(frame, select_on or default_selection(frame))
+        if len(per_seed):  # a sweep over run.seed: the selection made again on each seed's runs
+            paths.append(out / "suite_seeds.csv")
+            rundir.atomic_write(paths[-1], lambda p: per_seed.to_csv(p, index=False))
     if headroom is not None:
         paths.append(out / "separability.csv")
         rundir.atomic_write(paths[-1], lambda p: headroom.to_csv(p, index=False))

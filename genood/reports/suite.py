@@ -32,7 +32,8 @@ from genood.runconfig import GROUP_ORDER
 
 __all__ = ["GROUP_ORDER", "OOD_JUDGED", "SHIFT", "ood_rows", "shift_summary", "set_groups", "set_group_lines", "SET_KEYS", "SelectionError", "per_set", "group_summary", "selection_tokens",
            "selection_mask", "select", "selection", "ceiling", "selection_lines", "group_table", "has_suite", "severity_rows",
-           "severity_figure", "format_suite"]
+           "severity_figure", "format_suite", "SEED_COLUMNS", "seed_selections",
+           "seed_selection_lines"]
 
 # The groups OOD detection is judged on. ``shift`` (in_test against a meaning-keeping transform of it, see
 # genood.ood.semantics) asks the other question, whether a shift is accepted: an AUROC near 0.5 is the wish there,
@@ -216,6 +217,47 @@ def selection(sets: pd.DataFrame, tokens: List[str], chooser=select) -> Dict[str
     return out
 
 
+SEED_COLUMNS = ["seed", "model", "detector", "selection_worst", "selection_mean", "in_dataset", "ood_group", "n_sets",
+                "mean", "worst", "worst_set"]
+
+
+def seed_selections(frame: pd.DataFrame, tokens: List[str], chooser=select) -> pd.DataFrame:
+    """When some (model, in-distribution) was trained with several ``run.seed`` values, the selection made again
+    on each seed's runs alone (a (model, in-distribution) run with one seed only joins every seed's selection), so
+    whether the pick and its held-out numbers hold across training draws is read, not assumed. One row per (seed,
+    model, held-out in-distribution and group) of the detector that seed's selection picked: the held-out group's
+    mean and worst AUROC, beside the pick's worst and mean on the selection sets. Empty when no seed repeats."""
+    keys = ["model", "in_dataset"]
+    seeds_per = frame.dropna(subset=["seed"]).groupby(keys)["seed"].nunique()
+    repeated = seeds_per[seeds_per > 1].index
+    if not len(repeated):
+        return pd.DataFrame(columns=SEED_COLUMNS)
+    in_repeated = pd.MultiIndex.from_frame(frame[keys]).isin(repeated)
+    rows = []
+    for seed in sorted(frame.loc[in_repeated, "seed"].dropna().unique()):
+        own = frame[~in_repeated | (frame["seed"] == seed)]
+        for model, pick in selection(per_set(own), tokens, chooser).items():
+            groups = pick["groups"]
+            if not pick.get("detector") or not len(groups):
+                continue
+            for r in groups[groups["detector"] == pick["detector"]].itertuples(index=False):
+                rows.append({"seed": seed, "model": model, "detector": pick["detector"], "selection_worst": pick["worst"],
+                             "selection_mean": pick["mean"], "in_dataset": r.in_dataset, "ood_group": r.ood_group,
+                             "n_sets": r.n_sets, "mean": r.mean, "worst": r.worst, "worst_set": r.worst_set})
+    return pd.DataFrame(rows, columns=SEED_COLUMNS)
+
+
+def seed_selection_lines(table: pd.DataFrame) -> List[str]:
+    """Console lines of :func:`seed_selections`: per model and seed the pick, then each held-out group's mean/worst."""
+    lines = []
+    for (model, seed), g in table.groupby(["model", "seed"], sort=True):
+        first = g.iloc[0]
+        cells = [f"in {r.in_dataset}, {r.ood_group} {r.mean:.3f}/{r.worst:.3f}" for r in g.itertuples(index=False)]
+        lines.append(f"{model}, seed {seed}: {first['detector']} (selection worst {_fmt(first['selection_worst'])}, "
+                     f"mean {_fmt(first['selection_mean'])}); held out mean/worst: " + "; ".join(cells))
+    return lines
+
+
 def ceiling(sets: pd.DataFrame) -> pd.DataFrame:
     """Per (in-distribution, group) of ``sets`` (the held-out sets, or the selection sets): the mean and the worst
     over the group's sets of the best learned detector's AUROC on each set, the detector chosen per set with that
@@ -365,4 +407,10 @@ def format_suite(frame: pd.DataFrame, select_on: Optional[List[str]] = None, wid
         parts.append("\nSelection (chosen on the selection sets only, reported on the others):")
         parts.extend(textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False) for line in
                      selection_lines(selection(sets, tokens)))
+        per_seed = seed_selections(frame, tokens)
+        if len(per_seed):
+            parts.append("\nSelection per training seed (each seed's runs alone; the selection above is on the seeds' "
+                         "mean AUROCs):")
+            parts.extend(textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False)
+                         for line in seed_selection_lines(per_seed))
     return "\n".join(parts)
