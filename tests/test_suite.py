@@ -327,3 +327,5 @@ def test_selection_is_made_again_on_each_training_seed():
     text = " ".join(suite.format_suite(_frame(rows), ["transform"]).split())
     assert "Selection per training seed" in text and "m, seed 1: d2 (selection worst 0.880" in text
     assert "Selection per training seed" not in suite.format_suite(_frame(SUITE_ROWS), ["transform"])
+    from genood.reports import report
+    assert "Selection per training seed" in report.build(_frame(rows), [], select_on=["transform"])

@@ -290,6 +290,11 @@ def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]],
     if tokens:
         page.add("<h3>Selected detector</h3><p>" + "<br>".join(html.escape(line) for line in
                  suite.selection_lines(suite.selection(sets, tokens))) + "</p>")
+        per_seed = suite.seed_selections(frame, tokens)
+        if len(per_seed):
+            page.add("<h4>Selection per training seed</h4><p>Each seed's runs alone (the selection above is on the "
+                     "seeds' mean AUROCs):<br>" + "<br>".join(html.escape(line) for line in
+                                                            suite.seed_selection_lines(per_seed)) + "</p>")
     if headroom is not None and len(headroom):
         _headroom_html(headroom, page)
     sev = suite.severity_rows(sets)
