@@ -313,7 +313,10 @@ def test_selection_is_made_again_on_each_training_seed():
     def spy(chosen):
         given.append(chosen)
         return suite.select(chosen)
-    table = suite.seed_selections(_frame(rows), ["transform"], chooser=spy)
+    # a second model run with one seed only: selected in every seed's pass, but not listed as if it had seeds
+    table = suite.seed_selections(_frame(rows + [dict(r, model="m2") for r in SUITE_ROWS]), ["transform"], chooser=spy)
+    assert set(table["model"]) == {"m"}
+    given = [g for g in given if set(g["model"]) == {"m"}]
     assert len(given) == 2 and all("c:hflip" in set(g["ood_dataset"]) for g in given)
     assert set(given[1][(given[1]["ood_dataset"] == "a:hflip") & (given[1]["detector"] == "d1")]["auroc"]) == {0.70}
     picks = table.groupby("seed")["detector"].first().to_dict()

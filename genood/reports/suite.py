@@ -226,7 +226,8 @@ def seed_selections(frame: pd.DataFrame, tokens: List[str], chooser=select) -> p
     on each seed's runs alone (a (model, in-distribution) run with one seed only joins every seed's selection), so
     whether the pick and its held-out numbers hold across training draws is read, not assumed. One row per (seed,
     model, held-out in-distribution and group) of the detector that seed's selection picked: the held-out group's
-    mean and worst AUROC, beside the pick's worst and mean on the selection sets. Empty when no seed repeats."""
+    mean and worst AUROC, beside the pick's worst and mean on the selection sets (models run with one seed only are not
+    listed: their selection is the one above). Empty when no seed repeats."""
     keys = ["model", "in_dataset"]
     seeds_per = frame.dropna(subset=["seed"]).groupby(keys)["seed"].nunique()
     repeated = seeds_per[seeds_per > 1].index
@@ -238,7 +239,7 @@ def seed_selections(frame: pd.DataFrame, tokens: List[str], chooser=select) -> p
         own = frame[~in_repeated | (frame["seed"] == seed)]
         for model, pick in selection(per_set(own), tokens, chooser).items():
             groups = pick["groups"]
-            if not pick.get("detector") or not len(groups):
+            if model not in repeated.get_level_values("model") or not pick.get("detector") or not len(groups):
                 continue
             for r in groups[groups["detector"] == pick["detector"]].itertuples(index=False):
                 rows.append({"seed": seed, "model": model, "detector": pick["detector"], "selection_worst": pick["worst"],
