@@ -233,13 +233,14 @@ def seed_selections(frame: pd.DataFrame, tokens: List[str], chooser=select) -> p
     repeated = seeds_per[seeds_per > 1].index
     if not len(repeated):
         return pd.DataFrame(columns=SEED_COLUMNS)
+    frame = frame[frame["model"].isin(repeated.get_level_values("model"))]  # a one-seed model's pick is the main one
     in_repeated = pd.MultiIndex.from_frame(frame[keys]).isin(repeated)
     rows = []
     for seed in sorted(frame.loc[in_repeated, "seed"].dropna().unique()):
         own = frame[~in_repeated | (frame["seed"] == seed)]
         for model, pick in selection(per_set(own), tokens, chooser).items():
             groups = pick["groups"]
-            if model not in repeated.get_level_values("model") or not pick.get("detector") or not len(groups):
+            if not pick.get("detector") or not len(groups):
                 continue
             for r in groups[groups["detector"] == pick["detector"]].itertuples(index=False):
                 rows.append({"seed": seed, "model": model, "detector": pick["detector"], "selection_worst": pick["worst"],
