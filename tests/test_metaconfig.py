@@ -155,6 +155,7 @@ SHIPPED = {  # file -> (job, runs)
     "ood/suite_zoo_pixelcnn_orientation.yaml": ("ood", 1),
     "ood/suite_hvae_tiny_orientation_seeds.yaml": ("ood", 2),
     "ood/suite_hvae_tiny_orientation_seeds_split.yaml": ("ood", 6),
+    "ood/suite_hvae_tiny_orientation_seeds_more.yaml": ("ood", 4),
     "ood/suite_zoo_hvae_tiny_orientation_mnist.yaml": ("ood", 2),
     "reproduce/000.yaml": ("ood", 2),
     "reproduce/001.yaml": ("ood", 4),
