@@ -229,6 +229,16 @@ base_config: {ood: {scores: [log_likelihood, complexity]}}
     runs = mc.expand(meta)
     assert meta.raw["sweep_name"] == "child" and len(runs) == 2
     assert all(r.config["ood"]["scores"] == ["log_likelihood", "complexity"] and r.config["ood"]["n_ood"] == 64 for r in runs)
+    assert mc.describe_axes(meta) == "seed: 0, 1"
+    # a child's sweep_configuration replaces the parent's whole: the parent's seed axis is gone, and create says so
+    (tmp_path / "sub" / "grandchild.yaml").write_text("""
+extends: child.yaml
+sweep_configuration:
+  ood: {n_ood: {sweep: true, sweep_identifier: n, values: [16, 32, 48, 64, 80]}}
+""")
+    meta = mc.load(tmp_path / "sub" / "grandchild.yaml")
+    assert len(mc.expand(meta)) == 5 and mc.describe_axes(meta) == "n: 16, 32, 48, 64, ... (5 values)"
+    assert mc.describe_axes(mc.parse({"base_config": {}, "sweep_configuration": {}, "job": "ood"})) == "no axes (one run)"
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match="makes a cycle"):

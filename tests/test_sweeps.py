@@ -170,6 +170,7 @@ def test_aggregate_matches_metrics_and_overlapping_sweeps_reuse_finished_runs(tm
     # a bigger grid overlapping the first: only the new cells are queued
     out = sweep_cli(root, "create", "--config", str(tmp_path / "meta-0.yaml"), "--backend", "local")
     assert "0 queued, 5 reused" in out.stderr
+    assert "axes: value: 0.0, 0.2, 0.4, 0.6, ... (5 values)" in out.stderr  # the grid is named at create
     bigger = sleep_meta(10)
     sid2 = create(root, bigger, tmp_path)
     rows = runs(root, sid2)

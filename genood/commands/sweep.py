@@ -68,7 +68,7 @@ def cmd_create(args) -> None:
     if backend == "wandb":
         from genood.orchestration import wandb_backend
         rel = os.path.relpath(Path(args.config).resolve(), ROOT)
-        print(f"grid: {len(specs)} runs ({meta.method})", file=sys.stderr)
+        print(f"grid: {len(specs)} runs ({meta.method}); axes: {metaconfig.describe_axes(meta)}", file=sys.stderr)
         print(wandb_backend.create(meta, rel))
         return
     from genood.orchestration.store import new_sweep_id
@@ -85,6 +85,7 @@ def cmd_create(args) -> None:
         max_attempts=meta.max_attempts, run_cap=meta.raw.get("run_cap"), runs=rows, force=args.force)
     what = f"{queued} queued, {reused} reused from finished runs" if meta.method == "grid" else f"{meta.method} search, runs proposed on demand"
     print(f"sweep {sweep_id}: {len(specs)} grid points; {what}; store {store.describe()}", file=sys.stderr)
+    print(f"axes: {metaconfig.describe_axes(meta)}", file=sys.stderr)
     print(f"start agents: ./meta_run_{'train' if meta.job == 'train' else 'ood'}.sh {sweep_id} [gpu-index] [count]", file=sys.stderr)
     print(sweep_id)
 

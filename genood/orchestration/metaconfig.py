@@ -178,6 +178,18 @@ def parse(raw: Dict[str, Any], source: str = "<meta>") -> MetaConfig:
     return meta
 
 
+def describe_axes(meta: MetaConfig, shown: int = 4) -> str:
+    """One line naming each axis and its values' names (the first ``shown`` of each), so a user sees at ``create``
+    which grid a file (and what it ``extends``) expands to: ``seed: 3, 4 x in_distribution: fmnist, fmnist_0_4``."""
+    if not meta.axes:
+        return "no axes (one run)"
+    parts = []
+    for axis in meta.axes:
+        names = ", ".join(axis.aliases[:shown]) + (f", ... ({len(axis.aliases)} values)" if len(axis.aliases) > shown else "")
+        parts.append(f"{axis.identifier}: {names}")
+    return " x ".join(parts)
+
+
 def _load_raw(path: Path, chain: Tuple[Path, ...] = ()) -> Any:
     """The file's mapping with ``extends: <file>`` applied: the named meta-configuration (a path relative to this
     file's folder, itself possibly extending another) is the starting point; this file's ``base_config`` is
