@@ -2,6 +2,7 @@
 PostgreSQL server (started by the test setup). Every test runs once per store."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,6 +95,8 @@ def test_failing_run_is_retried_then_failed_while_the_sweep_goes_on(tmp_path):
             assert r["status"] == "finished" and r["failures"] == 0
     status = sweep_cli(root, "status", sid).stdout
     assert "3 finished, 3 failed" in status and "RuntimeError: sleep job asked to fail" in status
+    finished = [line for line in status.splitlines() if " finished " in line and not line.startswith("sweep ")]
+    assert len(finished) == 3 and all(re.search(r" \d+s  ", line) for line in finished)  # each run's time is shown
     assert "re-queued 3 run(s)" in sweep_cli(root, "rerun", sid, "--failed").stdout
     assert sum(r["status"] == "queued" for r in runs(root, sid)) == 3
 

@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 from genood import entrypoint
@@ -134,11 +135,23 @@ def cmd_status(args) -> None:
           + ", ".join(f"{v} {k}" for k, v in counts.items()))
     runs = store.runs(args.sweep_id)
     width = max([len(r["name"]) for r in runs] + [4])
-    print(f"{'run':{width}s}  {'status':9s} {'fails':>5s} {'claims':>6s}  note")
+    print(f"{'run':{width}s}  {'status':9s} {'fails':>5s} {'claims':>6s} {'time':>8s}  note")
+    now = time.time()
     for r in runs:
         note = (r["error"] or "").strip().splitlines()[-1:] if r["status"] in ("failed", "queued") and r["error"] else []
         note = note[0][:80] if note else (f"reused {r['reused_from']}" if r["reused_from"] else (r["agent"] or ""))
-        print(f"{r['name']:{width}s}  {r['status']:9s} {r['failures']:5d} {r['claims']:6d}  {note}")
+        print(f"{r['name']:{width}s}  {r['status']:9s} {r['failures']:5d} {r['claims']:6d} {_run_time(r, now):>8s}  {note}")
+
+
+def _run_time(run, now: float) -> str:
+    """How long a run has been running (its last claim to now) or took (claim to finish); '-' before any claim
+    and for a run reused from another sweep (its time is that sweep's)."""
+    start, end = run.get("started"), run.get("finished") if run["status"] != "running" else now
+    if not start or not end or run.get("reused_from"):
+        return "-"
+    seconds = max(0, int(float(end) - float(start)))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
 
 
 def cmd_rerun(args) -> None:
