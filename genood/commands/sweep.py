@@ -146,7 +146,8 @@ def cmd_status(args) -> None:
 def _run_time(run, now: float) -> str:
     """How long a run has been running (its last claim to now) or took (claim to finish); '-' before any claim
     and for a run reused from another sweep (its time is that sweep's)."""
-    start, end = run.get("started"), run.get("finished") if run["status"] != "running" else now
+    start = run.get("started")
+    end = now if run["status"] == "running" else run.get("finished")
     if not start or not end or run.get("reused_from"):
         return "-"
     seconds = max(0, int(float(end) - float(start)))
