@@ -206,12 +206,13 @@ def cmd_report(args) -> None:
 def cmd_aggregate(args) -> None:
     from genood.reports.aggregate import collect_runs, format_pivot, format_suite, lid_error_section, write_outputs
     from genood.reports.headroom import headroom_lines
-    from genood.reports.suite import SelectionError, selection_tokens
+    from genood.reports.suite import SelectionError, seed_view, selection_tokens
     dirs, missing, out = _sweep_run_dirs(args)
     frame, unreadable = collect_runs(dirs)
     select_on = selection_tokens(args.select_on)
     try:
-        suite_text = format_suite(frame, select_on, run_dirs=dirs)
+        per_seed = seed_view(frame, select_on)  # once, for the console, suite_seeds.csv and the report
+        suite_text = format_suite(frame, select_on, run_dirs=dirs, per_seed=per_seed)
     except SelectionError as exc:
         raise SystemExit(f"error: {exc}")
     print(format_pivot(frame) + lid_error_section(dirs) + suite_text)
@@ -221,7 +222,7 @@ def cmd_aggregate(args) -> None:
     if args.separability:
         table = _headroom_table(frame, select_on, selection_tokens(args.separability), args.separability_steps)
         print("\n".join(headroom_lines(table)))
-    for p in write_outputs(frame, dirs, out, heatmap=True, select_on=select_on, headroom=table):
+    for p in write_outputs(frame, dirs, out, heatmap=True, select_on=select_on, headroom=table, per_seed=per_seed):
         print(f"wrote {p}")
     if getattr(args, "wandb", False) or (any(not s.startswith("local-") for s in args.sweep_ids) and not frame.empty):
         from genood.reports.aggregate import log_to_wandb

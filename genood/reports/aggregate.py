@@ -33,12 +33,14 @@ __all__ = ["METRICS", "COLUMNS", "EXTRA_COLUMNS", "LID_COLUMNS", "run_dirs_under
 
 
 def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap: bool = False,
-                  select_on: Optional[List[str]] = None, headroom: Optional[pd.DataFrame] = None) -> List[Path]:
+                  select_on: Optional[List[str]] = None, headroom: Optional[pd.DataFrame] = None,
+                  per_seed: Optional[pd.DataFrame] = None) -> List[Path]:
     """Write aggregate.csv, aggregate.md and report.html into ``out`` (atomically), with an OOD suite also
     suite.csv (per set) and suite_groups.csv (per group) (over several training seeds also suite_seeds.csv: the
     selection made on each seed's runs), with ``headroom`` (a :mod:`genood.reports.headroom`
-    table) also separability.csv and the report's headroom section; optionally the AUROC heatmap. ``out`` is the
-    caller's choice and becomes a write root."""
+    table) also separability.csv and the report's headroom section; optionally the AUROC heatmap. ``per_seed``:
+    :func:`genood.reports.suite.seed_view`'s table when the caller has it (else computed here, once for the CSV and
+    the report). ``out`` is the caller's choice and becomes a write root."""
     rundir.allow_writes(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "aggregate.csv", out / "aggregate.md", out / "report.html"]
@@ -59,14 +61,14 @@ def write_outputs(frame: pd.DataFrame, run_dirs: List[Path], out: Path, heatmap:
         if len(groups):
             paths.append(out / "set_groups.csv")
             rundir.atomic_write(paths[-1], lambda p: groups.to_csv(p, index=False))
-        per_seed = suite.seed_selections(frame, select_on or default_selection(frame))
+        per_seed = suite.seed_view(frame, select_on) if per_seed is None else per_seed
         if len(per_seed):  # a sweep over run.seed: the selection made again on each seed's runs
             paths.append(out / "suite_seeds.csv")
             rundir.atomic_write(paths[-1], lambda p: per_seed.to_csv(p, index=False))
     if headroom is not None:
         paths.append(out / "separability.csv")
         rundir.atomic_write(paths[-1], lambda p: headroom.to_csv(p, index=False))
-    report.write(frame, run_dirs, paths[2], select_on=select_on, headroom=headroom)  # one self-contained page (plotly.js and images embedded)
+    report.write(frame, run_dirs, paths[2], select_on=select_on, headroom=headroom, per_seed=per_seed)  # one self-contained page (plotly.js and images embedded)
     if not lid_errors.empty:
         paths.append(out / "lid_error.csv")
         rundir.atomic_write(paths[-1], lambda p: lid_errors.to_csv(p, index=False))
@@ -110,14 +112,16 @@ def main(argv=None) -> int:
     args, dirs = parsed
     frame, unfinished = collect_runs(dirs)
     try:
-        suite_text = format_suite(frame, args.select_on)
+        per_seed = suite.seed_view(frame, args.select_on)  # once, for the console, the CSV and the report
+        suite_text = format_suite(frame, args.select_on, per_seed=per_seed)
     except SelectionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_pivot(frame) + lid_error_section(dirs) + suite_text)
     if unfinished:
         print(f"({unfinished} run(s) without metrics.json skipped: unfinished or failed)")
-    for p in write_outputs(frame, dirs, args.out or args.roots[0], heatmap=True, select_on=args.select_on):
+    for p in write_outputs(frame, dirs, args.out or args.roots[0], heatmap=True, select_on=args.select_on,
+                           per_seed=per_seed):
         print(f"wrote {p}")
     return 0
 

@@ -249,7 +249,7 @@ def _headroom_html(table: pd.DataFrame, page: Page) -> None:
 
 
 def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]], run_dirs=(),
-                headroom: Optional[pd.DataFrame] = None) -> None:
+                headroom: Optional[pd.DataFrame] = None, per_seed: Optional[pd.DataFrame] = None) -> None:
     """The OOD suite: per model the group summary (mean/worst per group), the detectors x sets table with the
     sets a learned detector loses to the best model-free baseline marked '!', the selected detector's lines and
     the severity curves; with ``headroom`` (``--separability``) the detector beside a supervised discriminator."""
@@ -290,11 +290,11 @@ def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]],
     if tokens:
         page.add("<h3>Selected detector</h3><p>" + "<br>".join(html.escape(line) for line in
                  suite.selection_lines(suite.selection(sets, tokens))) + "</p>")
-        per_seed = suite.seed_selections(frame, tokens)
+        per_seed = suite.seed_view(frame, tokens) if per_seed is None else per_seed
         if len(per_seed):
-            page.add("<h4>Selection per training seed</h4><p>Each seed's runs alone (the selection above is on the "
-                     "seeds' mean AUROCs):<br>" + "<br>".join(html.escape(line) for line in
-                                                            suite.seed_selection_lines(per_seed)) + "</p>")
+            page.add(f"<h4>{suite.SEED_HEADING}</h4><p>Each seed's runs alone (the selection above is on the seeds' "
+                     "mean AUROCs):<br>"
+                     + "<br>".join(html.escape(line) for line in suite.seed_selection_lines(per_seed)) + "</p>")
     if headroom is not None and len(headroom):
         _headroom_html(headroom, page)
     sev = suite.severity_rows(sets)
@@ -306,9 +306,11 @@ def _suite_html(frame: pd.DataFrame, page: Page, select_on: Optional[List[str]],
 
 
 def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-based OOD detection",
-          select_on: Optional[List[str]] = None, headroom: Optional[pd.DataFrame] = None) -> str:
+          select_on: Optional[List[str]] = None, headroom: Optional[pd.DataFrame] = None,
+          per_seed: Optional[pd.DataFrame] = None) -> str:
     """The report's HTML text for the aggregate ``frame`` of the runs in ``run_dirs`` (``headroom``: a
-    :func:`genood.reports.headroom.headroom` table, shown in the suite's section)."""
+    :func:`genood.reports.headroom.headroom` table, shown in the suite's section; ``per_seed``: the suite's
+    :func:`genood.reports.suite.seed_view` table when the caller has it)."""
     page = Page()
     page.add(f"<h1>{html.escape(title)}</h1><p>In-distribution test points are the positive class; every score "
              "is oriented so that higher means more in-distribution, and an AUROC below 0.5 is reported as is "
@@ -323,7 +325,7 @@ def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-ba
         suite_runs = has_suite(frame)
         _pivot_html(frame[frame["ood_group"] == "real"] if suite_runs and (frame["ood_group"] == "real").any() else frame, page)
         if suite_runs:
-            _suite_html(frame, page, select_on, run_dirs, headroom)
+            _suite_html(frame, page, select_on, run_dirs, headroom, per_seed)
         elif frame["ood_dataset"].nunique() <= 8:
             page.add("<h2>AUROC heatmap</h2>")
             _heatmap(frame, page)
@@ -343,11 +345,12 @@ def build(frame: pd.DataFrame, run_dirs: List[Path], title: str = "Likelihood-ba
 
 
 def write(frame: pd.DataFrame, run_dirs: List[Path], path: Path, title: Optional[str] = None,
-          select_on: Optional[List[str]] = None, headroom: Optional[pd.DataFrame] = None) -> Path:
+          select_on: Optional[List[str]] = None, headroom: Optional[pd.DataFrame] = None,
+          per_seed: Optional[pd.DataFrame] = None) -> Path:
     """Write the report atomically to ``path`` (a file the caller names: its folder becomes a write root) and
     return it."""
     rundir.allow_writes(Path(path).parent)
-    text = build(frame, run_dirs, title or "Likelihood-based OOD detection", select_on, headroom)
+    text = build(frame, run_dirs, title or "Likelihood-based OOD detection", select_on, headroom, per_seed)
     rundir.write_text(Path(path), text)
     return Path(path)
 

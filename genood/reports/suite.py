@@ -32,8 +32,8 @@ from genood.runconfig import GROUP_ORDER
 
 __all__ = ["GROUP_ORDER", "OOD_JUDGED", "SHIFT", "ood_rows", "shift_summary", "set_groups", "set_group_lines", "SET_KEYS", "SelectionError", "per_set", "group_summary", "selection_tokens",
            "selection_mask", "select", "selection", "ceiling", "selection_lines", "group_table", "has_suite", "severity_rows",
-           "severity_figure", "format_suite", "SEED_COLUMNS", "seed_selections",
-           "seed_selection_lines"]
+           "severity_figure", "format_suite", "SEED_COLUMNS", "SEED_HEADING", "seed_selections",
+           "seed_selection_lines", "seed_view"]
 
 # The groups OOD detection is judged on. ``shift`` (in_test against a meaning-keeping transform of it, see
 # genood.ood.semantics) asks the other question, whether a shift is accepted: an AUROC near 0.5 is the wish there,
@@ -249,6 +249,16 @@ def seed_selections(frame: pd.DataFrame, tokens: List[str], chooser=select) -> p
     return pd.DataFrame(rows, columns=SEED_COLUMNS)
 
 
+SEED_HEADING = "Selection per training seed"
+
+
+def seed_view(frame: pd.DataFrame, select_on: Optional[List[str]] = None) -> pd.DataFrame:
+    """:func:`seed_selections` on the sets the suite's views select on (``select_on``, else the default selection);
+    empty without a suite or a selection. Computed once per aggregate and handed to the console, CSV and report."""
+    tokens = (select_on or default_selection(frame)) if has_suite(frame) else []
+    return seed_selections(frame, tokens) if tokens else pd.DataFrame(columns=SEED_COLUMNS)
+
+
 def seed_selection_lines(table: pd.DataFrame) -> List[str]:
     """Console lines of :func:`seed_selections`: per model and seed the pick, then each held-out group's mean/worst."""
     lines = []
@@ -386,11 +396,11 @@ def severity_figure(rows: pd.DataFrame, detectors: Optional[List[str]] = None):
 
 
 def format_suite(frame: pd.DataFrame, select_on: Optional[List[str]] = None, width: int = 100,
-                 run_dirs: Optional[List[Path]] = None) -> str:
+                 run_dirs: Optional[List[Path]] = None, per_seed: Optional[pd.DataFrame] = None) -> str:
     """The suite's console view (empty without a suite): per model, detectors x (in-distribution, group) as
     ``mean/worst`` AUROC over the group's sets (the shift column apart: 0.5 is the wish there), then the detector
     selected on ``select_on`` (default: near and corruption) with its numbers on every other set and the
-    model-free baseline beside it."""
+    model-free baseline beside it (``per_seed``: :func:`seed_view`'s table when the caller has it)."""
     if not has_suite(frame):
         return ""
     sets = per_set(frame)
@@ -409,10 +419,9 @@ def format_suite(frame: pd.DataFrame, select_on: Optional[List[str]] = None, wid
         parts.append("\nSelection (chosen on the selection sets only, reported on the others):")
         parts.extend(textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False) for line in
                      selection_lines(selection(sets, tokens)))
-        per_seed = seed_selections(frame, tokens)
+        per_seed = seed_view(frame, tokens) if per_seed is None else per_seed
         if len(per_seed):
-            parts.append("\nSelection per training seed (each seed's runs alone; the selection above is on the seeds' "
-                         "mean AUROCs):")
+            parts.append(f"\n{SEED_HEADING} (each seed's runs alone; the selection above is on the seeds' mean AUROCs):")
             parts.extend(textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False)
                          for line in seed_selection_lines(per_seed))
     return "\n".join(parts)
